@@ -1,0 +1,13 @@
+//! Types shared by the kernel programs (`collector-ebpf`) and the daemon (`collector`).
+//!
+//! Everything here is `#[repr(C)]` plain data: the kernel side writes it into BPF maps and the
+//! daemon reads the same bytes back, so both must agree on layout to the byte.
+#![no_std]
+
+pub mod histogram;
+pub mod layout;
+pub mod sched;
+
+pub use histogram::Log2Histogram;
+pub use layout::KernelLayout;
+pub use sched::{CpuIrqTime, CpuSchedCounters, NR_SOFTIRQS, SOFTIRQ_NAMES};

@@ -1,0 +1,27 @@
+//! Access to the kernel layout global the daemon fills in at load time.
+use aya_ebpf::{helpers::bpf_probe_read_kernel, programs::TracePointContext};
+use collector_common::KernelLayout;
+
+/// Written by the daemon (`EbpfLoader::override_global`) before the programs are verified;
+/// read-only afterwards, so the verifier sees its fields as constants.
+#[unsafe(no_mangle)]
+static KERNEL_LAYOUT: KernelLayout = KernelLayout::UNKNOWN;
+
+#[inline(always)]
+pub fn kernel_layout() -> KernelLayout {
+    // Volatile so the compiler does not fold in the compiled-in placeholder.
+    unsafe { core::ptr::read_volatile(&KERNEL_LAYOUT) }
+}
+
+/// Reads a `T` at `offset` bytes into a kernel object (a `task_struct`, say).
+#[inline(always)]
+pub fn read_kernel_field<T>(object: u64, offset: u32) -> Option<T> {
+    let address = object.checked_add(offset as u64)? as *const T;
+    unsafe { bpf_probe_read_kernel(address) }.ok()
+}
+
+/// Reads a classic tracepoint field at the offset found in its tracefs `format` file.
+#[inline(always)]
+pub fn read_tracepoint_field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
+    unsafe { ctx.read_at::<T>(offset as usize) }.ok()
+}

@@ -1,0 +1,160 @@
+//! Start-up and shutdown: parse flags, load the kernel programs the enabled collectors need,
+//! build the collectors, serve until SIGTERM or SIGINT, then detach everything.
+use std::{process::ExitCode, sync::Arc};
+
+use anyhow::Context as _;
+use tokio::sync::{Semaphore, watch};
+
+use crate::{
+    cli::{self, Cli},
+    collectors::{self, BuildContext},
+    ebpf::{EbpfRuntime, Hook, loader::LoaderOptions},
+    exporter::ExporterMetrics,
+    logging,
+    scrape::Scraper,
+    server::{self, AppState},
+};
+
+pub fn main() -> ExitCode {
+    let cli = match cli::parse_from(collectors::ALL, std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    logging::init(cli.options.log_level, cli.options.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(err = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(err = format!("{e:#}"), "exiting");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let options = &cli.options;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        revision = env!("COLLECTOR_GIT_REVISION"),
+        "starting collector"
+    );
+    let specs: Vec<_> = collectors::ALL
+        .iter()
+        .filter(|spec| cli.enabled_collectors.contains(&spec.name))
+        .collect();
+    tracing::info!(collectors = ?cli.enabled_collectors, "enabled collectors");
+
+    // Bind first: a bad listen address should fail before anything is attached to the kernel.
+    let mut addresses = Vec::new();
+    for address in &options.listen_addresses {
+        addresses.extend(cli::resolve_listen_address(address)?);
+    }
+    let listeners = server::bind(&addresses).await?;
+
+    let hooks: Vec<&'static Hook> = specs.iter().flat_map(|spec| spec.hooks).collect();
+    let ebpf = if hooks.is_empty() {
+        None
+    } else {
+        let loader_options = LoaderOptions {
+            hook_types: options.hook_types.clone(),
+            enable_stats: options.enable_bpf_stats,
+            runqueue_max_tasks: options.runqueue_max_tasks,
+        };
+        match tokio::task::spawn_blocking(move || EbpfRuntime::start(&hooks, &loader_options))
+            .await
+            .context("eBPF loader task failed")?
+        {
+            Ok(runtime) => Some(Arc::new(runtime)),
+            Err(e) => {
+                tracing::warn!(
+                    err = format!("{e:#}"),
+                    "eBPF unavailable: serving every non-eBPF metric"
+                );
+                None
+            }
+        }
+    };
+
+    let context = BuildContext {
+        procfs: options.procfs.clone(),
+        sysfs: options.sysfs.clone(),
+        rootfs: options.rootfs.clone(),
+        ebpf: ebpf.clone(),
+    };
+    let mut collectors = Vec::new();
+    for spec in &specs {
+        match (spec.build)(&context) {
+            Ok(collector) => collectors.push((spec.name, collector)),
+            Err(e) => tracing::error!(
+                collector = spec.name,
+                err = format!("{e:#}"),
+                "collector disabled: cannot start"
+            ),
+        }
+    }
+    drop(context);
+    release_startup_memory();
+
+    let state = Arc::new(AppState {
+        scraper: Scraper::new(collectors, options.scrape_timeout),
+        exporter: ExporterMetrics::default(),
+        exporter_metrics_enabled: !options.disable_exporter_metrics,
+        telemetry_path: options.telemetry_path.clone(),
+        scrape_permits: (options.max_requests > 0).then(|| Semaphore::new(options.max_requests)),
+        max_requests: options.max_requests,
+    });
+
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        let signal = wait_for_signal().await;
+        tracing::info!(signal, "shutting down");
+        let _ = stop.send(true);
+    });
+    server::serve(listeners, server::router(Arc::clone(&state)), stopped).await?;
+
+    // Dropping the last handles closes the program and link fds: the kernel detaches them.
+    drop(state);
+    if let Some(ebpf) = ebpf {
+        match Arc::try_unwrap(ebpf) {
+            Ok(runtime) => drop(runtime),
+            Err(_) => {
+                tracing::warn!("eBPF runtime still referenced at exit; the kernel detaches on exit")
+            }
+        }
+        tracing::info!("eBPF programs detached");
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+/// Loading parses the kernel's BTF (megabytes, twice); give that memory back to the system so
+/// the resident size reflects steady state.
+fn release_startup_memory() {
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -1,0 +1,285 @@
+//! Kernel layout discovery. Rust eBPF cannot emit CO-RE relocations, so the offsets the programs
+//! need come from the running kernel: struct members from its BTF, classic tracepoint fields
+//! from tracefs `format` files. Nothing is hard-coded; what cannot be found stays
+//! `UNKNOWN_OFFSET` and the hooks that need it are not attached.
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use btf_rs::{Btf, Type};
+use collector_common::{KernelLayout, layout::UNKNOWN_OFFSET};
+
+use super::{Hook, HookType};
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Where tracefs is mounted, as aya looks for it: a non-empty `/sys/kernel/tracing`, else the
+/// legacy debugfs location.
+pub fn tracefs_root() -> Option<PathBuf> {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|path| path.join("events").is_dir())
+}
+
+/// Fills in a layout from the kernel's BTF and tracefs; returns what could not be read, one line
+/// each, for the log.
+pub fn discover(btf_path: &Path, tracefs: Option<&Path>) -> (KernelLayout, Vec<String>) {
+    let mut layout = KernelLayout::UNKNOWN;
+    let mut problems = Vec::new();
+    match Btf::from_file(btf_path) {
+        Ok(btf) => {
+            if let Err(e) = fill_from_btf(&btf, &mut layout) {
+                problems.push(format!("kernel BTF {}: {e:#}", btf_path.display()));
+            }
+        }
+        Err(e) => problems.push(format!(
+            "kernel BTF unavailable at {} ({e}): tp_btf and raw_tp scheduler hooks need it",
+            btf_path.display()
+        )),
+    }
+    match tracefs {
+        Some(root) => {
+            if let Err(e) = fill_from_tracefs(root, &mut layout) {
+                problems.push(format!("tracefs {}: {e:#}", root.display()));
+            }
+        }
+        None => problems.push(
+            "tracefs not mounted (mount -t tracefs nodev /sys/kernel/tracing): classic tracepoint \
+             fallbacks unavailable"
+                .to_owned(),
+        ),
+    }
+    (layout, problems)
+}
+
+fn fill_from_btf(btf: &Btf, layout: &mut KernelLayout) -> anyhow::Result<()> {
+    let task = find_struct(btf, "task_struct")?;
+    layout.task_pid = member_offset(btf, &task, "pid")?.context("task_struct has no pid")?;
+    // `__state` since 5.14, `state` before.
+    layout.task_state = match member_offset(btf, &task, "__state")? {
+        Some(offset) => offset,
+        None => member_offset(btf, &task, "state")?.unwrap_or(UNKNOWN_OFFSET),
+    };
+    // btf_trace_sched_switch is `void (*)(void *, bool, struct task_struct *, struct
+    // task_struct *[, unsigned int prev_state])`.
+    let parameters = tracepoint_parameter_count(btf, "sched_switch")?;
+    layout.sched_switch_has_prev_state = u32::from(parameters >= 5);
+    Ok(())
+}
+
+fn find_struct(btf: &Btf, name: &str) -> anyhow::Result<btf_rs::Struct> {
+    btf.resolve_types_by_name(name)
+        .with_context(|| format!("no type {name}"))?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Struct(s) => Some(s),
+            _ => None,
+        })
+        .with_context(|| format!("{name} is not a struct"))
+}
+
+/// Byte offset of member `name`, looking through anonymous structs and unions.
+fn member_offset(btf: &Btf, parent: &btf_rs::Struct, name: &str) -> anyhow::Result<Option<u32>> {
+    for member in &parent.members {
+        let member_name = btf.resolve_name(member).unwrap_or_default();
+        if member_name == name {
+            if member.bitfield_size().is_some_and(|bits| bits != 0) {
+                bail!("{name} is a bitfield");
+            }
+            return Ok(Some(member.bit_offset() / 8));
+        }
+        if member_name.is_empty() {
+            if let Ok(Type::Struct(inner) | Type::Union(inner)) = btf.resolve_chained_type(member) {
+                if let Some(offset) = member_offset(btf, &inner, name)? {
+                    return Ok(Some(member.bit_offset() / 8 + offset));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn tracepoint_parameter_count(btf: &Btf, tracepoint: &str) -> anyhow::Result<usize> {
+    let typedef = format!("btf_trace_{tracepoint}");
+    let mut t = btf
+        .resolve_types_by_name(&typedef)
+        .with_context(|| format!("no type {typedef}"))?
+        .into_iter()
+        .next()
+        .with_context(|| format!("no type {typedef}"))?;
+    // typedef -> pointer -> function prototype
+    for _ in 0..4 {
+        t = match t {
+            Type::FuncProto(proto) => return Ok(proto.parameters.len()),
+            Type::Typedef(ref inner) => btf.resolve_chained_type(inner)?,
+            Type::Ptr(ref inner) => btf.resolve_chained_type(inner)?,
+            other => bail!("{typedef} is a {}, not a function pointer", other.name()),
+        };
+    }
+    bail!("{typedef} does not lead to a function prototype")
+}
+
+fn fill_from_tracefs(root: &Path, layout: &mut KernelLayout) -> anyhow::Result<()> {
+    let offset = |event: &str, field: &str| -> anyhow::Result<u32> {
+        let path = root.join("events").join(event).join("format");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        field_offset(&text, field).with_context(|| format!("{}: no field {field}", path.display()))
+    };
+    // Each lookup is independent: one missing event must not hide the others.
+    let mut errors = Vec::new();
+    let mut set = |slot: &mut u32, result: anyhow::Result<u32>| match result {
+        Ok(value) => *slot = value,
+        Err(e) => errors.push(format!("{e:#}")),
+    };
+    set(
+        &mut layout.tp_sched_switch_prev_pid,
+        offset("sched/sched_switch", "prev_pid"),
+    );
+    set(
+        &mut layout.tp_sched_switch_prev_state,
+        offset("sched/sched_switch", "prev_state"),
+    );
+    set(
+        &mut layout.tp_sched_switch_next_pid,
+        offset("sched/sched_switch", "next_pid"),
+    );
+    set(
+        &mut layout.tp_sched_wakeup_pid,
+        offset("sched/sched_wakeup", "pid"),
+    );
+    set(
+        &mut layout.tp_sched_wakeup_new_pid,
+        offset("sched/sched_wakeup_new", "pid"),
+    );
+    set(
+        &mut layout.tp_sched_migrate_task_dest_cpu,
+        offset("sched/sched_migrate_task", "dest_cpu"),
+    );
+    set(
+        &mut layout.tp_softirq_vec,
+        offset("irq/softirq_exit", "vec"),
+    );
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", errors.join("; "))
+    }
+}
+
+/// Offset of `field` in a tracefs event `format` file, from its
+/// `field:<type> <name>;	offset:<n>;	size:<n>;	signed:<n>;` line.
+fn field_offset(format: &str, field: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let mut parts = line.trim().split(';').map(str::trim);
+        let declaration = parts.next()?.strip_prefix("field:")?;
+        let name = declaration.rsplit(' ').next()?;
+        let name = name.split('[').next()?;
+        if name != field {
+            return None;
+        }
+        parts.find_map(|part| part.strip_prefix("offset:")?.parse().ok())
+    })
+}
+
+/// Why `hook` cannot be attached as `hook_type` with this layout, if it cannot.
+pub fn missing_for(
+    layout: &KernelLayout,
+    hook: &Hook,
+    hook_type: HookType,
+) -> Option<&'static str> {
+    let unknown = |offset: u32| offset == UNKNOWN_OFFSET;
+    let needs_task_pid = matches!(
+        hook.name,
+        "sched_switch" | "sched_wakeup" | "sched_wakeup_new"
+    );
+    match hook_type {
+        HookType::BtfTracepoint | HookType::RawTracepoint => (needs_task_pid
+            && unknown(layout.task_pid))
+        .then_some("task_struct.pid offset unknown (no kernel BTF)"),
+        HookType::Tracepoint => {
+            let fields: &[u32] = match hook.name {
+                "sched_switch" => &[
+                    layout.tp_sched_switch_prev_pid,
+                    layout.tp_sched_switch_prev_state,
+                    layout.tp_sched_switch_next_pid,
+                ],
+                "sched_wakeup" => &[layout.tp_sched_wakeup_pid],
+                "sched_wakeup_new" => &[layout.tp_sched_wakeup_new_pid],
+                "sched_migrate_task" => &[layout.tp_sched_migrate_task_dest_cpu],
+                "softirq_exit" => &[layout.tp_softirq_vec],
+                _ => &[],
+            };
+            fields
+                .iter()
+                .any(|offset| unknown(*offset))
+                .then_some("tracepoint field offsets unknown (tracefs format not readable)")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHED_SWITCH_FORMAT: &str = "name: sched_switch\nID: 316\nformat:\n\
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+\tfield:char prev_comm[16];\toffset:8;\tsize:16;\tsigned:0;\n\
+\tfield:pid_t prev_pid;\toffset:24;\tsize:4;\tsigned:1;\n\
+\tfield:long prev_state;\toffset:32;\tsize:8;\tsigned:1;\n\
+\tfield:pid_t next_pid;\toffset:56;\tsize:4;\tsigned:1;\n\
+\nprint fmt: \"prev_comm=%s prev_pid=%d\", REC->prev_comm, REC->prev_pid\n";
+
+    #[test]
+    fn parses_tracefs_format_offsets() {
+        assert_eq!(field_offset(SCHED_SWITCH_FORMAT, "prev_pid"), Some(24));
+        assert_eq!(field_offset(SCHED_SWITCH_FORMAT, "prev_state"), Some(32));
+        assert_eq!(field_offset(SCHED_SWITCH_FORMAT, "next_pid"), Some(56));
+        assert_eq!(field_offset(SCHED_SWITCH_FORMAT, "prev_comm"), Some(8));
+        assert_eq!(field_offset(SCHED_SWITCH_FORMAT, "pid"), None);
+        assert_eq!(
+            field_offset("garbage\nfield:int x;\toffset:nope;", "x"),
+            None
+        );
+    }
+
+    #[test]
+    fn reads_this_kernels_btf() {
+        if !Path::new(VMLINUX_BTF).exists() {
+            eprintln!("skipped: this kernel has no BTF at {VMLINUX_BTF}");
+            return;
+        }
+        let btf = Btf::from_file(VMLINUX_BTF).unwrap();
+        let mut layout = KernelLayout::UNKNOWN;
+        fill_from_btf(&btf, &mut layout).unwrap();
+        assert_ne!(layout.task_pid, UNKNOWN_OFFSET);
+        assert_ne!(layout.task_state, UNKNOWN_OFFSET);
+        assert!(
+            layout.task_pid > layout.task_state,
+            "pid comes after __state in task_struct"
+        );
+        // This test machine runs 6.x, where sched_switch passes prev_state.
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let major: u32 = release.split('.').next().unwrap().parse().unwrap();
+        if major >= 6 {
+            assert_eq!(layout.sched_switch_has_prev_state, 1);
+        }
+    }
+
+    #[test]
+    fn missing_offsets_block_only_the_hooks_that_need_them() {
+        let layout = KernelLayout::UNKNOWN;
+        let switch = Hook {
+            category: "sched",
+            name: "sched_switch",
+        };
+        let softirq_entry = Hook {
+            category: "irq",
+            name: "softirq_entry",
+        };
+        assert!(missing_for(&layout, &switch, HookType::BtfTracepoint).is_some());
+        assert!(missing_for(&layout, &switch, HookType::Tracepoint).is_some());
+        assert!(missing_for(&layout, &softirq_entry, HookType::BtfTracepoint).is_none());
+        assert!(missing_for(&layout, &softirq_entry, HookType::Tracepoint).is_none());
+    }
+}

@@ -1,0 +1,241 @@
+//! Loads the kernel programs once, probes which hook type the kernel accepts for every hook the
+//! enabled collectors need (tp_btf → raw_tp → tracepoint by default), and attaches the first
+//! that works. One missing hook is a log line and an `ebpf_program_attached 0`, never an exit.
+//! Links are owned by the loaded object: dropping the runtime detaches everything, and nothing
+//! is pinned.
+use std::{collections::HashMap, os::fd::OwnedFd, path::Path, sync::Mutex, time::Duration};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::Map,
+    programs::{BtfTracePoint, RawTracePoint, TracePoint},
+};
+
+use super::{Hook, HookType, layout};
+
+/// The compiled kernel programs (collector-ebpf), built by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/collector-ebpf"));
+
+#[cfg(ebpf_stub)]
+unsafe extern "C" {
+    /// Deliberately undefined: build.rs found no eBPF toolchain and embedded an empty object, so
+    /// a real build must not link. Run `cargo xtask setup`.
+    fn collector_built_without_the_ebpf_toolchain_run_cargo_xtask_setup() -> !;
+}
+
+fn object() -> &'static [u8] {
+    #[cfg(ebpf_stub)]
+    unsafe {
+        collector_built_without_the_ebpf_toolchain_run_cargo_xtask_setup()
+    }
+    #[cfg(not(ebpf_stub))]
+    OBJECT
+}
+
+pub struct LoaderOptions {
+    pub hook_types: Vec<HookType>,
+    pub enable_stats: bool,
+    pub runqueue_max_tasks: u32,
+}
+
+pub struct EbpfRuntime {
+    /// Held for program info (statistics) at scrape time; maps are taken out at start-up.
+    ebpf: Mutex<Ebpf>,
+    attached: HashMap<&'static str, HookType>,
+    /// Keeps `kernel.bpf_stats_enabled` on while we run (`--ebpf.enable-stats`).
+    stats_fd: Option<OwnedFd>,
+}
+
+/// Run time and run count of one program, from the kernel's BPF statistics.
+pub struct ProgramStats {
+    pub run_time: Duration,
+    pub run_count: u64,
+}
+
+impl EbpfRuntime {
+    /// Loads the object and attaches `hooks`. Fails only if nothing can be loaded at all (no
+    /// CAP_BPF, no BPF support); a hook the kernel refuses is logged and left out.
+    pub fn start(hooks: &[&'static Hook], options: &LoaderOptions) -> anyhow::Result<Self> {
+        raise_memlock_limit();
+        let tracefs = layout::tracefs_root();
+        let (kernel_layout, problems) =
+            layout::discover(Path::new(layout::VMLINUX_BTF), tracefs.as_deref());
+        for problem in &problems {
+            tracing::warn!("{problem}");
+        }
+        tracing::debug!(?kernel_layout, "kernel layout");
+        let btf = match Btf::from_sys_fs() {
+            Ok(btf) => Some(btf),
+            Err(e) => {
+                tracing::warn!(err = %e, "kernel BTF unavailable: tp_btf hooks disabled");
+                None
+            }
+        };
+
+        let possible_cpus =
+            aya::util::nr_cpus().map_err(|(path, e)| anyhow!("reading {path}: {e}"))? as u32;
+        let mut ebpf = EbpfLoader::new()
+            .btf(btf.as_ref())
+            .override_global("KERNEL_LAYOUT", &kernel_layout, true)
+            .map_max_entries("RUNQUEUE_ENQUEUED_AT", options.runqueue_max_tasks)
+            .map_max_entries("MIGRATIONS_TO_CPU", possible_cpus)
+            .load(object())
+            .context("loading the eBPF object (needs CAP_BPF and CAP_PERFMON, or root)")?;
+
+        let stats_fd = if options.enable_stats {
+            match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    tracing::warn!(err = %e, "cannot enable BPF run-time statistics (needs CAP_SYS_ADMIN)");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+
+        let mut attached = HashMap::new();
+        for hook in hooks {
+            match attach_first_accepted(
+                &mut ebpf,
+                hook,
+                &options.hook_types,
+                btf.as_ref(),
+                &kernel_layout,
+            ) {
+                Ok(hook_type) => {
+                    tracing::info!(hook = hook.name, hook_type = %hook_type, "attached");
+                    attached.insert(hook.name, hook_type);
+                }
+                Err(reasons) => {
+                    tracing::warn!(hook = hook.name, reasons = %reasons, "hook unavailable; its metrics are missing");
+                }
+            }
+        }
+        Ok(Self {
+            ebpf: Mutex::new(ebpf),
+            attached,
+            stats_fd,
+        })
+    }
+
+    /// Hands a map over to the collector that reads it.
+    pub fn take_map(&self, name: &str) -> anyhow::Result<Map> {
+        self.ebpf
+            .lock()
+            .expect("ebpf lock poisoned")
+            .take_map(name)
+            .with_context(|| format!("map {name} missing from the eBPF object"))
+    }
+
+    /// The hook type `hook` is attached with, if it is.
+    pub fn attached(&self, hook: &Hook) -> Option<HookType> {
+        self.attached.get(hook.name).copied()
+    }
+
+    /// Whether run-time statistics are being collected (by us or by someone else's sysctl).
+    pub fn stats_enabled(&self) -> bool {
+        self.stats_fd.is_some()
+            || std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+                .is_ok_and(|v| v.trim() == "1")
+    }
+
+    pub fn program_stats(&self, hook: &Hook) -> Option<ProgramStats> {
+        let hook_type = self.attached(hook)?;
+        let ebpf = self.ebpf.lock().expect("ebpf lock poisoned");
+        let info = ebpf.program(&hook.program_name(hook_type))?.info().ok()?;
+        Some(ProgramStats {
+            run_time: info.run_time(),
+            run_count: info.run_count(),
+        })
+    }
+}
+
+/// Tries each hook type in order; on failure returns every reason, for one log line.
+fn attach_first_accepted(
+    ebpf: &mut Ebpf,
+    hook: &Hook,
+    hook_types: &[HookType],
+    btf: Option<&Btf>,
+    kernel_layout: &collector_common::KernelLayout,
+) -> Result<HookType, String> {
+    let mut reasons = Vec::new();
+    for &hook_type in hook_types {
+        let result = match layout::missing_for(kernel_layout, hook, hook_type) {
+            Some(missing) => Err(anyhow!("{missing}")),
+            None => attach(ebpf, hook, hook_type, btf),
+        };
+        match result {
+            Ok(()) => return Ok(hook_type),
+            Err(e) => {
+                tracing::debug!(hook = hook.name, hook_type = %hook_type, err = format!("{e:#}"), "hook type refused");
+                reasons.push(format!("{hook_type}: {}", first_line(&format!("{e:#}"))));
+            }
+        }
+    }
+    if reasons.is_empty() {
+        reasons.push("no hook types allowed (--ebpf.hook-types)".to_owned());
+    }
+    Err(reasons.join("; "))
+}
+
+fn attach(
+    ebpf: &mut Ebpf,
+    hook: &Hook,
+    hook_type: HookType,
+    btf: Option<&Btf>,
+) -> anyhow::Result<()> {
+    let name = hook.program_name(hook_type);
+    let program = ebpf
+        .program_mut(&name)
+        .with_context(|| format!("program {name} missing from the eBPF object"))?;
+    match hook_type {
+        HookType::BtfTracepoint => {
+            let btf = btf.context("kernel BTF unavailable")?;
+            let program: &mut BtfTracePoint = program.try_into()?;
+            program.load(hook.name, btf)?;
+            if let Err(e) = program.attach() {
+                let _ = program.unload();
+                return Err(e.into());
+            }
+        }
+        HookType::RawTracepoint => {
+            let program: &mut RawTracePoint = program.try_into()?;
+            program.load()?;
+            if let Err(e) = program.attach(hook.name) {
+                let _ = program.unload();
+                return Err(e.into());
+            }
+        }
+        HookType::Tracepoint => {
+            if layout::tracefs_root().is_none() {
+                bail!("tracefs not mounted");
+            }
+            let program: &mut TracePoint = program.try_into()?;
+            program.load()?;
+            if let Err(e) = program.attach(hook.category, hook.name) {
+                let _ = program.unload();
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Verifier logs run to pages; the warning keeps their first line, debug has the rest.
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or(text)
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones ignore it.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads a valid, initialised struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!(err = %std::io::Error::last_os_error(), "cannot raise RLIMIT_MEMLOCK");
+    }
+}

@@ -1,0 +1,162 @@
+//! Metrics about the collector itself: `process_*` (from the prometheus crate's process
+//! collector, as client_golang's), `promhttp_metric_handler_*` as node_exporter's handler, and a
+//! build-info gauge.
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use prometheus::core::Collector as _;
+
+use crate::metrics::{MetricFamily, MetricType};
+
+/// HTTP status codes the metrics handler counts, as promhttp pre-initialises them.
+const STATUS_CODES: [u16; 3] = [200, 500, 503];
+
+pub struct ExporterMetrics {
+    process: prometheus::process_collector::ProcessCollector,
+    requests_in_flight: AtomicI64,
+    requests_total: [AtomicU64; STATUS_CODES.len()],
+}
+
+impl Default for ExporterMetrics {
+    fn default() -> Self {
+        Self {
+            process: prometheus::process_collector::ProcessCollector::for_self(),
+            requests_in_flight: AtomicI64::new(0),
+            requests_total: Default::default(),
+        }
+    }
+}
+
+impl ExporterMetrics {
+    pub fn request_started(&self) {
+        self.requests_in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn request_finished(&self, status: u16) {
+        self.requests_in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.count_response(status);
+    }
+
+    pub fn count_response(&self, status: u16) {
+        if let Some(i) = STATUS_CODES.iter().position(|code| *code == status) {
+            self.requests_total[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `process_*` and `promhttp_*` families (omitted under `--web.disable-exporter-metrics`).
+    pub fn families(&self) -> Vec<MetricFamily> {
+        let mut families: Vec<MetricFamily> = self
+            .process
+            .collect()
+            .iter()
+            .filter_map(from_prometheus)
+            .collect();
+        families.push(
+            MetricFamily::gauge(
+                "promhttp_metric_handler_requests_in_flight",
+                "Current number of scrapes being served.",
+            )
+            .with(
+                std::iter::empty::<(&str, &str)>(),
+                self.requests_in_flight.load(Ordering::Relaxed) as f64,
+            ),
+        );
+        let mut total = MetricFamily::counter(
+            "promhttp_metric_handler_requests_total",
+            "Total number of scrapes by HTTP status code.",
+        );
+        for (code, count) in STATUS_CODES.iter().zip(&self.requests_total) {
+            total.push(
+                [("code", code.to_string())],
+                count.load(Ordering::Relaxed) as f64,
+            );
+        }
+        families.push(total);
+        families
+    }
+}
+
+/// `ebpf_build_info`: always exported, like node_exporter's `node_exporter_build_info`.
+pub fn build_info() -> MetricFamily {
+    MetricFamily::gauge(
+        "ebpf_build_info",
+        "A metric with a constant '1' value labeled by version, revision, rustversion and arch from which the collector was built.",
+    )
+    .with(
+        [
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("revision", env!("COLLECTOR_GIT_REVISION")),
+            ("rustversion", env!("COLLECTOR_RUSTC_VERSION")),
+            ("arch", std::env::consts::ARCH),
+        ],
+        1.0,
+    )
+}
+
+/// Converts the process collector's families (counters and gauges only).
+fn from_prometheus(family: &prometheus::proto::MetricFamily) -> Option<MetricFamily> {
+    use prometheus::proto::MetricType as P;
+    let metric_type = match family.get_field_type() {
+        P::COUNTER => MetricType::Counter,
+        P::GAUGE => MetricType::Gauge,
+        _ => return None,
+    };
+    let mut out = MetricFamily::new(family.name(), family.help(), metric_type);
+    for metric in family.get_metric() {
+        let value = match metric_type {
+            MetricType::Counter => metric.get_counter().get_value(),
+            _ => metric.get_gauge().get_value(),
+        };
+        out.push(
+            metric.get_label().iter().map(|l| (l.name(), l.value())),
+            value,
+        );
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_and_handler_families() {
+        let metrics = ExporterMetrics::default();
+        metrics.request_started();
+        metrics.request_finished(200);
+        metrics.count_response(503);
+        let families = metrics.families();
+        let names: Vec<_> = families.iter().map(|f| f.name.as_str()).collect();
+        for expected in [
+            "process_cpu_seconds_total",
+            "process_max_fds",
+            "process_open_fds",
+            "process_resident_memory_bytes",
+            "process_start_time_seconds",
+            "process_virtual_memory_bytes",
+            "promhttp_metric_handler_requests_in_flight",
+            "promhttp_metric_handler_requests_total",
+        ] {
+            assert!(
+                names.contains(&expected),
+                "{expected} missing from {names:?}"
+            );
+        }
+        let text = crate::exposition::encode(&crate::metrics::merge_and_sort(families));
+        assert!(
+            text.contains("promhttp_metric_handler_requests_total{code=\"200\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("promhttp_metric_handler_requests_total{code=\"503\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("promhttp_metric_handler_requests_in_flight 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE process_cpu_seconds_total counter\n"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,286 @@
+//! Prometheus text exposition format 0.0.4, printed exactly as node_exporter (client_golang's
+//! expfmt) prints it: families sorted by name, labels sorted by name, series sorted by label
+//! values, floats in Go's shortest `%g` form, the same escaping.
+use std::fmt::Write as _;
+
+use crate::metrics::{MetricFamily, Value};
+
+/// `Content-Type` of the text format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Encodes families that `metrics::merge_and_sort` has already put in order.
+pub fn encode(families: &[MetricFamily]) -> String {
+    let mut out = String::with_capacity(families.len() * 256);
+    for family in families {
+        encode_family(family, &mut out);
+    }
+    out
+}
+
+fn encode_family(family: &MetricFamily, out: &mut String) {
+    if family.metrics.is_empty() {
+        return; // client_golang never prints a family without samples
+    }
+    let name = family.name.as_str();
+    out.push_str("# HELP ");
+    out.push_str(name);
+    out.push(' ');
+    escape_help(&family.help, out);
+    out.push_str("\n# TYPE ");
+    out.push_str(name);
+    out.push(' ');
+    out.push_str(family.metric_type.as_str());
+    out.push('\n');
+
+    let mut metrics: Vec<_> = family
+        .metrics
+        .iter()
+        .map(|metric| {
+            let mut labels: Vec<(&str, &str)> = metric
+                .labels
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            labels.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            (labels, &metric.value)
+        })
+        .collect();
+    // client_golang orders series by their label values, compared as strings, label by label.
+    metrics.sort_by(|(a, _), (b, _)| a.iter().map(|l| l.1).cmp(b.iter().map(|l| l.1)));
+
+    for (labels, value) in metrics {
+        match value {
+            Value::Scalar(v) => write_sample(out, name, "", &labels, None, *v),
+            Value::Histogram(h) => {
+                for (bound, count) in &h.buckets {
+                    write_sample(out, name, "_bucket", &labels, Some(*bound), *count as f64);
+                }
+                write_sample(
+                    out,
+                    name,
+                    "_bucket",
+                    &labels,
+                    Some(f64::INFINITY),
+                    h.count as f64,
+                );
+                write_sample(out, name, "_sum", &labels, None, h.sum);
+                write_sample(out, name, "_count", &labels, None, h.count as f64);
+            }
+        }
+    }
+}
+
+fn write_sample(
+    out: &mut String,
+    name: &str,
+    suffix: &str,
+    labels: &[(&str, &str)],
+    le: Option<f64>,
+    value: f64,
+) {
+    out.push_str(name);
+    out.push_str(suffix);
+    if !labels.is_empty() || le.is_some() {
+        out.push('{');
+        let mut first = true;
+        for (label, label_value) in labels {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            out.push_str(label);
+            out.push_str("=\"");
+            escape_label_value(label_value, out);
+            out.push('"');
+        }
+        if let Some(le) = le {
+            if !first {
+                out.push(',');
+            }
+            out.push_str("le=\"");
+            push_float(out, le);
+            out.push('"');
+        }
+        out.push('}');
+    }
+    out.push(' ');
+    push_float(out, value);
+    out.push('\n');
+}
+
+fn escape_help(help: &str, out: &mut String) {
+    for c in help.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn escape_label_value(value: &str, out: &mut String) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Appends `value` as Go's `strconv.FormatFloat(value, 'g', -1, 64)` does (client_golang's
+/// `writeFloat`): the shortest digits that round-trip; exponent form when the decimal exponent
+/// is below -4 or at least 6 (Go's precision for the `%e` decision in shortest mode), with at
+/// least two exponent digits. So `808960`, `1.150976e+06`, `0.0001`, `1.305e-06`.
+pub fn push_float(out: &mut String, value: f64) {
+    if value.is_nan() {
+        out.push_str("NaN");
+        return;
+    }
+    if value.is_infinite() {
+        out.push_str(if value > 0.0 { "+Inf" } else { "-Inf" });
+        return;
+    }
+    // Rust's `{:e}` prints the shortest round-trip digits: "-1.150976e6".
+    let scientific = format!("{value:e}");
+    let (mantissa, exponent) = scientific
+        .split_once('e')
+        .expect("`{:e}` always prints an exponent");
+    let exponent: i32 = exponent.parse().expect("`{:e}` prints a decimal exponent");
+    let (negative, mantissa) = match mantissa.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, mantissa),
+    };
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+
+    if negative {
+        out.push('-');
+    }
+    if exponent < -4 || exponent >= 6 {
+        out.push_str(&digits[..1]);
+        if digits.len() > 1 {
+            out.push('.');
+            out.push_str(&digits[1..]);
+        }
+        out.push('e');
+        out.push(if exponent < 0 { '-' } else { '+' });
+        let _ = write!(out, "{:02}", exponent.abs());
+    } else if exponent < 0 {
+        out.push_str("0.");
+        for _ in 0..(-exponent - 1) {
+            out.push('0');
+        }
+        out.push_str(&digits);
+    } else {
+        let int_len = (exponent + 1) as usize;
+        if digits.len() <= int_len {
+            out.push_str(&digits);
+            for _ in digits.len()..int_len {
+                out.push('0');
+            }
+        } else {
+            out.push_str(&digits[..int_len]);
+            out.push('.');
+            out.push_str(&digits[int_len..]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{HistogramValue, MetricFamily};
+
+    fn float(value: f64) -> String {
+        let mut out = String::new();
+        push_float(&mut out, value);
+        out
+    }
+
+    #[test]
+    fn floats_print_as_go_does() {
+        // Expected strings are Go's strconv.FormatFloat(v, 'g', -1, 64).
+        let cases: &[(f64, &str)] = &[
+            (0.0, "0"),
+            (-0.0, "-0"),
+            (1.0, "1"),
+            (-1.0, "-1"),
+            (808960.0, "808960"),
+            (999999.0, "999999"),
+            (1e6, "1e+06"),
+            (1150976.0, "1.150976e+06"),
+            (2.5165824e10, "2.5165824e+10"),
+            (1.305e-6, "1.305e-06"),
+            (0.0001, "0.0001"),
+            (0.00012, "0.00012"),
+            (1e-5, "1e-05"),
+            (0.1, "0.1"),
+            (123.456, "123.456"),
+            (1.5, "1.5"),
+            (-2.75, "-2.75"),
+            (1.024e-6, "1.024e-06"),
+            (1e21, "1e+21"),
+            (1.7976931348623157e308, "1.7976931348623157e+308"),
+            (5e-324, "5e-324"),
+            (f64::NAN, "NaN"),
+            (f64::INFINITY, "+Inf"),
+            (f64::NEG_INFINITY, "-Inf"),
+            (18446744073709551615.0, "1.8446744073709552e+19"),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(float(*value), *expected, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn family_with_sorted_escaped_labels() {
+        let mut family = MetricFamily::counter("test_total", "Help with \\ and\nnewline.");
+        family.push([("cpu", "10"), ("mode", "a\"b")], 2.0);
+        family.push([("mode", "x\\y\nz"), ("cpu", "2")], 1.5);
+        family.push([("cpu", "1"), ("mode", "idle")], 1e7);
+        let text = encode(&[family]);
+        assert_eq!(
+            text,
+            "# HELP test_total Help with \\\\ and\\nnewline.\n\
+             # TYPE test_total counter\n\
+             test_total{cpu=\"1\",mode=\"idle\"} 1e+07\n\
+             test_total{cpu=\"10\",mode=\"a\\\"b\"} 2\n\
+             test_total{cpu=\"2\",mode=\"x\\\\y\\nz\"} 1.5\n"
+        );
+    }
+
+    #[test]
+    fn histogram_series() {
+        let mut family = MetricFamily::histogram("lat_seconds", "Latency.");
+        family.push_histogram(
+            [("dev", "sda")],
+            HistogramValue {
+                buckets: vec![(0.001, 1), (0.002, 3)],
+                sum: 0.0045,
+                count: 4,
+            },
+        );
+        assert_eq!(
+            encode(&[family]),
+            "# HELP lat_seconds Latency.\n\
+             # TYPE lat_seconds histogram\n\
+             lat_seconds_bucket{dev=\"sda\",le=\"0.001\"} 1\n\
+             lat_seconds_bucket{dev=\"sda\",le=\"0.002\"} 3\n\
+             lat_seconds_bucket{dev=\"sda\",le=\"+Inf\"} 4\n\
+             lat_seconds_sum{dev=\"sda\"} 0.0045\n\
+             lat_seconds_count{dev=\"sda\"} 4\n"
+        );
+    }
+
+    #[test]
+    fn unlabelled_sample_and_empty_family() {
+        let up =
+            MetricFamily::gauge("up_like", "One.").with(std::iter::empty::<(&str, &str)>(), 1.0);
+        let empty = MetricFamily::gauge("empty", "Nothing.");
+        assert_eq!(
+            encode(&[empty, up]),
+            "# HELP up_like One.\n# TYPE up_like gauge\nup_like 1\n"
+        );
+    }
+}

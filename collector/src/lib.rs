@@ -1,0 +1,16 @@
+//! eBPF-based kernel metrics collector: node_exporter's metrics from /proc and /sys, plus
+//! scheduler, CPU, block I/O and network metrics counted in the kernel by eBPF programs, served
+//! in the Prometheus text format.
+pub mod cli;
+pub mod collectors;
+pub mod ebpf;
+pub mod exporter;
+pub mod exposition;
+pub mod logging;
+pub mod metrics;
+pub mod scrape;
+pub mod server;
+
+mod daemon;
+
+pub use daemon::main;

@@ -1,0 +1,157 @@
+//! HTTP: a landing page at `/` and the metrics at the telemetry path, gzip-compressed when the
+//! client accepts it, at most `--web.max-requests` scrapes at once (beyond that, 503).
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use axum::{
+    Router,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{Html, IntoResponse, Response},
+    routing::get,
+};
+use tokio::sync::Semaphore;
+use tower_http::compression::CompressionLayer;
+
+use crate::{
+    exporter::{self, ExporterMetrics},
+    exposition, metrics,
+    scrape::Scraper,
+};
+
+pub struct AppState {
+    pub scraper: Scraper,
+    pub exporter: ExporterMetrics,
+    pub exporter_metrics_enabled: bool,
+    pub telemetry_path: String,
+    /// `None`: no limit (`--web.max-requests=0`).
+    pub scrape_permits: Option<Semaphore>,
+    pub max_requests: usize,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let telemetry_path = state.telemetry_path.clone();
+    let mut router = Router::new().route(&telemetry_path, get(metrics_handler));
+    if telemetry_path != "/" {
+        router = router.route("/", get(landing_page));
+    }
+    router
+        .layer(CompressionLayer::new().gzip(true))
+        .with_state(state)
+}
+
+/// Serves `router` on every address until `shutdown` resolves.
+pub async fn serve(
+    listeners: Vec<tokio::net::TcpListener>,
+    router: Router,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut servers = tokio::task::JoinSet::new();
+    for listener in listeners {
+        let router = router.clone();
+        let mut shutdown = shutdown.clone();
+        servers.spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = shutdown.wait_for(|stop| *stop).await;
+                })
+                .await
+        });
+    }
+    while let Some(result) = servers.join_next().await {
+        result
+            .context("HTTP server task failed")?
+            .context("HTTP server failed")?;
+    }
+    Ok(())
+}
+
+pub async fn bind(addresses: &[SocketAddr]) -> anyhow::Result<Vec<tokio::net::TcpListener>> {
+    let mut listeners = Vec::new();
+    for address in addresses {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address}"))?;
+        tracing::info!(address = %listener.local_addr()?, "listening");
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+async fn landing_page(State(state): State<Arc<AppState>>) -> Html<String> {
+    let path = &state.telemetry_path;
+    Html(format!(
+        "<!DOCTYPE html>\n<html>\n<head><title>eBPF Node Collector</title></head>\n<body>\n\
+         <h1>eBPF Node Collector</h1>\n\
+         <p>Prometheus exporter for node and kernel metrics: node_exporter's metrics plus eBPF \
+         scheduler, CPU, block and network metrics.</p>\n\
+         <ul><li><a href=\"{path}\">Metrics</a></li></ul>\n\
+         <p>Version {}</p>\n</body>\n</html>\n",
+        env!("CARGO_PKG_VERSION")
+    ))
+}
+
+async fn metrics_handler(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let _permit = match &state.scrape_permits {
+        None => None,
+        Some(permits) => match permits.try_acquire() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                state.exporter.count_response(503);
+                let message = format!(
+                    "Limit of concurrent requests reached ({}), try again later.\n",
+                    state.max_requests
+                );
+                return (StatusCode::SERVICE_UNAVAILABLE, message).into_response();
+            }
+        },
+    };
+    state.exporter.request_started();
+    let timeout = scrape_timeout(&headers);
+    let mut families = state.scraper.scrape(timeout).await;
+    families.push(exporter::build_info());
+    if state.exporter_metrics_enabled {
+        families.extend(state.exporter.families());
+    }
+    let body = exposition::encode(&metrics::merge_and_sort(families));
+    state.exporter.request_finished(200);
+    ([(header::CONTENT_TYPE, exposition::CONTENT_TYPE)], body).into_response()
+}
+
+/// Prometheus sends its scrape timeout; finish a little before it so the answer still arrives.
+fn scrape_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let seconds: f64 = headers
+        .get("X-Prometheus-Scrape-Timeout-Seconds")?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    (seconds.is_finite() && seconds > 0.0)
+        .then(|| Duration::from_secs_f64((seconds - 0.5).max(seconds * 0.5)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrape_timeout_header_leaves_margin() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(scrape_timeout(&headers), None);
+        headers.insert("X-Prometheus-Scrape-Timeout-Seconds", "10".parse().unwrap());
+        assert_eq!(scrape_timeout(&headers), Some(Duration::from_secs_f64(9.5)));
+        headers.insert(
+            "X-Prometheus-Scrape-Timeout-Seconds",
+            "0.5".parse().unwrap(),
+        );
+        assert_eq!(
+            scrape_timeout(&headers),
+            Some(Duration::from_secs_f64(0.25))
+        );
+        headers.insert(
+            "X-Prometheus-Scrape-Timeout-Seconds",
+            "soon".parse().unwrap(),
+        );
+        assert_eq!(scrape_timeout(&headers), None);
+    }
+}
