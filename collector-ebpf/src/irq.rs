@@ -51,10 +51,11 @@ fn softirq_entry() {
 #[inline(always)]
 fn softirq_exit(vector: u32) {
     with_irq_time(|t, now| {
-        if t.softirq_entered_ns != 0 && now >= t.softirq_entered_ns {
-            if let Some(total) = SOFTIRQ_TIME.get_ptr_mut(vector) {
-                unsafe { *total += now - t.softirq_entered_ns };
-            }
+        if t.softirq_entered_ns != 0
+            && now >= t.softirq_entered_ns
+            && let Some(total) = SOFTIRQ_TIME.get_ptr_mut(vector)
+        {
+            unsafe { *total += now - t.softirq_entered_ns };
         }
         t.softirq_entered_ns = 0;
     });

@@ -11,7 +11,7 @@ mod irq;
 mod layout;
 mod sched;
 
-#[cfg(not(test))]
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     // The verifier rejects any program that could reach this, so it is never executed.

@@ -133,6 +133,62 @@ fn scrape_timeout(headers: &HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{metrics::MetricFamily, scrape::Collector};
+
+    struct Slow;
+    impl Collector for Slow {
+        fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
+            std::thread::sleep(Duration::from_millis(800));
+            out.push(MetricFamily::gauge("slow_value", "Slow.").with([("a", "b")], 1.0));
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_beyond_max_requests_get_503() {
+        let state = Arc::new(AppState {
+            scraper: Scraper::new(
+                vec![("slow", Arc::new(Slow) as Arc<dyn Collector>)],
+                Duration::from_secs(5),
+            ),
+            exporter: ExporterMetrics::default(),
+            exporter_metrics_enabled: true,
+            telemetry_path: "/metrics".into(),
+            scrape_permits: Some(Semaphore::new(1)),
+            max_requests: 1,
+        });
+        let listeners = bind(&["127.0.0.1:0".parse().unwrap()]).await.unwrap();
+        let address = listeners[0].local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(serve(listeners, router(Arc::clone(&state)), stopped));
+
+        let url = format!("http://{address}/metrics");
+        let statuses = tokio::task::spawn_blocking(move || {
+            let first = {
+                let url = url.clone();
+                std::thread::spawn(move || ureq::get(&url).call().map(|r| r.status().as_u16()))
+            };
+            std::thread::sleep(Duration::from_millis(300));
+            let second = ureq::get(&url).call();
+            let second = match second {
+                Ok(r) => r.status().as_u16(),
+                Err(ureq::Error::StatusCode(code)) => code,
+                Err(e) => panic!("{e}"),
+            };
+            (first.join().unwrap().unwrap(), second)
+        })
+        .await
+        .unwrap();
+        assert_eq!(statuses, (200, 503));
+        let text =
+            crate::exposition::encode(&crate::metrics::merge_and_sort(state.exporter.families()));
+        assert!(
+            text.contains("promhttp_metric_handler_requests_total{code=\"503\"} 1\n"),
+            "{text}"
+        );
+        stop.send(true).unwrap();
+        server.await.unwrap().unwrap();
+    }
 
     #[test]
     fn scrape_timeout_header_leaves_margin() {

@@ -1,1 +1,106 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | build | run | test | bench`.
+mod bench;
+mod setup;
+mod shell;
+
+use std::{os::unix::process::CommandExt as _, process::Command};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Set up, build, run, test and benchmark the collector.")]
+struct Args {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need: nightly rust-src, bpf-linker, Debian packages.
+    /// Idempotent; fast when everything is present.
+    Setup,
+    /// Build the release daemon (kernel programs embedded).
+    Build,
+    /// Build and run the daemon; arguments after `--` go to the collector.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the whole test suite: formatting, clippy, unit tests and the root integration tests.
+    Test {
+        /// Extra arguments for `cargo test` (a test-name filter, `--nocapture`...).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Measure scrape cost against node_exporter and the cost of the kernel programs.
+    Bench(bench::Options),
+}
+
+fn main() -> anyhow::Result<()> {
+    let root = shell::workspace_root()?;
+    std::env::set_current_dir(&root).context("entering the workspace")?;
+    match Args::parse().task {
+        Task::Setup => setup::run(),
+        Task::Build => build(),
+        Task::Run { args } => {
+            build()?;
+            if !setup::is_root() {
+                eprintln!(
+                    "note: not root; eBPF programs need CAP_BPF and CAP_PERFMON (or root) and will be missing"
+                );
+            }
+            let error = Command::new(root.join("target/release/collector"))
+                .args(args)
+                .exec();
+            Err(error).context("starting target/release/collector")
+        }
+        Task::Test { args } => test(&args),
+        Task::Bench(options) => {
+            build()?;
+            bench::run(&root, &options)
+        }
+    }
+}
+
+fn build() -> anyhow::Result<()> {
+    setup::run()?;
+    shell::cargo(&["build", "--release", "--package", "collector"])
+}
+
+fn test(extra: &[String]) -> anyhow::Result<()> {
+    setup::run()?;
+    shell::cargo(&["fmt", "--all", "--", "--check"])
+        .context("formatting differs: run `cargo fmt --all`")?;
+    shell::cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    // The kernel programs, linted for the target they run on.
+    shell::run(Command::new("cargo").args([
+        "+nightly",
+        "clippy",
+        "--package",
+        "collector-ebpf",
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--target-dir",
+        "target/bpf-clippy",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    let mut args = vec!["test", "--workspace"];
+    if !extra.is_empty() {
+        args.push("--");
+        args.extend(extra.iter().map(String::as_str));
+    }
+    shell::cargo(&args)
+}

@@ -88,12 +88,11 @@ fn member_offset(btf: &Btf, parent: &btf_rs::Struct, name: &str) -> anyhow::Resu
             }
             return Ok(Some(member.bit_offset() / 8));
         }
-        if member_name.is_empty() {
-            if let Ok(Type::Struct(inner) | Type::Union(inner)) = btf.resolve_chained_type(member) {
-                if let Some(offset) = member_offset(btf, &inner, name)? {
-                    return Ok(Some(member.bit_offset() / 8 + offset));
-                }
-            }
+        if member_name.is_empty()
+            && let Ok(Type::Struct(inner) | Type::Union(inner)) = btf.resolve_chained_type(member)
+            && let Some(offset) = member_offset(btf, &inner, name)?
+        {
+            return Ok(Some(member.bit_offset() / 8 + offset));
         }
     }
     Ok(None)
@@ -168,7 +167,7 @@ fn fill_from_tracefs(root: &Path, layout: &mut KernelLayout) -> anyhow::Result<(
 }
 
 /// Offset of `field` in a tracefs event `format` file, from its
-/// `field:<type> <name>;	offset:<n>;	size:<n>;	signed:<n>;` line.
+/// `field:<type> <name>; offset:<n>; size:<n>; signed:<n>;` line (tab-separated).
 fn field_offset(format: &str, field: &str) -> Option<u32> {
     format.lines().find_map(|line| {
         let mut parts = line.trim().split(';').map(str::trim);

@@ -61,8 +61,10 @@ impl EbpfRuntime {
         let tracefs = layout::tracefs_root();
         let (kernel_layout, problems) =
             layout::discover(Path::new(layout::VMLINUX_BTF), tracefs.as_deref());
+        // Informational: what a missing fact costs is logged per hook, as a warning, if it
+        // ends up mattering.
         for problem in &problems {
-            tracing::warn!("{problem}");
+            tracing::info!("kernel layout: {problem}");
         }
         tracing::debug!(?kernel_layout, "kernel layout");
         let btf = match Btf::from_sys_fs() {

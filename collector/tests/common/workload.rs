@@ -1,0 +1,113 @@
+//! Workloads whose size the tests know, so counters can be checked against it.
+use std::{
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    os::unix::fs::OpenOptionsExt as _,
+    path::Path,
+};
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_to_cpu(cpu: usize) {
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            rc,
+            0,
+            "sched_setaffinity({cpu}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Two threads pinned to one CPU pass a byte back and forth `rounds` times over two pipes.
+///
+/// On one CPU every hand-over needs a context switch (the peer cannot run otherwise), so there
+/// are at least `2 * rounds` switches on `cpu`; and in every round one side finds its pipe empty
+/// and blocks, so at least `rounds - 1` voluntary switches, wake-ups, and wake-up-to-run delays.
+pub fn pipe_ping_pong(rounds: usize, cpu: usize) {
+    let (mut ping_rx, mut ping_tx) = std::io::pipe().expect("pipe");
+    let (mut pong_rx, mut pong_tx) = std::io::pipe().expect("pipe");
+    let echo = std::thread::spawn(move || {
+        pin_to_cpu(cpu);
+        let mut byte = [0u8];
+        for _ in 0..rounds {
+            ping_rx.read_exact(&mut byte).expect("ping");
+            pong_tx.write_all(&byte).expect("pong");
+        }
+    });
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            pin_to_cpu(cpu);
+            let mut byte = [0u8];
+            for _ in 0..rounds {
+                ping_tx.write_all(&[1]).expect("ping");
+                pong_rx.read_exact(&mut byte).expect("pong");
+            }
+        });
+    });
+    echo.join().expect("echo thread");
+}
+
+/// Moves one thread between CPU 0 and CPU 1 `times` times: each move is a task migration.
+pub fn flip_between_cpus(times: usize) {
+    std::thread::spawn(move || {
+        for i in 0..times {
+            pin_to_cpu(i % 2);
+            // Run on the new CPU before moving again.
+            std::hint::black_box((0..1000).sum::<u64>());
+        }
+    })
+    .join()
+    .expect("flipping thread");
+}
+
+/// Starts and reaps `count` processes: each is a new task woken for the first time.
+pub fn spawn_processes(count: usize) {
+    for _ in 0..count {
+        let status = std::process::Command::new("true")
+            .status()
+            .expect("running true");
+        assert!(status.success());
+    }
+}
+
+/// `count` 4 KiB writes, each followed by fsync, so each reaches the disk (and its interrupt).
+pub fn fsync_writes(path: &Path, count: usize) {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .custom_flags(libc::O_DSYNC)
+        .open(path)
+        .expect("opening the fsync test file");
+    let block = [0x5au8; 4096];
+    for _ in 0..count {
+        file.write_all(&block).expect("write");
+        file.sync_data().expect("fsync");
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+/// Sends `bytes` over a loopback TCP connection; loopback delivery runs in the NET_RX softirq.
+pub fn loopback_tcp(bytes: usize) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().unwrap();
+    let reader = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        let mut sink = Vec::new();
+        stream.read_to_end(&mut sink).expect("read");
+        sink.len()
+    });
+    let mut stream = TcpStream::connect(address).expect("connect");
+    let chunk = vec![7u8; 64 * 1024];
+    let mut sent = 0;
+    while sent < bytes {
+        let n = chunk.len().min(bytes - sent);
+        stream.write_all(&chunk[..n]).expect("write");
+        sent += n;
+    }
+    drop(stream);
+    assert_eq!(reader.join().expect("reader"), bytes);
+}

@@ -1,0 +1,134 @@
+//! Root: without the privileges for eBPF, or with a hook the kernel refuses, the daemon still
+//! serves everything else and says what is missing.
+mod common;
+
+use std::process::Command;
+
+use common::{Daemon, Scrape, daemon::BINARY};
+
+const ALL_HOOKS: [&str; 8] = [
+    "irq_handler_entry",
+    "irq_handler_exit",
+    "softirq_entry",
+    "softirq_exit",
+    "sched_migrate_task",
+    "sched_switch",
+    "sched_wakeup",
+    "sched_wakeup_new",
+];
+
+fn nothing_attached_but_serving(scrape: &Scrape) {
+    for hook in ALL_HOOKS {
+        assert_eq!(
+            scrape.value(
+                "ebpf_program_attached",
+                &[("program", hook), ("hook_type", "none")]
+            ),
+            0.0,
+            "{hook}"
+        );
+    }
+    for collector in ["ebpf.sched", "ebpf.irq"] {
+        assert_eq!(
+            scrape.value("node_scrape_collector_success", &[("collector", collector)]),
+            0.0
+        );
+    }
+    assert!(!scrape.has("ebpf_runqueue_latency_seconds_count"));
+    assert!(scrape.has("process_resident_memory_bytes"));
+    assert!(scrape.has("ebpf_build_info"));
+}
+
+#[test]
+fn serves_without_bpf_privileges() {
+    require_root!();
+    // Root with an empty capability bounding set: no CAP_BPF, CAP_PERFMON or CAP_SYS_ADMIN.
+    let mut command = Command::new(common::tool("setpriv"));
+    command.args(["--bounding-set=-all", "--inh-caps=-all", BINARY]);
+    let daemon = Daemon::spawn(command);
+    let scrape = daemon.scrape();
+    nothing_attached_but_serving(&scrape);
+    let log = daemon.log();
+    assert!(
+        log.contains("eBPF unavailable: serving every non-eBPF metric"),
+        "{log}"
+    );
+    assert!(
+        log.contains("CAP_BPF"),
+        "the log names the missing capability:\n{log}"
+    );
+    // One clear line, not one per scrape.
+    daemon.scrape();
+    assert_eq!(daemon.log().matches("eBPF unavailable").count(), 1);
+}
+
+#[test]
+fn serves_when_the_kernel_refuses_every_hook() {
+    require_root!();
+    // In a private mount namespace, tracefs is hidden under empty tmpfs mounts, so classic
+    // tracepoints (the only type allowed here) cannot be attached.
+    let script = "for d in /sys/kernel/tracing /sys/kernel/debug; do \
+                  [ -d \"$d\" ] && mount -t tmpfs none \"$d\"; done; exec \"$@\"";
+    let mut command = Command::new(common::tool("unshare"));
+    command.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        "sh",
+        BINARY,
+    ]);
+    command.arg("--ebpf.hook-types=tracepoint");
+    let daemon = Daemon::spawn(command);
+    let scrape = daemon.scrape();
+    nothing_attached_but_serving(&scrape);
+    let log = daemon.log();
+    for hook in ALL_HOOKS {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("hook unavailable") && l.contains(&format!("hook={hook} "))),
+            "no log line for {hook}:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn one_refused_hook_type_falls_back_to_the_next() {
+    require_root!();
+    // Classic tracepoints first, but tracefs is hidden: every hook is refused as a tracepoint and
+    // must land on the next type allowed, raw_tp.
+    let script = "for d in /sys/kernel/tracing /sys/kernel/debug; do \
+                  [ -d \"$d\" ] && mount -t tmpfs none \"$d\"; done; exec \"$@\"";
+    let mut command = Command::new(common::tool("unshare"));
+    command.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        "sh",
+        BINARY,
+    ]);
+    command.arg("--ebpf.hook-types=tracepoint,raw_tp");
+    let daemon = Daemon::spawn(command);
+    let scrape = daemon.scrape();
+    for hook in ALL_HOOKS {
+        assert_eq!(
+            scrape.value(
+                "ebpf_program_attached",
+                &[("program", hook), ("hook_type", "raw_tp")]
+            ),
+            1.0
+        );
+    }
+    assert_eq!(
+        scrape.value(
+            "node_scrape_collector_success",
+            &[("collector", "ebpf.sched")]
+        ),
+        1.0
+    );
+}

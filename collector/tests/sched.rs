@@ -1,0 +1,129 @@
+//! Root: the scheduler programs, attached with each hook type, count a workload the test makes.
+mod common;
+
+use common::{Daemon, Scrape, workload};
+
+const ROUNDS: usize = 20_000;
+
+fn sched_hooks_attached(scrape: &Scrape, hook_type: &str) {
+    for program in [
+        "sched_switch",
+        "sched_wakeup",
+        "sched_wakeup_new",
+        "sched_migrate_task",
+    ] {
+        assert_eq!(
+            scrape.value(
+                "ebpf_program_attached",
+                &[("program", program), ("hook_type", hook_type)]
+            ),
+            1.0,
+            "{program} not attached as {hook_type}"
+        );
+    }
+}
+
+/// Starts a daemon that may only use `hook_type`, runs the workloads, checks the deltas.
+fn counts_workload_with(hook_type: &str) {
+    if hook_type == "tracepoint" {
+        common::ensure_tracefs();
+    }
+    let daemon = Daemon::start(&[
+        &format!("--ebpf.hook-types={hook_type}"),
+        "--no-collector.ebpf.irq",
+    ]);
+    let before = daemon.scrape();
+    sched_hooks_attached(&before, hook_type);
+    assert_eq!(
+        before.value(
+            "node_scrape_collector_success",
+            &[("collector", "ebpf.sched")]
+        ),
+        1.0
+    );
+
+    workload::pipe_ping_pong(ROUNDS, 0);
+    const PROCESSES: usize = 50;
+    workload::spawn_processes(PROCESSES);
+    const FLIPS: usize = 200;
+    let flips = (common::online_cpus() >= 2).then(|| workload::flip_between_cpus(FLIPS));
+
+    let after = daemon.scrape();
+    let delta =
+        |name: &str, labels: &[(&str, &str)]| after.sum(name, labels) - before.sum(name, labels);
+    let rounds = ROUNDS as f64;
+
+    let switches_cpu0 = delta("ebpf_context_switches_total", &[("cpu", "0")]);
+    assert!(
+        switches_cpu0 >= 2.0 * rounds,
+        "{switches_cpu0} switches on cpu 0 for {ROUNDS} round trips"
+    );
+    let voluntary = delta("ebpf_context_switches_total", &[("kind", "voluntary")]);
+    assert!(voluntary >= rounds - 1.0, "{voluntary} voluntary switches");
+    let wakeups = delta("ebpf_sched_wakeups_total", &[("kind", "wakeup")]);
+    assert!(wakeups >= rounds - 1.0, "{wakeups} wake-ups");
+    let new_tasks = delta("ebpf_sched_wakeups_total", &[("kind", "new_task")]);
+    assert!(
+        new_tasks >= PROCESSES as f64,
+        "{new_tasks} new-task wake-ups for {PROCESSES} processes"
+    );
+    if flips.is_some() {
+        let migrations = delta("ebpf_sched_migrations_total", &[]);
+        assert!(
+            migrations >= FLIPS as f64 - 1.0,
+            "{migrations} migrations for {FLIPS} moves"
+        );
+    } else {
+        eprintln!("migration check skipped: one CPU online");
+    }
+
+    let samples = delta("ebpf_runqueue_latency_seconds_count", &[]);
+    assert!(
+        samples >= rounds - 1.0,
+        "{samples} run-queue latency samples"
+    );
+    assert!(delta("ebpf_runqueue_latency_seconds_sum", &[]) > 0.0);
+    assert_eq!(after.value("ebpf_runqueue_latency_dropped_total", &[]), 0.0);
+    histogram_is_consistent(&after, "ebpf_runqueue_latency_seconds");
+}
+
+/// Buckets are cumulative, in increasing `le` order, and `+Inf` equals `_count`.
+fn histogram_is_consistent(scrape: &Scrape, name: &str) {
+    let bucket_name = format!("{name}_bucket");
+    let buckets: Vec<(f64, f64)> = scrape
+        .matching(&bucket_name, &[])
+        .map(|s| (s.labels["le"].parse::<f64>().unwrap(), s.value))
+        .collect();
+    assert!(buckets.len() > 10, "{buckets:?}");
+    assert!(
+        buckets
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+        "{buckets:?}"
+    );
+    let (last_le, last_count) = *buckets.last().unwrap();
+    assert!(last_le.is_infinite());
+    assert_eq!(last_count, scrape.value(&format!("{name}_count"), &[]));
+}
+
+#[test]
+fn tp_btf_hooks_count_the_workload() {
+    require_root!();
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        eprintln!("skipped: this kernel has no BTF, so no tp_btf hooks");
+        return;
+    }
+    counts_workload_with("tp_btf");
+}
+
+#[test]
+fn raw_tracepoint_fallback_counts_the_workload() {
+    require_root!();
+    counts_workload_with("raw_tp");
+}
+
+#[test]
+fn classic_tracepoint_fallback_counts_the_workload() {
+    require_root!();
+    counts_workload_with("tracepoint");
+}

@@ -1,0 +1,143 @@
+//! `cargo xtask setup`: everything a fresh machine needs to build and test, installed by the
+//! project's own command. Each step checks first, so a re-run with all present is quick.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::shell;
+
+/// Debian packages the tests use as real peers and tools.
+const DEBIAN_PACKAGES: &[&str] = &[
+    "prometheus",               // server (scrape test) and promtool (lint)
+    "prometheus-node-exporter", // compatibility peer and benchmark baseline
+    "bpftool",                  // inspecting loaded programs when a test fails
+];
+
+/// bpf-linker is built from crates.io against the nightly toolchain's own LLVM.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn run() -> anyhow::Result<()> {
+    ensure_nightly_rust_src()?;
+    ensure_bpf_linker()?;
+    ensure_debian_packages()?;
+    Ok(())
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn nightly_sysroot() -> anyhow::Result<PathBuf> {
+    shell::output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))
+        .map(PathBuf::from)
+        .context(
+            "the nightly toolchain is missing; install it with `rustup toolchain install nightly` \
+             (the kernel programs need -Z build-std)",
+        )
+}
+
+fn ensure_nightly_rust_src() -> anyhow::Result<()> {
+    let sysroot = nightly_sysroot()?;
+    if sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
+        return Ok(());
+    }
+    shell::run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
+}
+
+fn ensure_bpf_linker() -> anyhow::Result<()> {
+    if shell::output(Command::new("bpf-linker").arg("--version")).is_some() {
+        return Ok(());
+    }
+    let sysroot = nightly_sysroot()?;
+    let (library, major) = nightly_llvm(&sysroot)?;
+    // bpf-linker loads libLLVM from LLVM_PREFIX/lib at run time, so the prefix must outlive the
+    // build: keep it in the user's cache, not in /tmp.
+    let prefix = cache_dir().join("collector/llvm-prefix");
+    let lib = prefix.join("lib");
+    std::fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
+    let file_name = library.file_name().context("LLVM library without a name")?;
+    for link in [lib.join("libLLVM.so"), lib.join(file_name)] {
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&library, &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    shell::run(
+        Command::new("cargo")
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
+            .env("LLVM_PREFIX", &prefix),
+    )
+    .context("building bpf-linker against nightly's LLVM")?;
+    if shell::output(Command::new("bpf-linker").arg("--version")).is_none() {
+        bail!("bpf-linker installed but does not run: is ~/.cargo/bin on PATH?");
+    }
+    Ok(())
+}
+
+/// The nightly toolchain's shared LLVM (`libLLVM.so.22.1-rust-...`) and its major version.
+fn nightly_llvm(sysroot: &Path) -> anyhow::Result<(PathBuf, u32)> {
+    let lib = sysroot.join("lib");
+    let entries = std::fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(version) = name.strip_prefix("libLLVM.so.") {
+            let major = version
+                .split('.')
+                .next()
+                .and_then(|major| major.parse().ok())
+                .with_context(|| format!("cannot read the LLVM version of {name}"))?;
+            return Ok((entry.path(), major));
+        }
+    }
+    bail!(
+        "no libLLVM.so.* in {}: is the nightly toolchain complete?",
+        lib.display()
+    )
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"))
+}
+
+fn ensure_debian_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|package| {
+            shell::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+                .is_none_or(|status| !status.ends_with("installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages {missing:?}: run `cargo xtask setup` as root, or apt-get install them"
+        );
+    }
+    shell::run(Command::new("apt-get").args(["update", "-q"]))?;
+    shell::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
