@@ -41,10 +41,18 @@ fn stops_cleanly_on(signal: i32) {
         status.success(),
         "exit status {status}; log:\n{log_before_exit}"
     );
-    let left: BTreeSet<u32> = our_program_ids().intersection(&running).copied().collect();
+    // The kernel frees a program in deferred work after its last fd closes; give it a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let left = loop {
+        let left: BTreeSet<u32> = our_program_ids().intersection(&running).copied().collect();
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            break left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert!(
         left.is_empty(),
-        "programs still loaded after exit: {left:?}"
+        "programs still loaded 10 s after exit: {left:?}"
     );
     let pinned = std::fs::read_dir("/sys/fs/bpf")
         .map(|dir| dir.count())
