@@ -1,9 +1,296 @@
-//! `cargo xtask bench` (filled in below).
-use std::path::Path;
+//! `cargo xtask bench`: what the collector costs, measured against the real node_exporter in the
+//! same run. Numbers are printed (and written to target/bench/report.md), never asserted.
+//!
+//! - Scrape cost: each exporter is scraped `--scrapes` times in a row on loopback; CPU per scrape
+//!   from the sum of its threads' `schedstat` run time, wall time per scrape at the client,
+//!   resident memory (now and peak) and body size.
+//! - Kernel program cost: ns per event for each program from the kernel's BPF statistics while a
+//!   context-switch-bound workload runs, and that workload's slowdown with the collector attached.
+use std::{
+    io::{Read as _, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
 
 #[derive(clap::Args)]
-pub struct Options {}
+pub struct Options {
+    /// Scrapes of each exporter for the scrape-cost comparison.
+    #[arg(long, default_value_t = 500)]
+    scrapes: usize,
+    /// Pipe round trips in one run of the context-switch workload.
+    #[arg(long, default_value_t = 200_000)]
+    rounds: usize,
+    /// Runs of the workload in each configuration (the median is kept).
+    #[arg(long, default_value_t = 7)]
+    runs: usize,
+}
 
-pub fn run(_root: &Path, _options: &Options) -> anyhow::Result<()> {
-    anyhow::bail!("not written yet")
+const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
+
+pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
+    if !crate::setup::is_root() {
+        bail!("the benchmark loads eBPF programs: run it as root");
+    }
+    let collector = root.join("target/release/collector");
+    let mut report = String::new();
+
+    let ours = scrape_cost("collector", Command::new(&collector).arg("--ebpf.enable-stats"), options.scrapes)?;
+    let theirs = scrape_cost("node_exporter", &mut Command::new(NODE_EXPORTER), options.scrapes)?;
+    report += &scrape_table(&ours, &theirs, options.scrapes);
+
+    report += &kernel_cost(&collector, options)?;
+
+    println!("\n{report}");
+    let dir = root.join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("report.md"), &report)?;
+    eprintln!("written to {}", dir.join("report.md").display());
+    Ok(())
+}
+
+struct ScrapeCost {
+    name: &'static str,
+    cpu_per_scrape: Duration,
+    wall_per_scrape: Duration,
+    rss_bytes: u64,
+    peak_rss_bytes: u64,
+    body_bytes: usize,
+    series: usize,
+}
+
+/// An exporter child process on a loopback port, killed when dropped.
+struct Exporter {
+    child: Child,
+    url: String,
+}
+
+impl Exporter {
+    fn start(command: &mut Command) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = command
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {command:?}"))?;
+        let exporter = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}/metrics"),
+        };
+        let started = Instant::now();
+        while exporter.get().is_err() {
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("{command:?} did not answer within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(exporter)
+    }
+
+    fn get(&self) -> anyhow::Result<String> {
+        let mut body = String::new();
+        ureq::get(&self.url)
+            .call()?
+            .body_mut()
+            .as_reader()
+            .read_to_string(&mut body)?;
+        Ok(body)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn scrape_cost(name: &'static str, command: &mut Command, scrapes: usize) -> anyhow::Result<ScrapeCost> {
+    eprintln!("scraping {name} {scrapes} times...");
+    let exporter = Exporter::start(command)?;
+    let mut body = String::new();
+    for _ in 0..10 {
+        body = exporter.get()?; // warm up: first scrapes allocate caches
+    }
+    let cpu_before = process_cpu(exporter.pid())?;
+    let started = Instant::now();
+    for _ in 0..scrapes {
+        exporter.get()?;
+    }
+    let wall = started.elapsed();
+    let cpu = process_cpu(exporter.pid())?.saturating_sub(cpu_before);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", exporter.pid()))?;
+    Ok(ScrapeCost {
+        name,
+        cpu_per_scrape: cpu / scrapes as u32,
+        wall_per_scrape: wall / scrapes as u32,
+        rss_bytes: status_kib(&status, "VmRSS:")? * 1024,
+        peak_rss_bytes: status_kib(&status, "VmHWM:")? * 1024,
+        body_bytes: body.len(),
+        series: body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count(),
+    })
+}
+
+/// CPU time of all threads of `pid`, from their `schedstat` (nanoseconds on CPU).
+fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let schedstat = std::fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
+        total += schedstat.split_whitespace().next().and_then(|ns| ns.parse::<u64>().ok()).unwrap_or(0);
+    }
+    Ok(Duration::from_nanos(total))
+}
+
+fn status_kib(status: &str, key: &str) -> anyhow::Result<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(key))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no {key} in /proc/<pid>/status"))
+}
+
+fn scrape_table(ours: &ScrapeCost, theirs: &ScrapeCost, scrapes: usize) -> String {
+    let ratio = |a: f64, b: f64| if b > 0.0 { format!("{:.3}", a / b) } else { "n/a".into() };
+    let mut table = format!(
+        "## Scrape cost ({scrapes} sequential scrapes on loopback, same run)\n\n\
+         | | {} | {} | ratio |\n|---|---:|---:|---:|\n",
+        ours.name, theirs.name
+    );
+    let rows = [
+        ("CPU per scrape (ms)", ms(ours.cpu_per_scrape), ms(theirs.cpu_per_scrape)),
+        ("wall time per scrape (ms)", ms(ours.wall_per_scrape), ms(theirs.wall_per_scrape)),
+        ("resident memory (MiB)", mib(ours.rss_bytes), mib(theirs.rss_bytes)),
+        ("peak resident memory (MiB)", mib(ours.peak_rss_bytes), mib(theirs.peak_rss_bytes)),
+        ("body size (KiB)", ours.body_bytes as f64 / 1024.0, theirs.body_bytes as f64 / 1024.0),
+        ("series", ours.series as f64, theirs.series as f64),
+    ];
+    for (label, a, b) in rows {
+        table += &format!("| {label} | {a:.3} | {b:.3} | {} |\n", ratio(a, b));
+    }
+    table
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn kernel_cost(collector: &PathBuf, options: &Options) -> anyhow::Result<String> {
+    eprintln!("timing the context-switch workload without the collector...");
+    let mut without: Vec<Duration> = (0..options.runs).map(|_| ping_pong(options.rounds)).collect();
+
+    eprintln!("... and with it attached (BPF statistics off, as in production)...");
+    let exporter = Exporter::start(&mut Command::new(collector))?;
+    let with: Vec<Duration> = (0..options.runs).map(|_| ping_pong(options.rounds)).collect();
+    drop(exporter);
+
+    eprintln!("... and without it again, to bracket drift...");
+    without.extend((0..options.runs).map(|_| ping_pong(options.rounds)));
+    let (base, attached) = (median(&mut without), median(&mut with.clone()));
+    let slowdown = (attached.as_secs_f64() / base.as_secs_f64() - 1.0) * 100.0;
+
+    eprintln!("measuring ns per event from BPF statistics...");
+    let exporter = Exporter::start(Command::new(collector).arg("--ebpf.enable-stats"))?;
+    let before = exporter.get()?;
+    let _ = ping_pong(options.rounds);
+    let after = exporter.get()?;
+    drop(exporter);
+
+    let mut table = format!(
+        "\n## Kernel program cost\n\n\
+         Context-switch workload: {} pipe round trips between two threads pinned to CPU 0; median \
+         of {} runs each.\n\n\
+         | | without collector | with collector | slowdown |\n|---|---:|---:|---:|\n\
+         | workload time (ms) | {:.1} | {:.1} | {slowdown:.2}% |\n\n\
+         | program | events during workload | ns per event |\n|---|---:|---:|\n",
+        options.rounds,
+        options.runs,
+        ms(base),
+        ms(attached),
+    );
+    let mut programs: Vec<String> = metric_values(&after, "ebpf_program_runs_total").into_iter().map(|(p, _)| p).collect();
+    programs.sort();
+    for program in programs {
+        let runs = delta(&before, &after, "ebpf_program_runs_total", &program);
+        let seconds = delta(&before, &after, "ebpf_program_run_seconds_total", &program);
+        if runs > 0.0 {
+            table += &format!("| {program} | {runs:.0} | {:.0} |\n", seconds * 1e9 / runs);
+        }
+    }
+    Ok(table)
+}
+
+/// `(program label, value)` of every sample of `family` in a scrape.
+fn metric_values(text: &str, family: &str) -> Vec<(String, f64)> {
+    let prefix = format!("{family}{{program=\"");
+    text.lines()
+        .filter_map(|line| line.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (program, rest) = rest.split_once('"')?;
+            let value = rest.rsplit(' ').next()?.parse().ok()?;
+            Some((program.to_owned(), value))
+        })
+        .collect()
+}
+
+fn delta(before: &str, after: &str, family: &str, program: &str) -> f64 {
+    let value = |text: &str| {
+        metric_values(text, family)
+            .into_iter()
+            .find(|(p, _)| p == program)
+            .map_or(0.0, |(_, v)| v)
+    };
+    value(after) - value(before)
+}
+
+fn median(samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// Two threads pinned to CPU 0 pass a byte back and forth `rounds` times: every hand-over is a
+/// context switch and a wake-up, the events the scheduler programs run on.
+fn ping_pong(rounds: usize) -> Duration {
+    let (mut ping_rx, mut ping_tx) = std::io::pipe().expect("pipe");
+    let (mut pong_rx, mut pong_tx) = std::io::pipe().expect("pipe");
+    let started = Instant::now();
+    let echo = std::thread::spawn(move || {
+        pin_to_cpu0();
+        let mut byte = [0u8];
+        for _ in 0..rounds {
+            ping_rx.read_exact(&mut byte).expect("ping");
+            pong_tx.write_all(&byte).expect("pong");
+        }
+    });
+    std::thread::spawn(move || {
+        pin_to_cpu0();
+        let mut byte = [0u8];
+        for _ in 0..rounds {
+            ping_tx.write_all(&[1]).expect("ping");
+            pong_rx.read_exact(&mut byte).expect("pong");
+        }
+    })
+    .join()
+    .expect("ping thread");
+    echo.join().expect("echo thread");
+    started.elapsed()
+}
+
+fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t is valid; sched_setaffinity reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
 }
