@@ -37,8 +37,16 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
     let collector = root.join("target/release/collector");
     let mut report = String::new();
 
-    let ours = scrape_cost("collector", Command::new(&collector).arg("--ebpf.enable-stats"), options.scrapes)?;
-    let theirs = scrape_cost("node_exporter", &mut Command::new(NODE_EXPORTER), options.scrapes)?;
+    let ours = scrape_cost(
+        "collector",
+        Command::new(&collector).arg("--ebpf.enable-stats"),
+        options.scrapes,
+    )?;
+    let theirs = scrape_cost(
+        "node_exporter",
+        &mut Command::new(NODE_EXPORTER),
+        options.scrapes,
+    )?;
     report += &scrape_table(&ours, &theirs, options.scrapes);
 
     report += &kernel_cost(&collector, options)?;
@@ -69,7 +77,9 @@ struct Exporter {
 
 impl Exporter {
     fn start(command: &mut Command) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let child = command
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(Stdio::null())
@@ -112,7 +122,11 @@ impl Drop for Exporter {
     }
 }
 
-fn scrape_cost(name: &'static str, command: &mut Command, scrapes: usize) -> anyhow::Result<ScrapeCost> {
+fn scrape_cost(
+    name: &'static str,
+    command: &mut Command,
+    scrapes: usize,
+) -> anyhow::Result<ScrapeCost> {
     eprintln!("scraping {name} {scrapes} times...");
     let exporter = Exporter::start(command)?;
     let mut body = String::new();
@@ -134,7 +148,10 @@ fn scrape_cost(name: &'static str, command: &mut Command, scrapes: usize) -> any
         rss_bytes: status_kib(&status, "VmRSS:")? * 1024,
         peak_rss_bytes: status_kib(&status, "VmHWM:")? * 1024,
         body_bytes: body.len(),
-        series: body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count(),
+        series: body
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .count(),
     })
 }
 
@@ -143,7 +160,11 @@ fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
     let mut total = 0u64;
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let schedstat = std::fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
-        total += schedstat.split_whitespace().next().and_then(|ns| ns.parse::<u64>().ok()).unwrap_or(0);
+        total += schedstat
+            .split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse::<u64>().ok())
+            .unwrap_or(0);
     }
     Ok(Duration::from_nanos(total))
 }
@@ -157,18 +178,44 @@ fn status_kib(status: &str, key: &str) -> anyhow::Result<u64> {
 }
 
 fn scrape_table(ours: &ScrapeCost, theirs: &ScrapeCost, scrapes: usize) -> String {
-    let ratio = |a: f64, b: f64| if b > 0.0 { format!("{:.3}", a / b) } else { "n/a".into() };
+    let ratio = |a: f64, b: f64| {
+        if b > 0.0 {
+            format!("{:.3}", a / b)
+        } else {
+            "n/a".into()
+        }
+    };
     let mut table = format!(
         "## Scrape cost ({scrapes} sequential scrapes on loopback, same run)\n\n\
          | | {} | {} | ratio |\n|---|---:|---:|---:|\n",
         ours.name, theirs.name
     );
     let rows = [
-        ("CPU per scrape (ms)", ms(ours.cpu_per_scrape), ms(theirs.cpu_per_scrape)),
-        ("wall time per scrape (ms)", ms(ours.wall_per_scrape), ms(theirs.wall_per_scrape)),
-        ("resident memory (MiB)", mib(ours.rss_bytes), mib(theirs.rss_bytes)),
-        ("peak resident memory (MiB)", mib(ours.peak_rss_bytes), mib(theirs.peak_rss_bytes)),
-        ("body size (KiB)", ours.body_bytes as f64 / 1024.0, theirs.body_bytes as f64 / 1024.0),
+        (
+            "CPU per scrape (ms)",
+            ms(ours.cpu_per_scrape),
+            ms(theirs.cpu_per_scrape),
+        ),
+        (
+            "wall time per scrape (ms)",
+            ms(ours.wall_per_scrape),
+            ms(theirs.wall_per_scrape),
+        ),
+        (
+            "resident memory (MiB)",
+            mib(ours.rss_bytes),
+            mib(theirs.rss_bytes),
+        ),
+        (
+            "peak resident memory (MiB)",
+            mib(ours.peak_rss_bytes),
+            mib(theirs.peak_rss_bytes),
+        ),
+        (
+            "body size (KiB)",
+            ours.body_bytes as f64 / 1024.0,
+            theirs.body_bytes as f64 / 1024.0,
+        ),
         ("series", ours.series as f64, theirs.series as f64),
     ];
     for (label, a, b) in rows {
@@ -187,11 +234,15 @@ fn mib(bytes: u64) -> f64 {
 
 fn kernel_cost(collector: &PathBuf, options: &Options) -> anyhow::Result<String> {
     eprintln!("timing the context-switch workload without the collector...");
-    let mut without: Vec<Duration> = (0..options.runs).map(|_| ping_pong(options.rounds)).collect();
+    let mut without: Vec<Duration> = (0..options.runs)
+        .map(|_| ping_pong(options.rounds))
+        .collect();
 
     eprintln!("... and with it attached (BPF statistics off, as in production)...");
     let exporter = Exporter::start(&mut Command::new(collector))?;
-    let with: Vec<Duration> = (0..options.runs).map(|_| ping_pong(options.rounds)).collect();
+    let with: Vec<Duration> = (0..options.runs)
+        .map(|_| ping_pong(options.rounds))
+        .collect();
     drop(exporter);
 
     eprintln!("... and without it again, to bracket drift...");
@@ -218,7 +269,10 @@ fn kernel_cost(collector: &PathBuf, options: &Options) -> anyhow::Result<String>
         ms(base),
         ms(attached),
     );
-    let mut programs: Vec<String> = metric_values(&after, "ebpf_program_runs_total").into_iter().map(|(p, _)| p).collect();
+    let mut programs: Vec<String> = metric_values(&after, "ebpf_program_runs_total")
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
     programs.sort();
     for program in programs {
         let runs = delta(&before, &after, "ebpf_program_runs_total", &program);
