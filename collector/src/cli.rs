@@ -4,11 +4,13 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, bail};
-use clap::{
-    Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches, ValueEnum, parser::ValueSource,
-};
+use clap::{ArgAction, ArgMatches, Args, Command, FromArgMatches, ValueEnum, parser::ValueSource};
 
-use crate::{collectors::CollectorSpec, ebpf::HookType};
+use crate::{
+    collectors::{CollectorSpec, unimplemented::IgnoredCollector},
+    ebpf::HookType,
+    flags::{CollectorFlags, FlagSpec},
+};
 
 #[derive(Debug, Args)]
 pub struct Options {
@@ -39,6 +41,25 @@ pub struct Options {
     /// rootfs mountpoint.
     #[arg(long = "path.rootfs", default_value = "/")]
     pub rootfs: PathBuf,
+
+    /// udev data path.
+    #[arg(long = "path.udev.data", default_value = "/run/udev/data")]
+    pub udev_data: PathBuf,
+
+    /// Use systemd socket activation listeners instead of port listeners (Linux only).
+    /// Accepted for compatibility; not supported.
+    #[arg(long = "web.systemd-socket")]
+    pub systemd_socket: bool,
+
+    /// Path to configuration file that can enable TLS or authentication. Not supported: a
+    /// non-empty value is refused rather than silently serving without TLS or authentication.
+    #[arg(long = "web.config.file", default_value = "")]
+    pub web_config_file: String,
+
+    /// The target number of CPUs the async runtime runs on (node_exporter: Go's GOMAXPROCS).
+    /// Collectors run on a separate blocking pool.
+    #[arg(long = "runtime.gomaxprocs", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub gomaxprocs: u16,
 
     /// Set all collectors to disabled by default.
     #[arg(long = "collector.disable-defaults")]
@@ -91,80 +112,131 @@ pub enum LogFormat {
     Json,
 }
 
-/// Parsed command line: the options and the names of the collectors to run.
+/// Parsed command line: the options, the names of the collectors to run and their flags.
 #[derive(Debug)]
 pub struct Cli {
     pub options: Options,
     pub enabled_collectors: Vec<&'static str>,
+    pub collector_flags: CollectorFlags,
+    /// Upstream collectors and options given (or enabled by default) that this collector does
+    /// not implement, to be logged once as ignored.
+    pub ignored: Vec<String>,
 }
 
-pub fn command(collectors: &[CollectorSpec]) -> Command {
+/// The collectors and options known to the command line: implemented and accepted-only.
+#[derive(Clone, Copy)]
+pub struct Registry<'a> {
+    pub collectors: &'a [CollectorSpec],
+    pub ignored: &'a [IgnoredCollector],
+}
+
+impl Registry<'_> {
+    fn switches(&self) -> impl Iterator<Item = (&'static str, bool)> + '_ {
+        let implemented = self.collectors.iter().map(|c| (c.name, c.default_enabled));
+        let ignored = self.ignored.iter().map(|c| (c.name, c.default_enabled));
+        implemented.chain(ignored)
+    }
+
+    fn flags(&self) -> impl Iterator<Item = &FlagSpec> + '_ {
+        let implemented = self.collectors.iter().flat_map(|c| c.flags);
+        let ignored = self.ignored.iter().flat_map(|c| c.flags);
+        implemented.chain(ignored)
+    }
+}
+
+pub fn command(registry: Registry<'_>) -> Command {
     let mut command = Options::augment_args(
         Command::new("collector")
             .version(env!("CARGO_PKG_VERSION"))
             .about("eBPF kernel metrics collector; a drop-in replacement for node_exporter."),
     );
-    for spec in collectors {
-        let on = format!("collector.{}", spec.name);
-        let off = format!("no-collector.{}", spec.name);
-        let default = if spec.default_enabled {
+    for (name, default_enabled) in registry.switches() {
+        let default = if default_enabled {
             "enabled"
         } else {
             "disabled"
         };
-        command = command
-            .arg(
-                Arg::new(on.clone())
-                    .long(on.clone())
-                    .action(ArgAction::SetTrue)
-                    .overrides_with(off.clone())
-                    .help(format!(
-                        "Enable the {} collector (default: {default}).",
-                        spec.name
-                    ))
-                    .help_heading("Collectors"),
-            )
-            .arg(
-                Arg::new(off.clone())
-                    .long(off)
-                    .action(ArgAction::SetTrue)
-                    .overrides_with(on)
-                    .hide(true),
-            );
+        let help = format!("Enable the {name} collector (default: {default}).");
+        let switch = FlagSpec::bool(format!("collector.{name}").leak(), default_enabled, "");
+        for arg in switch.args("Collectors") {
+            let arg = if arg.get_id() == switch.name {
+                arg.help(help.clone())
+            } else {
+                arg
+            };
+            command = command.arg(arg);
+        }
+    }
+    for flag in registry.flags() {
+        command = command.args(flag.args("Collector options"));
     }
     command
 }
 
-pub fn parse_from<I, T>(collectors: &[CollectorSpec], args: I) -> Result<Cli, clap::Error>
+pub fn parse_from<I, T>(registry: Registry<'_>, args: I) -> Result<Cli, clap::Error>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let matches = command(collectors).try_get_matches_from(args)?;
+    let matches = command(registry).try_get_matches_from(args)?;
     let options = Options::from_arg_matches(&matches)?;
-    let enabled_collectors = collectors
+    let enabled = |name: &str, default_enabled: bool| {
+        is_enabled(&matches, name, default_enabled, options.disable_defaults)
+    };
+    let enabled_collectors = registry
+        .collectors
         .iter()
-        .filter(|spec| is_enabled(&matches, spec, options.disable_defaults))
+        .filter(|spec| enabled(spec.name, spec.default_enabled))
         .map(|spec| spec.name)
         .collect();
+    let collector_flags = CollectorFlags::from_matches(&matches, registry.flags());
+    let mut ignored = Vec::new();
+    for collector in registry.ignored {
+        if enabled(collector.name, collector.default_enabled) {
+            ignored.push(format!("collector.{}", collector.name));
+        }
+        ignored.extend(
+            collector_flags
+                .explicit_among(collector.flags)
+                .map(str::to_owned),
+        );
+    }
+    if options.systemd_socket {
+        ignored.push("web.systemd-socket".to_owned());
+    }
+    if !options.web_config_file.is_empty() {
+        return Err(clap::Error::raw(
+            clap::error::ErrorKind::ValueValidation,
+            "--web.config.file is not supported: TLS and authentication are not implemented, and \
+             serving without them when they were asked for would be unsafe; terminate TLS in \
+             front of the collector or remove the flag\n",
+        ));
+    }
     Ok(Cli {
         options,
         enabled_collectors,
+        collector_flags,
+        ignored,
     })
 }
 
 /// The last of `--collector.X` / `--no-collector.X` wins; without either, the default (or
 /// disabled under `--collector.disable-defaults`).
-fn is_enabled(matches: &ArgMatches, spec: &CollectorSpec, disable_defaults: bool) -> bool {
+fn is_enabled(
+    matches: &ArgMatches,
+    name: &str,
+    default_enabled: bool,
+    disable_defaults: bool,
+) -> bool {
     let given = |id: &str| {
         matches.value_source(id) == Some(ValueSource::CommandLine) && matches.get_flag(id)
     };
-    if given(&format!("collector.{}", spec.name)) {
+    if given(&format!("collector.{name}")) {
         true
-    } else if given(&format!("no-collector.{}", spec.name)) {
+    } else if given(&format!("no-collector.{name}")) {
         false
     } else {
-        spec.default_enabled && !disable_defaults
+        default_enabled && !disable_defaults
     }
 }
 
@@ -209,26 +281,54 @@ mod tests {
         CollectorSpec {
             name: "alpha",
             default_enabled: true,
+            flags: &[
+                FlagSpec::bool("collector.alpha.extra", false, "Extra."),
+                FlagSpec::value("collector.alpha.exclude", Some("^lo$"), "Exclude."),
+                FlagSpec::repeated("collector.alpha.include", "Include."),
+            ],
             hooks: &[],
             build: noop,
         },
         CollectorSpec {
             name: "beta",
             default_enabled: false,
+            flags: &[],
             hooks: &[],
             build: noop,
         },
         CollectorSpec {
             name: "ebpf.gamma",
             default_enabled: true,
+            flags: &[],
             hooks: &[],
             build: noop,
         },
     ];
 
+    const IGNORED: &[IgnoredCollector] = &[
+        IgnoredCollector {
+            name: "zeta",
+            default_enabled: true,
+            flags: &[FlagSpec::value(
+                "collector.zeta.url",
+                Some("http://x"),
+                "URL.",
+            )],
+        },
+        IgnoredCollector {
+            name: "eta",
+            default_enabled: false,
+            flags: &[],
+        },
+    ];
+
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        let registry = Registry {
+            collectors: SPECS,
+            ignored: IGNORED,
+        };
         parse_from(
-            SPECS,
+            registry,
             std::iter::once("collector").chain(args.iter().copied()),
         )
     }
@@ -304,6 +404,63 @@ mod tests {
         assert!(cli.enabled_collectors.contains(&"alpha"));
         let cli = parse(&["--collector.alpha", "--no-collector.alpha"]).unwrap();
         assert!(!cli.enabled_collectors.contains(&"alpha"));
+    }
+
+    #[test]
+    fn collector_options() {
+        let cli = parse(&[]).unwrap();
+        let flags = &cli.collector_flags;
+        assert!(!flags.bool("collector.alpha.extra"));
+        assert_eq!(flags.string("collector.alpha.exclude"), Some("^lo$"));
+        assert!(!flags.is_explicit("collector.alpha.exclude"));
+        assert!(flags.strings("collector.alpha.include").is_empty());
+
+        let cli = parse(&[
+            "--collector.alpha.extra",
+            "--collector.alpha.exclude=^(eth|lo)\\d*$",
+            "--collector.alpha.include",
+            "a",
+            "--collector.alpha.include=-b",
+        ])
+        .unwrap();
+        let flags = &cli.collector_flags;
+        assert!(flags.bool("collector.alpha.extra"));
+        assert!(flags.is_explicit("collector.alpha.exclude"));
+        let exclude = flags.regex("collector.alpha.exclude").unwrap().unwrap();
+        assert!(exclude.is_match("eth0") && !exclude.is_match("wlan0"));
+        assert_eq!(flags.strings("collector.alpha.include"), ["a", "-b"]);
+
+        let cli = parse(&["--collector.alpha.extra", "--no-collector.alpha.extra"]).unwrap();
+        assert!(!cli.collector_flags.bool("collector.alpha.extra"));
+        let cli = parse(&["--collector.alpha.exclude=("]).unwrap();
+        let err = cli
+            .collector_flags
+            .regex("collector.alpha.exclude")
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("--collector.alpha.exclude"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn unimplemented_upstream_options_are_accepted_and_reported() {
+        let cli = parse(&[]).unwrap();
+        assert_eq!(cli.ignored, ["collector.zeta"]);
+        let cli = parse(&[
+            "--no-collector.zeta",
+            "--collector.eta",
+            "--collector.zeta.url=http://y",
+            "--web.systemd-socket",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.ignored,
+            ["collector.zeta.url", "collector.eta", "web.systemd-socket"]
+        );
+        let err = parse(&["--web.config.file=/etc/web.yml"]).unwrap_err();
+        assert!(err.to_string().contains("not supported"), "{err}");
+        parse(&["--runtime.gomaxprocs=2", "--path.udev.data=/x"]).unwrap();
     }
 
     #[test]

@@ -16,12 +16,17 @@ use crate::{
 };
 
 pub fn main() -> ExitCode {
-    let cli = match cli::parse_from(collectors::ALL, std::env::args_os()) {
+    let registry = cli::Registry {
+        collectors: collectors::ALL,
+        ignored: collectors::unimplemented::IGNORED,
+    };
+    let cli = match cli::parse_from(registry, std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
     logging::init(cli.options.log_level, cli.options.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.options.gomaxprocs.into())
         .enable_all()
         .build()
     {
@@ -52,6 +57,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .filter(|spec| cli.enabled_collectors.contains(&spec.name))
         .collect();
     tracing::info!(collectors = ?cli.enabled_collectors, "enabled collectors");
+    if !cli.ignored.is_empty() {
+        tracing::info!(
+            ignored = ?cli.ignored,
+            "node_exporter collectors and options not implemented here: accepted and ignored"
+        );
+    }
 
     // Bind first: a bad listen address should fail before anything is attached to the kernel.
     let mut addresses = Vec::new();
@@ -88,6 +99,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         procfs: options.procfs.clone(),
         sysfs: options.sysfs.clone(),
         rootfs: options.rootfs.clone(),
+        udev_data: options.udev_data.clone(),
+        flags: Arc::new(cli.collector_flags),
         ebpf: ebpf.clone(),
     };
     let mut collectors = Vec::new();

@@ -6,6 +6,7 @@ pub mod collectors;
 pub mod ebpf;
 pub mod exporter;
 pub mod exposition;
+pub mod flags;
 pub mod logging;
 pub mod metrics;
 pub mod scrape;

@@ -107,6 +107,12 @@ impl MetricFamily {
         });
     }
 
+    /// Builder form of [`push_value`](Self::push_value), for families of one sample.
+    pub fn with_value(mut self, value: f64) -> Self {
+        self.push_value(value);
+        self
+    }
+
     /// Builder form of [`push`](Self::push), for families of one or a few samples.
     pub fn with<N, V>(mut self, labels: impl IntoIterator<Item = (N, V)>, value: f64) -> Self
     where

@@ -21,6 +21,19 @@ pub trait Collector: Send + Sync + 'static {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()>;
 }
 
+/// The error for "nothing to report on this host" (no hwmon chips, no md arrays...): success 0
+/// as in node_exporter, but logged at debug level only, since it is not a fault.
+#[derive(Debug)]
+pub struct NoData(pub String);
+
+impl std::fmt::Display for NoData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NoData {}
+
 struct Slot {
     name: &'static str,
     collector: Arc<dyn Collector>,
@@ -38,6 +51,7 @@ pub struct Scraper {
 
 enum Outcome {
     Success,
+    NoData(String),
     Failed(String),
 }
 
@@ -90,6 +104,9 @@ impl Scraper {
                         tracing::info!(collector = slot.name, "collector recovered");
                     }
                 }
+                Outcome::NoData(reason) => {
+                    tracing::debug!(collector = slot.name, reason, "collector returned no data");
+                }
                 Outcome::Failed(reason) => {
                     if !slot.failing.swap(true, Ordering::Relaxed) {
                         tracing::error!(collector = slot.name, err = %reason, "collector failed");
@@ -138,7 +155,10 @@ async fn run_one(
             Outcome::Failed(format!("update task failed: {join_error}")),
         ),
         Ok(Ok((out, Ok(Ok(()))))) => (out, Outcome::Success),
-        Ok(Ok((out, Ok(Err(error))))) => (out, Outcome::Failed(format!("{error:#}"))),
+        Ok(Ok((out, Ok(Err(error))))) => match error.downcast_ref::<NoData>() {
+            Some(NoData(reason)) => (out, Outcome::NoData(reason.clone())),
+            None => (out, Outcome::Failed(format!("{error:#}"))),
+        },
         Ok(Ok((_, Err(_panic)))) => (Vec::new(), Outcome::Failed("update panicked".to_owned())),
     }
 }

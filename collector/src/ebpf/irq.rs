@@ -34,6 +34,7 @@ pub static HOOKS: [Hook; 4] = [
 pub const SPEC: CollectorSpec = CollectorSpec {
     name: "ebpf.irq",
     default_enabled: true,
+    flags: &[],
     hooks: &HOOKS,
     build,
 };

@@ -35,6 +35,7 @@ pub static HOOKS: [Hook; 4] = [
 pub const SPEC: CollectorSpec = CollectorSpec {
     name: "ebpf.sched",
     default_enabled: true,
+    flags: &[],
     hooks: &HOOKS,
     build,
 };

@@ -117,3 +117,43 @@ fn parse_labels(mut text: &str) -> Option<BTreeMap<String, String>> {
     }
     Some(labels)
 }
+
+/// One family as printed: HELP, TYPE and its sample lines verbatim (labels and values exactly
+/// as formatted), for comparing two expositions line for line.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PrintedFamily {
+    pub help: String,
+    pub metric_type: String,
+    pub lines: std::collections::BTreeSet<String>,
+}
+
+/// Families by name, from the text exposition format (samples belong to the family of the
+/// `# HELP`/`# TYPE` lines before them).
+pub fn printed_families(text: &str) -> BTreeMap<String, PrintedFamily> {
+    let mut families: BTreeMap<String, PrintedFamily> = BTreeMap::new();
+    let mut current = String::new();
+    for line in text.lines().filter(|line| !line.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            current = name.to_owned();
+            families.entry(current.clone()).or_default().help = help.to_owned();
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, metric_type) = rest.split_once(' ').unwrap_or((rest, ""));
+            current = name.to_owned();
+            families.entry(current.clone()).or_default().metric_type = metric_type.to_owned();
+        } else if !line.starts_with('#') {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            let family = if name.starts_with(current.as_str()) && !current.is_empty() {
+                current.clone()
+            } else {
+                name.to_owned()
+            };
+            families
+                .entry(family)
+                .or_default()
+                .lines
+                .insert(line.to_owned());
+        }
+    }
+    families
+}

@@ -4,6 +4,7 @@
 
 pub mod daemon;
 pub mod exposition;
+pub mod node_exporter;
 pub mod workload;
 
 pub use daemon::Daemon;

@@ -1,0 +1,221 @@
+//! node_exporter collectors this collector does not implement (yet). Their switches and flags
+//! are accepted so an existing DaemonSet's args start unchanged; using one is logged once as
+//! ignored.
+use crate::flags::FlagSpec;
+
+/// An upstream collector that is accepted but does nothing.
+pub struct IgnoredCollector {
+    pub name: &'static str,
+    /// Upstream's default on Linux.
+    pub default_enabled: bool,
+    pub flags: &'static [FlagSpec],
+}
+
+const fn ignored(
+    name: &'static str,
+    default_enabled: bool,
+    flags: &'static [FlagSpec],
+) -> IgnoredCollector {
+    IgnoredCollector {
+        name,
+        default_enabled,
+        flags,
+    }
+}
+
+/// node_exporter 1.12's Linux collectors not implemented here, with upstream's defaults and
+/// options.
+pub const IGNORED: &[IgnoredCollector] = &[
+    ignored(
+        "arp",
+        true,
+        &[
+            FlagSpec::value("collector.arp.device-include", None, "Regexp of arp devices to include (mutually exclusive to device-exclude)."),
+            FlagSpec::value("collector.arp.device-exclude", None, "Regexp of arp devices to exclude (mutually exclusive to device-include)."),
+            FlagSpec::bool("collector.arp.netlink", false, "Use netlink to gather stats instead of /proc/net/arp."),
+        ],
+    ),
+    ignored(
+        "bcache",
+        true,
+        &[
+            FlagSpec::bool("collector.bcache.priorityStats", false, "Expose expensive priority stats."),
+        ],
+    ),
+    ignored("bcachefs", true, &[]),
+    ignored("btrfs", true, &[]),
+    ignored("buddyinfo", false, &[]),
+    ignored("cgroups", false, &[]),
+    ignored("cpu_vulnerabilities", false, &[]),
+    ignored("dmi", true, &[]),
+    ignored("dmmultipath", false, &[]),
+    ignored("drbd", false, &[]),
+    ignored("drm", false, &[]),
+    ignored("edac", true, &[]),
+    ignored(
+        "ethtool",
+        false,
+        &[
+            FlagSpec::value("collector.ethtool.device-include", None, "Regexp of ethtool devices to include (mutually exclusive to device-exclude)."),
+            FlagSpec::value("collector.ethtool.device-exclude", None, "Regexp of ethtool devices to exclude (mutually exclusive to device-include)."),
+            FlagSpec::value("collector.ethtool.metrics-include", Some(".*"), "Regexp of ethtool stats to include."),
+        ],
+    ),
+    ignored("fibrechannel", true, &[]),
+    ignored("infiniband", true, &[]),
+    ignored(
+        "interrupts",
+        false,
+        &[
+            FlagSpec::value("collector.interrupts.name-include", None, "Regexp of interrupts name to include (mutually exclusive to --collector.interrupts.name-exclude)."),
+            FlagSpec::value("collector.interrupts.name-exclude", None, "Regexp of interrupts name to exclude (mutually exclusive to --collector.interrupts.name-include)."),
+            FlagSpec::bool("collector.interrupts.include-zeros", true, "Include interrupts that have a zero value"),
+        ],
+    ),
+    ignored(
+        "ipvs",
+        true,
+        &[
+            FlagSpec::value("collector.ipvs.backend-labels", Some("local_address,local_port,remote_address,remote_port,proto,local_mark"), "Comma separated list for IPVS backend stats labels."),
+        ],
+    ),
+    ignored("kernel_hung", false, &[]),
+    ignored("ksmd", false, &[]),
+    ignored("lnstat", false, &[]),
+    ignored("logind", false, &[]),
+    ignored("meminfo_numa", false, &[]),
+    ignored("mountstats", false, &[]),
+    ignored("network_route", false, &[]),
+    ignored("nfs", true, &[]),
+    ignored("nfsd", true, &[]),
+    ignored(
+        "ntp",
+        false,
+        &[
+            FlagSpec::value("collector.ntp.server", Some("127.0.0.1"), "NTP server to use for ntp collector"),
+            FlagSpec::value("collector.ntp.server-port", Some("123"), "UDP port number to connect to on NTP server"),
+            FlagSpec::value("collector.ntp.protocol-version", Some("4"), "NTP protocol version"),
+            FlagSpec::bool("collector.ntp.server-is-local", false, "Certify that collector.ntp.server address is not a public ntp server"),
+            FlagSpec::value("collector.ntp.ip-ttl", Some("1"), "IP TTL to use while sending NTP query"),
+            FlagSpec::value("collector.ntp.max-distance", Some("3.46608s"), "Max accumulated distance to the root"),
+            FlagSpec::value("collector.ntp.local-offset-tolerance", Some("1ms"), "Offset between local clock and local ntpd time to tolerate"),
+        ],
+    ),
+    ignored("nvme", true, &[]),
+    ignored("nvmesubsystem", false, &[]),
+    ignored(
+        "pcidevice",
+        false,
+        &[
+            FlagSpec::value("collector.pcidevice.idsfile", None, "Path to pci.ids file to use for PCI device identification."),
+            FlagSpec::bool("collector.pcidevice.names", false, "Enable PCI device name resolution (requires pci.ids file)."),
+        ],
+    ),
+    ignored(
+        "perf",
+        false,
+        &[
+            FlagSpec::value("collector.perf.cpus", Some(""), "List of CPUs from which perf metrics should be collected"),
+            FlagSpec::repeated("collector.perf.tracepoint", "perf tracepoint that should be collected"),
+            FlagSpec::bool("collector.perf.disable-hardware-profilers", false, "disable perf hardware profilers"),
+            FlagSpec::repeated("collector.perf.hardware-profilers", "perf hardware profilers that should be collected"),
+            FlagSpec::bool("collector.perf.disable-software-profilers", false, "disable perf software profilers"),
+            FlagSpec::repeated("collector.perf.software-profilers", "perf software profilers that should be collected"),
+            FlagSpec::bool("collector.perf.disable-cache-profilers", false, "disable perf cache profilers"),
+            FlagSpec::repeated("collector.perf.cache-profilers", "perf cache profilers that should be collected"),
+        ],
+    ),
+    ignored(
+        "powersupplyclass",
+        true,
+        &[
+            FlagSpec::value("collector.powersupply.ignored-supplies", Some("^$"), "Regexp of power supplies to ignore for powersupplyclass collector."),
+        ],
+    ),
+    ignored("processes", false, &[]),
+    ignored(
+        "qdisc",
+        false,
+        &[
+            FlagSpec::value("collector.qdisc.fixtures", Some(""), "test fixtures to use for qdisc collector end-to-end testing"),
+            FlagSpec::value("collector.qdisc.device-include", None, "Regexp of qdisc devices to include (mutually exclusive to device-exclude)."),
+            FlagSpec::value("collector.qdisc.device-exclude", None, "Regexp of qdisc devices to exclude (mutually exclusive to device-include)."),
+            FlagSpec::value("collector.qdisk.device-include", None, "Deprecated spelling of --collector.qdisc.device-include (node_exporter 1.5).").hidden(),
+            FlagSpec::value("collector.qdisk.device-exclude", None, "Deprecated spelling of --collector.qdisc.device-exclude (node_exporter 1.5).").hidden(),
+        ],
+    ),
+    ignored(
+        "rapl",
+        true,
+        &[
+            FlagSpec::bool("collector.rapl.enable-zone-label", false, "Enables service unit metric unit_start_time_seconds"),
+        ],
+    ),
+    ignored(
+        "runit",
+        false,
+        &[
+            FlagSpec::value("collector.runit.servicedir", Some("/etc/service"), "Path to runit service directory."),
+        ],
+    ),
+    ignored("selinux", true, &[]),
+    ignored(
+        "slabinfo",
+        false,
+        &[
+            FlagSpec::value("collector.slabinfo.slabs-include", Some(".*"), "Regexp of slabs to include in slabinfo collector."),
+            FlagSpec::value("collector.slabinfo.slabs-exclude", Some(""), "Regexp of slabs to exclude in slabinfo collector."),
+        ],
+    ),
+    ignored("softirqs", false, &[]),
+    ignored(
+        "supervisord",
+        false,
+        &[
+            FlagSpec::value("collector.supervisord.url", Some("http://localhost:9001/RPC2"), "XML RPC endpoint."),
+        ],
+    ),
+    ignored("swaps", false, &[]),
+    ignored(
+        "sysctl",
+        false,
+        &[
+            FlagSpec::repeated("collector.sysctl.include", "Select sysctl metrics to include"),
+            FlagSpec::repeated("collector.sysctl.include-info", "Select sysctl metrics to include as info metrics"),
+        ],
+    ),
+    ignored(
+        "systemd",
+        false,
+        &[
+            FlagSpec::value("collector.systemd.unit-include", Some(".+"), "Regexp of systemd units to include. Units must both match include and not match exclude to be included."),
+            FlagSpec::value("collector.systemd.unit-whitelist", Some(""), "DEPRECATED: Use --collector.systemd.unit-include").hidden(),
+            FlagSpec::value("collector.systemd.unit-exclude", Some(".+\\.(automount|device|mount|scope|slice)"), "Regexp of systemd units to exclude. Units must both match include and not match exclude to be included."),
+            FlagSpec::value("collector.systemd.unit-blacklist", Some(""), "DEPRECATED: Use collector.systemd.unit-exclude").hidden(),
+            FlagSpec::bool("collector.systemd.private", false, "Establish a private, direct connection to systemd without dbus (Strongly discouraged since it requires root. For testing purposes only).").hidden(),
+            FlagSpec::bool("collector.systemd.enable-task-metrics", false, "Enables service unit tasks metrics unit_tasks_current and unit_tasks_max"),
+            FlagSpec::bool("collector.systemd.enable-restarts-metrics", false, "Enables service unit metric service_restart_total"),
+            FlagSpec::bool("collector.systemd.enable-start-time-metrics", false, "Enables service unit metric unit_start_time_seconds"),
+        ],
+    ),
+    ignored(
+        "tapestats",
+        true,
+        &[
+            FlagSpec::value("collector.tapestats.ignored-devices", Some("^$"), "Regexp of devices to ignore for tapestats."),
+        ],
+    ),
+    ignored("tcpstat", false, &[]),
+    ignored("watchdog", true, &[]),
+    ignored(
+        "wifi",
+        false,
+        &[
+            FlagSpec::value("collector.wifi.fixtures", Some(""), "test fixtures to use for wifi collector metrics"),
+        ],
+    ),
+    ignored("xfrm", false, &[]),
+    ignored("xfs", true, &[]),
+    ignored("zfs", true, &[]),
+    ignored("zoneinfo", false, &[]),
+];
