@@ -1,0 +1,250 @@
+//! Drop-in compatibility on this machine's real /proc and /sys:
+//!
+//! - the Debian node_exporter runs beside the collector; for every collector both implement,
+//!   family names, types, HELP and label names must match, and values must agree within a
+//!   tolerance for samples taken close together. Remaining differences are printed; each must be
+//!   a known difference between node_exporter 1.5.0 (the peer) and 1.12 (the release followed),
+//!   listed below with its reason.
+//! - every metric the node-mixin alerts, recording rules and dashboards (and the AWS
+//!   observability accelerator's "Node Exporter / Nodes" dashboard, built from the mixin) read is
+//!   emitted.
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::{
+    Daemon,
+    exposition::{Scrape, printed_families},
+    node_exporter::NodeExporter,
+};
+
+/// Upstream 1.12 defaults where Debian's 1.5.0 package patched its own, passed to both
+/// exporters so they read the same things.
+const SAME_DEFAULTS: &[&str] = &[
+    "--collector.filesystem.mount-points-exclude=^/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)",
+    "--collector.netdev.device-exclude=",
+];
+
+/// Known, intended differences: (collector, family, reason). A family listed here is not
+/// compared; anything else that differs fails the test.
+const KNOWN_DIFFERENCES: &[(&str, &str, &str)] = &[];
+
+/// Families whose samples change between two scrapes faster than any tolerance (clocks,
+/// counters of the scrape itself): only names, types and label names are compared.
+const MOVING: &[&str] = &[
+    "node_scrape_collector_duration_seconds",
+    "node_time_seconds",
+];
+
+fn is_exporter_own(family: &str) -> bool {
+    family == "node_exporter_build_info"
+        || family == "ebpf_build_info"
+        || family.starts_with("go_")
+        || family.starts_with("process_")
+        || family.starts_with("promhttp_")
+}
+
+fn labels_of(line: &str) -> BTreeMap<String, String> {
+    let sample = Scrape::parse(line);
+    sample.samples[0].labels.clone()
+}
+
+fn value_of(line: &str) -> f64 {
+    Scrape::parse(line).samples[0].value
+}
+
+/// Whether two readings of the same series, taken moments apart, agree: exact for small
+/// integers (states, info metrics), within 5% (and a small absolute slack) for the rest.
+fn close(a: f64, b: f64) -> bool {
+    if a == b || (a.is_nan() && b.is_nan()) {
+        return true;
+    }
+    let slack = 0.05 * a.abs().max(b.abs()) + 1.0;
+    (a - b).abs() <= slack
+}
+
+fn compare_collector(name: &str, differences: &mut Vec<String>) {
+    let mut flags = vec![
+        "--collector.disable-defaults".to_owned(),
+        format!("--collector.{name}"),
+        "--web.disable-exporter-metrics".to_owned(),
+    ];
+    flags.extend(SAME_DEFAULTS.iter().map(|s| (*s).to_owned()));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let ours_daemon = Daemon::start(&flags);
+    let peer = NodeExporter::start(&flags);
+    // Scrape both at once so that moving counters are read moments apart.
+    let (theirs, ours) = std::thread::scope(|scope| {
+        let theirs = scope.spawn(|| peer.get_metrics());
+        let ours = ours_daemon.get("/metrics");
+        (theirs.join().unwrap(), ours)
+    });
+    let theirs = printed_families(&theirs);
+    let ours = printed_families(&ours);
+    let names: BTreeSet<&String> = theirs.keys().chain(ours.keys()).collect();
+    for family in names {
+        if is_exporter_own(family) {
+            continue;
+        }
+        if let Some((_, _, reason)) = KNOWN_DIFFERENCES
+            .iter()
+            .find(|(c, f, _)| *c == name && f == family)
+        {
+            eprintln!("{name}: {family}: known difference: {reason}");
+            continue;
+        }
+        let (Some(a), Some(b)) = (theirs.get(family), ours.get(family)) else {
+            let side = if theirs.contains_key(family) {
+                "only node_exporter has it"
+            } else {
+                "only the collector has it"
+            };
+            differences.push(format!("{name}: {family}: {side}"));
+            continue;
+        };
+        if a.metric_type != b.metric_type || a.help != b.help {
+            differences.push(format!(
+                "{name}: {family}: TYPE/HELP {:?} {:?} vs ours {:?} {:?}",
+                a.metric_type, a.help, b.metric_type, b.help
+            ));
+        }
+        let label_names = |lines: &BTreeSet<String>| -> BTreeSet<Vec<String>> {
+            lines
+                .iter()
+                .map(|line| labels_of(line).into_keys().collect())
+                .collect()
+        };
+        if label_names(&a.lines) != label_names(&b.lines) {
+            differences.push(format!(
+                "{name}: {family}: label names {:?} vs ours {:?}",
+                label_names(&a.lines),
+                label_names(&b.lines)
+            ));
+            continue;
+        }
+        if MOVING.contains(&family.as_str()) {
+            continue;
+        }
+        let series = |lines: &BTreeSet<String>| -> BTreeMap<BTreeMap<String, String>, f64> {
+            lines
+                .iter()
+                .map(|line| (labels_of(line), value_of(line)))
+                .collect()
+        };
+        let (a, b) = (series(&a.lines), series(&b.lines));
+        for (labels, theirs) in &a {
+            match b.get(labels) {
+                None => differences.push(format!("{name}: {family}{labels:?}: missing")),
+                Some(ours) if !close(*theirs, *ours) => differences.push(format!(
+                    "{name}: {family}{labels:?}: node_exporter {theirs} vs ours {ours}"
+                )),
+                Some(_) => {}
+            }
+        }
+        for labels in b.keys().filter(|labels| !a.contains_key(*labels)) {
+            differences.push(format!(
+                "{name}: {family}{labels:?}: only the collector has it"
+            ));
+        }
+    }
+}
+
+#[test]
+fn agrees_with_node_exporter_on_this_machine() {
+    let mut differences = Vec::new();
+    for spec in collector::collectors::ALL {
+        if spec.name.starts_with("ebpf.") {
+            continue;
+        }
+        compare_collector(spec.name, &mut differences);
+    }
+    for difference in &differences {
+        eprintln!("difference: {difference}");
+    }
+    assert!(
+        differences.is_empty(),
+        "{} unexplained differences from node_exporter (listed above)",
+        differences.len()
+    );
+}
+
+/// Metrics read by the node-mixin's alerts, recording rules and dashboards (node, USE, cluster
+/// USE), which the AWS observability accelerator's "Node Exporter / Nodes" dashboards reuse.
+const MIXIN_METRICS: &[&str] = &[
+    "node_boot_time_seconds",
+    "node_cpu_seconds_total",
+    "node_disk_io_time_seconds_total",
+    "node_disk_io_time_weighted_seconds_total",
+    "node_disk_read_bytes_total",
+    "node_disk_written_bytes_total",
+    "node_filefd_allocated",
+    "node_filefd_maximum",
+    "node_filesystem_avail_bytes",
+    "node_filesystem_files",
+    "node_filesystem_files_free",
+    "node_filesystem_readonly",
+    "node_filesystem_size_bytes",
+    "node_load1",
+    "node_load15",
+    "node_load5",
+    "node_memory_Buffers_bytes",
+    "node_memory_Cached_bytes",
+    "node_memory_MemAvailable_bytes",
+    "node_memory_MemFree_bytes",
+    "node_memory_MemTotal_bytes",
+    "node_memory_Slab_bytes",
+    "node_network_receive_bytes_total",
+    "node_network_receive_drop_total",
+    "node_network_receive_errs_total",
+    "node_network_receive_packets_total",
+    "node_network_transmit_bytes_total",
+    "node_network_transmit_drop_total",
+    "node_network_transmit_errs_total",
+    "node_network_transmit_packets_total",
+    "node_nf_conntrack_entries",
+    "node_nf_conntrack_entries_limit",
+    "node_os_info",
+    "node_textfile_scrape_error",
+    "node_time_seconds",
+    "node_timex_maxerror_seconds",
+    "node_timex_offset_seconds",
+    "node_timex_sync_status",
+    "node_uname_info",
+    "node_vmstat_pgmajfault",
+];
+
+/// Mixin metrics this machine cannot have (no such hardware or service); each must then be
+/// emitted from the fixture host (tests/golden) instead.
+const MIXIN_METRICS_FROM_FIXTURES: &[(&str, &str)] = &[
+    ("node_bonding_active", "no bonding interfaces here"),
+    ("node_bonding_slaves", "no bonding interfaces here"),
+    ("node_md_disks", "no md RAID arrays here"),
+    ("node_md_disks_required", "no md RAID arrays here"),
+];
+
+#[test]
+fn emits_every_metric_the_node_mixin_reads() {
+    let daemon = Daemon::start(&["--no-collector.ebpf.sched", "--no-collector.ebpf.irq"]);
+    let scrape = daemon.scrape();
+    let missing: Vec<&str> = MIXIN_METRICS
+        .iter()
+        .copied()
+        .filter(|name| !scrape.has(name))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not emitted on this machine: {missing:?}"
+    );
+
+    let golden_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let goldens: String = std::fs::read_dir(golden_dir)
+        .unwrap()
+        .map(|entry| std::fs::read_to_string(entry.unwrap().path()).unwrap())
+        .collect();
+    for (name, why) in MIXIN_METRICS_FROM_FIXTURES {
+        assert!(
+            goldens.contains(&format!("\n{name}{{")),
+            "{name} ({why}) is not emitted from the fixture host either"
+        );
+    }
+}
