@@ -16,6 +16,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",                  // inspecting loaded programs when a test fails
 ];
 
+/// Validates the rendered Kubernetes manifests against the API schemas it ships (offline); its
+/// PyYAML dependency also lets the deploy tests read YAML.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
 /// bpf-linker is built from crates.io against the nightly toolchain's own LLVM.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -23,6 +27,7 @@ pub fn run() -> anyhow::Result<()> {
     ensure_nightly_rust_src()?;
     ensure_bpf_linker()?;
     ensure_debian_packages()?;
+    ensure_kubernetes_validate()?;
     Ok(())
 }
 
@@ -140,4 +145,31 @@ fn ensure_debian_packages() -> anyhow::Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+fn ensure_kubernetes_validate() -> anyhow::Result<()> {
+    // Looked up, not imported: importing kubernetes_validate takes a third of a second.
+    let present = Command::new("python3")
+        .args([
+            "-c",
+            "import importlib.util as u; \
+             exit(not (u.find_spec('kubernetes_validate') and u.find_spec('yaml')))",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .context("python3 is missing: the deploy tests need it (apt-get install python3-pip)")?
+        .success();
+    if present {
+        return Ok(());
+    }
+    shell::run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        KUBERNETES_VALIDATE,
+    ]))
+    .context("installing kubernetes-validate with pip")
 }

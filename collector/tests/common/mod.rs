@@ -5,6 +5,7 @@
 pub mod daemon;
 pub mod exposition;
 pub mod node_exporter;
+pub mod prometheus;
 pub mod workload;
 
 pub use daemon::Daemon;
@@ -49,4 +50,48 @@ pub fn tool(name: &str) -> std::path::PathBuf {
 
 pub fn online_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Reads YAML (every document of a stream) as JSON, through the PyYAML that `cargo xtask setup`
+/// installs with kubernetes-validate: Rust has no maintained YAML crate worth a dependency here.
+pub fn yaml_documents(yaml: &str) -> Vec<serde_json::Value> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(tool("python3"))
+        .args([
+            "-c",
+            "import json, sys, yaml; json.dump(list(yaml.safe_load_all(sys.stdin)), sys.stdout)",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting python3");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "reading YAML with PyYAML (run `cargo xtask setup`): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    match serde_json::from_slice(&output.stdout).expect("PyYAML's JSON") {
+        serde_json::Value::Array(documents) => documents
+            .into_iter()
+            .filter(|document| !document.is_null())
+            .collect(),
+        other => panic!("expected a list of documents, got {other}"),
+    }
+}
+
+/// The one YAML document in `path`, as JSON.
+pub fn yaml_file(path: &std::path::Path) -> serde_json::Value {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let mut documents = yaml_documents(&text);
+    assert_eq!(documents.len(), 1, "{}: one YAML document", path.display());
+    documents.remove(0)
 }
