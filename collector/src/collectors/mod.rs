@@ -14,6 +14,7 @@ use crate::{
 
 pub mod unimplemented;
 
+mod diskstats;
 mod filefd;
 mod loadavg;
 mod read;
@@ -60,6 +61,7 @@ pub struct CollectorSpec {
 
 /// Every collector, in `--help` order.
 pub const ALL: &[CollectorSpec] = &[
+    diskstats::SPEC,
     filefd::SPEC,
     loadavg::SPEC,
     ebpf::irq::SPEC,
