@@ -16,6 +16,7 @@ pub mod unimplemented;
 
 mod diskstats;
 mod filefd;
+mod filesystem;
 mod loadavg;
 mod read;
 
@@ -63,6 +64,7 @@ pub struct CollectorSpec {
 pub const ALL: &[CollectorSpec] = &[
     diskstats::SPEC,
     filefd::SPEC,
+    filesystem::SPEC,
     loadavg::SPEC,
     ebpf::irq::SPEC,
     ebpf::sched::SPEC,
