@@ -19,6 +19,7 @@ mod filefd;
 mod filesystem;
 mod loadavg;
 mod read;
+mod textfile;
 
 /// What a collector may use when it is built at start-up.
 pub struct BuildContext {
@@ -66,6 +67,7 @@ pub const ALL: &[CollectorSpec] = &[
     filefd::SPEC,
     filesystem::SPEC,
     loadavg::SPEC,
+    textfile::SPEC,
     ebpf::irq::SPEC,
     ebpf::sched::SPEC,
 ];
