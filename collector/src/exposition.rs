@@ -53,18 +53,39 @@ fn encode_family(family: &MetricFamily, out: &mut String) {
             Value::Scalar(v) => write_sample(out, name, "", &labels, None, *v),
             Value::Histogram(h) => {
                 for (bound, count) in &h.buckets {
-                    write_sample(out, name, "_bucket", &labels, Some(*bound), *count as f64);
+                    write_sample(
+                        out,
+                        name,
+                        "_bucket",
+                        &labels,
+                        Some(("le", *bound)),
+                        *count as f64,
+                    );
                 }
                 write_sample(
                     out,
                     name,
                     "_bucket",
                     &labels,
-                    Some(f64::INFINITY),
+                    Some(("le", f64::INFINITY)),
                     h.count as f64,
                 );
                 write_sample(out, name, "_sum", &labels, None, h.sum);
                 write_sample(out, name, "_count", &labels, None, h.count as f64);
+            }
+            Value::Summary(summary) => {
+                for (quantile, value) in &summary.quantiles {
+                    write_sample(
+                        out,
+                        name,
+                        "",
+                        &labels,
+                        Some(("quantile", *quantile)),
+                        *value,
+                    );
+                }
+                write_sample(out, name, "_sum", &labels, None, summary.sum);
+                write_sample(out, name, "_count", &labels, None, summary.count as f64);
             }
         }
     }
@@ -75,12 +96,12 @@ fn write_sample(
     name: &str,
     suffix: &str,
     labels: &[(&str, &str)],
-    le: Option<f64>,
+    extra: Option<(&str, f64)>,
     value: f64,
 ) {
     out.push_str(name);
     out.push_str(suffix);
-    if !labels.is_empty() || le.is_some() {
+    if !labels.is_empty() || extra.is_some() {
         out.push('{');
         let mut first = true;
         for (label, label_value) in labels {
@@ -93,12 +114,13 @@ fn write_sample(
             escape_label_value(label_value, out);
             out.push('"');
         }
-        if let Some(le) = le {
+        if let Some((extra_name, extra_value)) = extra {
             if !first {
                 out.push(',');
             }
-            out.push_str("le=\"");
-            push_float(out, le);
+            out.push_str(extra_name);
+            out.push_str("=\"");
+            push_float(out, extra_value);
             out.push('"');
         }
         out.push('}');

@@ -11,6 +11,7 @@ pub mod logging;
 pub mod metrics;
 pub mod scrape;
 pub mod server;
+pub mod textparse;
 
 mod daemon;
 

@@ -7,6 +7,7 @@ pub enum MetricType {
     Counter,
     Gauge,
     Histogram,
+    Summary,
     Untyped,
 }
 
@@ -16,6 +17,7 @@ impl MetricType {
             Self::Counter => "counter",
             Self::Gauge => "gauge",
             Self::Histogram => "histogram",
+            Self::Summary => "summary",
             Self::Untyped => "untyped",
         }
     }
@@ -30,10 +32,19 @@ pub struct HistogramValue {
     pub count: u64,
 }
 
+/// A summary: `(quantile, value)` pairs in increasing quantile order, with sum and count.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SummaryValue {
+    pub quantiles: Vec<(f64, f64)>,
+    pub sum: f64,
+    pub count: u64,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     Scalar(f64),
     Histogram(HistogramValue),
+    Summary(SummaryValue),
 }
 
 /// One series (or, for a histogram, one group of series) of a family.
@@ -80,7 +91,14 @@ impl MetricFamily {
         N: Into<String>,
         V: Into<String>,
     {
-        debug_assert!(self.metric_type != MetricType::Histogram, "{}", self.name);
+        debug_assert!(
+            !matches!(
+                self.metric_type,
+                MetricType::Histogram | MetricType::Summary
+            ),
+            "{}",
+            self.name
+        );
         self.metrics.push(Metric {
             labels: collect_labels(labels),
             value: Value::Scalar(value),
@@ -104,6 +122,21 @@ impl MetricFamily {
         self.metrics.push(Metric {
             labels: collect_labels(labels),
             value: Value::Histogram(histogram),
+        });
+    }
+
+    pub fn push_summary<N, V>(
+        &mut self,
+        labels: impl IntoIterator<Item = (N, V)>,
+        summary: SummaryValue,
+    ) where
+        N: Into<String>,
+        V: Into<String>,
+    {
+        debug_assert!(self.metric_type == MetricType::Summary, "{}", self.name);
+        self.metrics.push(Metric {
+            labels: collect_labels(labels),
+            value: Value::Summary(summary),
         });
     }
 

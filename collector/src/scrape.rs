@@ -207,7 +207,7 @@ mod tests {
             })
             .map(|m| match m.value {
                 Value::Scalar(v) => v,
-                Value::Histogram(_) => panic!("not a scalar"),
+                _ => panic!("not a scalar"),
             })
     }
 

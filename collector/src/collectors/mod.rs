@@ -14,9 +14,18 @@ use crate::{
 
 pub mod unimplemented;
 
+mod conntrack;
+mod diskstats;
+mod entropy;
 mod filefd;
+mod filesystem;
 mod loadavg;
+mod os;
 mod read;
+mod textfile;
+mod time;
+mod timex;
+mod uname;
 
 /// What a collector may use when it is built at start-up.
 pub struct BuildContext {
@@ -60,8 +69,17 @@ pub struct CollectorSpec {
 
 /// Every collector, in `--help` order.
 pub const ALL: &[CollectorSpec] = &[
+    conntrack::SPEC,
+    diskstats::SPEC,
+    entropy::SPEC,
     filefd::SPEC,
+    filesystem::SPEC,
     loadavg::SPEC,
+    os::SPEC,
+    textfile::SPEC,
+    time::SPEC,
+    timex::SPEC,
+    uname::SPEC,
     ebpf::irq::SPEC,
     ebpf::sched::SPEC,
 ];
