@@ -20,6 +20,7 @@ mod entropy;
 mod filefd;
 mod filesystem;
 mod loadavg;
+mod mdadm;
 mod os;
 mod read;
 mod textfile;
@@ -75,6 +76,7 @@ pub const ALL: &[CollectorSpec] = &[
     filefd::SPEC,
     filesystem::SPEC,
     loadavg::SPEC,
+    mdadm::SPEC,
     os::SPEC,
     textfile::SPEC,
     time::SPEC,
