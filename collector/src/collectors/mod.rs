@@ -14,9 +14,11 @@ use crate::{
 
 pub mod unimplemented;
 
+mod cpu;
 mod filefd;
 mod loadavg;
 mod read;
+mod stat;
 
 /// What a collector may use when it is built at start-up.
 pub struct BuildContext {
@@ -25,6 +27,9 @@ pub struct BuildContext {
     pub rootfs: PathBuf,
     pub udev_data: PathBuf,
     pub flags: Arc<CollectorFlags>,
+    /// Names of the enabled collectors (node_exporter's `collectorState`), for the few collectors
+    /// whose output depends on another one being on.
+    pub enabled: Vec<&'static str>,
     /// The loaded kernel programs; `None` when eBPF is unavailable or no eBPF collector is on.
     pub ebpf: Option<Arc<EbpfRuntime>>,
 }
@@ -38,6 +43,11 @@ impl BuildContext {
     /// `rel` under `--path.sysfs`.
     pub fn sys_path(&self, rel: impl AsRef<Path>) -> PathBuf {
         self.sysfs.join(rel)
+    }
+
+    /// Whether the collector `name` is enabled.
+    pub fn is_enabled(&self, name: &str) -> bool {
+        self.enabled.contains(&name)
     }
 
     /// `rel` (absolute on the host, e.g. `/etc/os-release`) under `--path.rootfs`.
@@ -60,8 +70,10 @@ pub struct CollectorSpec {
 
 /// Every collector, in `--help` order.
 pub const ALL: &[CollectorSpec] = &[
+    cpu::SPEC,
     filefd::SPEC,
     loadavg::SPEC,
+    stat::SPEC,
     ebpf::irq::SPEC,
     ebpf::sched::SPEC,
 ];
