@@ -17,8 +17,12 @@ pub mod unimplemented;
 mod cpu;
 mod filefd;
 mod loadavg;
+mod meminfo;
+mod pressure;
 mod read;
+mod schedstat;
 mod stat;
+mod vmstat;
 
 /// What a collector may use when it is built at start-up.
 pub struct BuildContext {
@@ -73,7 +77,11 @@ pub const ALL: &[CollectorSpec] = &[
     cpu::SPEC,
     filefd::SPEC,
     loadavg::SPEC,
+    meminfo::SPEC,
+    pressure::SPEC,
+    schedstat::SPEC,
     stat::SPEC,
+    vmstat::SPEC,
     ebpf::irq::SPEC,
     ebpf::sched::SPEC,
 ];
