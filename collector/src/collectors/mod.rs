@@ -15,6 +15,7 @@ use crate::{
 pub mod unimplemented;
 
 mod cpu;
+mod cpufreq;
 mod filefd;
 mod loadavg;
 mod meminfo;
@@ -75,6 +76,7 @@ pub struct CollectorSpec {
 /// Every collector, in `--help` order.
 pub const ALL: &[CollectorSpec] = &[
     cpu::SPEC,
+    cpufreq::SPEC,
     filefd::SPEC,
     loadavg::SPEC,
     meminfo::SPEC,
