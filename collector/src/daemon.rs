@@ -101,6 +101,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         rootfs: options.rootfs.clone(),
         udev_data: options.udev_data.clone(),
         flags: Arc::new(cli.collector_flags),
+        enabled: cli.enabled_collectors.clone(),
         ebpf: ebpf.clone(),
     };
     let mut collectors = Vec::new();

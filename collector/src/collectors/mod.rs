@@ -15,18 +15,25 @@ use crate::{
 pub mod unimplemented;
 
 mod conntrack;
+mod cpu;
+mod cpufreq;
 mod diskstats;
 mod entropy;
 mod filefd;
 mod filesystem;
 mod loadavg;
 mod mdadm;
+mod meminfo;
 mod os;
+mod pressure;
 mod read;
+mod schedstat;
+mod stat;
 mod textfile;
 mod time;
 mod timex;
 mod uname;
+mod vmstat;
 
 /// What a collector may use when it is built at start-up.
 pub struct BuildContext {
@@ -35,6 +42,9 @@ pub struct BuildContext {
     pub rootfs: PathBuf,
     pub udev_data: PathBuf,
     pub flags: Arc<CollectorFlags>,
+    /// Names of the enabled collectors (node_exporter's `collectorState`), for the few collectors
+    /// whose output depends on another one being on.
+    pub enabled: Vec<&'static str>,
     /// The loaded kernel programs; `None` when eBPF is unavailable or no eBPF collector is on.
     pub ebpf: Option<Arc<EbpfRuntime>>,
 }
@@ -48,6 +58,11 @@ impl BuildContext {
     /// `rel` under `--path.sysfs`.
     pub fn sys_path(&self, rel: impl AsRef<Path>) -> PathBuf {
         self.sysfs.join(rel)
+    }
+
+    /// Whether the collector `name` is enabled.
+    pub fn is_enabled(&self, name: &str) -> bool {
+        self.enabled.contains(&name)
     }
 
     /// `rel` (absolute on the host, e.g. `/etc/os-release`) under `--path.rootfs`.
@@ -71,17 +86,24 @@ pub struct CollectorSpec {
 /// Every collector, in `--help` order.
 pub const ALL: &[CollectorSpec] = &[
     conntrack::SPEC,
+    cpu::SPEC,
+    cpufreq::SPEC,
     diskstats::SPEC,
     entropy::SPEC,
     filefd::SPEC,
     filesystem::SPEC,
     loadavg::SPEC,
     mdadm::SPEC,
+    meminfo::SPEC,
     os::SPEC,
+    pressure::SPEC,
+    schedstat::SPEC,
+    stat::SPEC,
     textfile::SPEC,
     time::SPEC,
     timex::SPEC,
     uname::SPEC,
+    vmstat::SPEC,
     ebpf::irq::SPEC,
     ebpf::sched::SPEC,
 ];

@@ -18,3 +18,105 @@ where
         .parse()
         .with_context(|| format!("{}: {field}: bad number {value:?}", path.display()))
 }
+
+/// Go's `strconv.ParseUint(s, 0, bits)`: the base from the prefix (`0x`, `0o`, `0b`, a leading
+/// `0` for octal, else decimal), underscores between digits, `None` when invalid or out of
+/// range; the procfs parsers read /proc/meminfo and /proc/cpuinfo numbers this way.
+pub fn go_parse_uint_base0(s: &str, bits: u32) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.is_empty() {
+        return None;
+    }
+    let (radix, digits): (u32, &[u8]) = if b[0] == b'0' {
+        match b.get(1).map(u8::to_ascii_lowercase) {
+            Some(b'b') if b.len() >= 3 => (2, &b[2..]),
+            Some(b'o') if b.len() >= 3 => (8, &b[2..]),
+            Some(b'x') if b.len() >= 3 => (16, &b[2..]),
+            _ => (8, &b[1..]),
+        }
+    } else {
+        (10, b)
+    };
+    let mut value: u64 = 0;
+    for &c in digits {
+        if c == b'_' {
+            continue;
+        }
+        let digit = char::from(c).to_digit(radix)?;
+        value = value
+            .checked_mul(u64::from(radix))?
+            .checked_add(u64::from(digit))?;
+    }
+    // Go's underscoreOK: an underscore only between digits (a base prefix counts as one).
+    if b.contains(&b'_') {
+        let prefixed = radix != 10 && digits.len() + 2 == b.len();
+        let mut saw = if prefixed { b'0' } else { b'^' };
+        for &c in if prefixed { digits } else { b } {
+            if c == b'_' {
+                if saw != b'0' {
+                    return None;
+                }
+                saw = b'_';
+            } else {
+                saw = b'0';
+            }
+        }
+        if saw == b'_' {
+            return None;
+        }
+    }
+    (bits >= 64 || value < (1u64 << bits)).then_some(value)
+}
+
+/// The `cpu[0-9]*` entries of a sysfs CPU folder, sorted by name as Go's `filepath.Glob`
+/// returns them (so `cpu10` before `cpu2`); none when the folder cannot be read.
+pub fn cpu_dirs(dir: &Path) -> Vec<(String, std::path::PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut cpus: Vec<(String, std::path::PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let rest = name.strip_prefix("cpu")?;
+            rest.starts_with(|c: char| c.is_ascii_digit())
+                .then(|| (name.clone(), entry.path()))
+        })
+        .collect();
+    cpus.sort();
+    cpus
+}
+
+/// node_exporter's `readUintFromFile`: the whole file, trimmed, as a decimal `u64`.
+pub fn uint_from_file(path: &Path) -> anyhow::Result<u64> {
+    let text = to_string(path)?;
+    parse_number(text.trim(), "value", path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::go_parse_uint_base0;
+
+    #[test]
+    fn parse_uint_base0_follows_go() {
+        assert_eq!(go_parse_uint_base0("42", 64), Some(42));
+        assert_eq!(go_parse_uint_base0("0", 64), Some(0));
+        assert_eq!(go_parse_uint_base0("0x1f", 64), Some(31));
+        assert_eq!(go_parse_uint_base0("010", 64), Some(8));
+        assert_eq!(go_parse_uint_base0("0b101", 64), Some(5));
+        assert_eq!(go_parse_uint_base0("0x_1f", 64), Some(31));
+        assert_eq!(go_parse_uint_base0("1_000", 64), Some(1000));
+        assert_eq!(go_parse_uint_base0("0_7", 64), Some(7));
+        assert_eq!(go_parse_uint_base0("_1", 64), None);
+        assert_eq!(go_parse_uint_base0("1_", 64), None);
+        assert_eq!(go_parse_uint_base0("1__0", 64), None);
+        assert_eq!(go_parse_uint_base0("", 64), None);
+        assert_eq!(go_parse_uint_base0("0x", 64), None);
+        assert_eq!(go_parse_uint_base0("-1", 64), None);
+        assert_eq!(go_parse_uint_base0("+1", 64), None);
+        assert_eq!(go_parse_uint_base0("09", 64), None);
+        assert_eq!(go_parse_uint_base0("4294967296", 32), None);
+        assert_eq!(go_parse_uint_base0("4294967295", 32), Some(4294967295));
+        assert_eq!(go_parse_uint_base0("18446744073709551616", 64), None);
+    }
+}
