@@ -16,6 +16,7 @@ pub mod unimplemented;
 
 mod filefd;
 mod loadavg;
+mod netdev;
 mod read;
 
 /// What a collector may use when it is built at start-up.
@@ -62,6 +63,7 @@ pub struct CollectorSpec {
 pub const ALL: &[CollectorSpec] = &[
     filefd::SPEC,
     loadavg::SPEC,
+    netdev::SPEC,
     ebpf::irq::SPEC,
     ebpf::sched::SPEC,
 ];
