@@ -16,8 +16,13 @@ pub mod unimplemented;
 
 mod filefd;
 mod loadavg;
+mod netclass;
 mod netdev;
+mod netstat;
 mod read;
+mod sockstat;
+mod softnet;
+mod udp_queues;
 
 /// What a collector may use when it is built at start-up.
 pub struct BuildContext {
@@ -63,7 +68,12 @@ pub struct CollectorSpec {
 pub const ALL: &[CollectorSpec] = &[
     filefd::SPEC,
     loadavg::SPEC,
+    netclass::SPEC,
     netdev::SPEC,
+    netstat::SPEC,
+    sockstat::SPEC,
+    softnet::SPEC,
+    udp_queues::SPEC,
     ebpf::irq::SPEC,
     ebpf::sched::SPEC,
 ];

@@ -232,10 +232,11 @@ impl Collector for NetdevCollector {
             let mut stats: Vec<(&str, u64)> = stats;
             if self.netlink {
                 let path = self.class_net.join(&device).join("statistics/rx_nohandler");
-                if let Ok(value) = read::sys_attribute(&path) {
-                    if let Ok(value) = value.parse::<u64>() {
-                        stats.push(("receive_nohandler", value));
-                    }
+                if let Some(value) = read::sys_attribute(&path)
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
+                    stats.push(("receive_nohandler", value));
                 }
             }
             for (key, value) in stats {
