@@ -14,7 +14,9 @@ use crate::{
 
 pub mod unimplemented;
 
+mod bonding;
 mod filefd;
+mod hwmon;
 mod loadavg;
 mod netclass;
 mod netdev;
@@ -22,6 +24,7 @@ mod netstat;
 mod read;
 mod sockstat;
 mod softnet;
+mod thermal_zone;
 mod udp_queues;
 
 /// What a collector may use when it is built at start-up.
@@ -66,13 +69,16 @@ pub struct CollectorSpec {
 
 /// Every collector, in `--help` order.
 pub const ALL: &[CollectorSpec] = &[
+    bonding::SPEC,
     filefd::SPEC,
+    hwmon::SPEC,
     loadavg::SPEC,
     netclass::SPEC,
     netdev::SPEC,
     netstat::SPEC,
     sockstat::SPEC,
     softnet::SPEC,
+    thermal_zone::SPEC,
     udp_queues::SPEC,
     ebpf::irq::SPEC,
     ebpf::sched::SPEC,
