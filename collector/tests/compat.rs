@@ -30,7 +30,11 @@ const SAME_DEFAULTS: &[&str] = &[
 /// Known, intended differences: (collector, family, reason). A family listed here is not
 /// compared; anything else that differs fails the test.
 const KNOWN_DIFFERENCES: &[(&str, &str, &str)] = &[
-    ("filesystem", "node_filesystem_mount_info", "new after 1.5.0"),
+    (
+        "filesystem",
+        "node_filesystem_mount_info",
+        "new after 1.5.0",
+    ),
     ("meminfo", "node_memory_Balloon_bytes", MEMINFO_FIXED),
     ("meminfo", "node_memory_FileHugePages_bytes", MEMINFO_FIXED),
     ("meminfo", "node_memory_FilePmdMapped_bytes", MEMINFO_FIXED),

@@ -14,6 +14,7 @@ use crate::{
 
 pub mod unimplemented;
 
+mod bonding;
 mod conntrack;
 mod cpu;
 mod cpufreq;
@@ -21,17 +22,25 @@ mod diskstats;
 mod entropy;
 mod filefd;
 mod filesystem;
+mod hwmon;
 mod loadavg;
 mod mdadm;
 mod meminfo;
+mod netclass;
+mod netdev;
+mod netstat;
 mod os;
 mod pressure;
 mod read;
 mod schedstat;
+mod sockstat;
+mod softnet;
 mod stat;
 mod textfile;
+mod thermal_zone;
 mod time;
 mod timex;
+mod udp_queues;
 mod uname;
 mod vmstat;
 
@@ -85,6 +94,7 @@ pub struct CollectorSpec {
 
 /// Every collector, in `--help` order.
 pub const ALL: &[CollectorSpec] = &[
+    bonding::SPEC,
     conntrack::SPEC,
     cpu::SPEC,
     cpufreq::SPEC,
@@ -92,16 +102,24 @@ pub const ALL: &[CollectorSpec] = &[
     entropy::SPEC,
     filefd::SPEC,
     filesystem::SPEC,
+    hwmon::SPEC,
     loadavg::SPEC,
     mdadm::SPEC,
     meminfo::SPEC,
+    netclass::SPEC,
+    netdev::SPEC,
+    netstat::SPEC,
     os::SPEC,
     pressure::SPEC,
     schedstat::SPEC,
+    sockstat::SPEC,
+    softnet::SPEC,
     stat::SPEC,
     textfile::SPEC,
+    thermal_zone::SPEC,
     time::SPEC,
     timex::SPEC,
+    udp_queues::SPEC,
     uname::SPEC,
     vmstat::SPEC,
     ebpf::irq::SPEC,

@@ -1,0 +1,195 @@
+//! `netstat`: protocol counters from /proc/net/netstat, /proc/net/snmp and /proc/net/snmp6, as
+//! node_exporter's netstat collector: untyped `node_netstat_<Proto>_<Field>` for the fields
+//! matching `--collector.netstat.fields`.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use regex::Regex;
+
+use super::{BuildContext, CollectorSpec, read};
+use crate::{
+    flags::FlagSpec,
+    metrics::{MetricFamily, MetricType},
+    scrape::Collector,
+};
+
+const FIELDS: &str = "collector.netstat.fields";
+
+pub const SPEC: CollectorSpec = CollectorSpec {
+    name: "netstat",
+    default_enabled: true,
+    flags: &[FlagSpec::value(
+        FIELDS,
+        Some(
+            "^(.*_(InErrors|InErrs)|Ip_Forwarding|Ip(6|Ext)_(InOctets|OutOctets)|Icmp6?_(InMsgs|OutMsgs)|TcpExt_(Listen.*|Syncookies.*|TCPSynRetrans|TCPTimeouts|TCPOFOQueue|TCPRcvQDrop)|Tcp_(ActiveOpens|InSegs|OutSegs|OutRsts|PassiveOpens|RetransSegs|CurrEstab)|Udp6?_(InDatagrams|OutDatagrams|NoPorts|RcvbufErrors|SndbufErrors))$",
+        ),
+        "Regexp of fields to return for netstat collector.",
+    )],
+    hooks: &[],
+    build,
+};
+
+struct NetstatCollector {
+    netstat: PathBuf,
+    snmp: PathBuf,
+    snmp6: PathBuf,
+    fields: Option<Regex>,
+}
+
+fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
+    Ok(Arc::new(NetstatCollector {
+        netstat: context.proc_path("net/netstat"),
+        snmp: context.proc_path("net/snmp"),
+        snmp6: context.proc_path("net/snmp6"),
+        fields: context.flags.regex(FIELDS)?,
+    }))
+}
+
+/// protocol -> field -> value text.
+type Stats = BTreeMap<String, BTreeMap<String, String>>;
+
+/// /proc/net/netstat and /proc/net/snmp: pairs of lines, `Proto: names...` then
+/// `Proto: values...`, split on single spaces as upstream splits them.
+fn parse_pairs(text: &str, path: &Path) -> anyhow::Result<Stats> {
+    let mut stats = Stats::new();
+    let mut lines = text.lines();
+    while let Some(names) = lines.next() {
+        let values = lines.next().unwrap_or("");
+        let names: Vec<&str> = names.split(' ').collect();
+        let values: Vec<&str> = values.split(' ').collect();
+        let protocol = names[0]
+            .strip_suffix(':')
+            .unwrap_or(&names[0][..names[0].len().saturating_sub(1)]);
+        if names.len() != values.len() {
+            anyhow::bail!(
+                "{}: field count mismatch for {protocol}: {} names, {} values",
+                path.display(),
+                names.len(),
+                values.len()
+            );
+        }
+        let fields = stats.entry(protocol.to_owned()).or_default();
+        fields.clear();
+        for (name, value) in names.iter().zip(&values).skip(1) {
+            fields.insert((*name).to_owned(), (*value).to_owned());
+        }
+    }
+    Ok(stats)
+}
+
+/// /proc/net/snmp6: `<Proto>6<Field> value` lines; lines without a `6` are skipped.
+fn parse_snmp6(text: &str) -> Stats {
+    let mut stats = Stats::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 2 {
+            continue;
+        }
+        if let Some(six) = fields[0].find('6') {
+            let (protocol, name) = fields[0].split_at(six + 1);
+            stats
+                .entry(protocol.to_owned())
+                .or_default()
+                .insert(name.to_owned(), fields[1].to_owned());
+        }
+    }
+    stats
+}
+
+impl Collector for NetstatCollector {
+    fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
+        let mut stats = parse_pairs(&read::to_string(&self.netstat)?, &self.netstat)?;
+        let snmp = parse_pairs(&read::to_string(&self.snmp)?, &self.snmp)?;
+        // IPv6 may be disabled: no snmp6 then.
+        let snmp6 = match std::fs::read_to_string(&self.snmp6) {
+            Ok(text) => parse_snmp6(&text),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Stats::new(),
+            Err(error) => {
+                return Err(
+                    anyhow::Error::new(error).context(format!("reading {}", self.snmp6.display()))
+                );
+            }
+        };
+        // Later files replace a protocol as a whole, as upstream merges them.
+        stats.extend(snmp);
+        stats.extend(snmp6);
+
+        let mut families = Vec::new();
+        for (protocol, fields) in &stats {
+            for (name, value) in fields {
+                let key = format!("{protocol}_{name}");
+                // Every value must parse, selected or not, as upstream checks before filtering.
+                let value: f64 = value
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("invalid value {value:?} in netstats ({key})"))?;
+                if self.fields.as_ref().is_some_and(|re| !re.is_match(&key)) {
+                    continue;
+                }
+                families.push(
+                    MetricFamily::new(
+                        format!("node_netstat_{key}"),
+                        format!("Statistic {protocol}{name}."),
+                        MetricType::Untyped,
+                    )
+                    .with_value(value),
+                );
+            }
+        }
+        out.extend(families);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_of_lines() {
+        let stats = parse_pairs(
+            "Tcp: RtoAlgorithm CurrEstab\nTcp: 1 -3\nUdp: InDatagrams\nUdp: 7\n",
+            Path::new("/proc/net/snmp"),
+        )
+        .unwrap();
+        assert_eq!(stats["Tcp"]["CurrEstab"], "-3");
+        assert_eq!(stats["Udp"]["InDatagrams"], "7");
+    }
+
+    #[test]
+    fn mismatched_or_truncated_pairs_are_errors_naming_the_file() {
+        for text in ["Tcp: A B\nTcp: 1\n", "Tcp: A B\n"] {
+            let error = parse_pairs(text, Path::new("/x/net/snmp")).unwrap_err();
+            assert!(error.to_string().contains("/x/net/snmp"), "{error}");
+        }
+    }
+
+    #[test]
+    fn snmp6_splits_at_the_first_six() {
+        let stats = parse_snmp6("Ip6InReceives 10\nUdpLite6InErrors 2\nnosix 3\nIcmp6OutMsgs\n");
+        assert_eq!(stats["Ip6"]["InReceives"], "10");
+        assert_eq!(stats["UdpLite6"]["InErrors"], "2");
+        assert_eq!(stats.len(), 2);
+    }
+
+    #[test]
+    fn bad_values_fail_the_scrape() {
+        let dir = std::env::temp_dir().join(format!("netstat-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("netstat"), "TcpExt: A\nTcpExt: x1\n").unwrap();
+        std::fs::write(dir.join("snmp"), "Tcp: B\nTcp: 2\n").unwrap();
+        let collector = NetstatCollector {
+            netstat: dir.join("netstat"),
+            snmp: dir.join("snmp"),
+            snmp6: dir.join("snmp6"),
+            fields: None,
+        };
+        let mut out = Vec::new();
+        let result = collector.update(&mut out);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(result.is_err());
+        assert!(out.is_empty());
+    }
+}
