@@ -7,6 +7,7 @@
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 mod atomic;
+mod block;
 mod irq;
 mod layout;
 mod sched;

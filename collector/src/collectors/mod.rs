@@ -62,6 +62,7 @@ pub struct CollectorSpec {
 pub const ALL: &[CollectorSpec] = &[
     filefd::SPEC,
     loadavg::SPEC,
+    ebpf::block::SPEC,
     ebpf::irq::SPEC,
     ebpf::sched::SPEC,
 ];
