@@ -7,9 +7,11 @@
 pub mod block;
 pub mod histogram;
 pub mod layout;
+pub mod net;
 pub mod sched;
 
 pub use block::{BlockHistograms, BlockKey, CpuBlockCounters, InflightKey, InflightRequest};
 pub use histogram::Log2Histogram;
 pub use layout::KernelLayout;
+pub use net::CpuNetCounters;
 pub use sched::{CpuIrqTime, CpuSchedCounters, NR_SOFTIRQS, SOFTIRQ_NAMES};

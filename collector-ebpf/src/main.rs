@@ -10,6 +10,7 @@ mod atomic;
 mod block;
 mod irq;
 mod layout;
+mod net;
 mod sched;
 
 #[cfg(target_arch = "bpf")]

@@ -64,5 +64,6 @@ pub const ALL: &[CollectorSpec] = &[
     loadavg::SPEC,
     ebpf::block::SPEC,
     ebpf::irq::SPEC,
+    ebpf::net::SPEC,
     ebpf::sched::SPEC,
 ];

@@ -5,6 +5,7 @@ pub mod histogram;
 pub mod irq;
 pub mod layout;
 pub mod loader;
+pub mod net;
 pub mod programs;
 pub mod sched;
 
