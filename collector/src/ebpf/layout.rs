@@ -132,10 +132,19 @@ fn fill_net_from_btf(btf: &Btf, layout: &mut KernelLayout) {
         u32::from(tracepoint_parameter_count(btf, "kfree_skb").is_ok_and(|n| n >= 4));
 }
 
+/// The drop reasons of the running kernel.
+#[derive(Debug)]
+pub struct DropReasons {
+    /// `enum skb_drop_reason` value → label, in value order.
+    pub names: Vec<(u32, String)>,
+    /// Entries of the per-reason array: `SKB_DROP_REASON_MAX`.
+    pub array_size: u32,
+}
+
 /// Drop reasons of this kernel, `enum skb_drop_reason` from its BTF: value → label (the name
 /// without `SKB_DROP_REASON_`, lower-cased), without `SKB_NOT_DROPPED_YET`/`SKB_CONSUMED` and the
-/// `_MAX`/mask markers; plus the size of the per-reason array (`SKB_DROP_REASON_MAX`).
-pub fn skb_drop_reasons(btf: &Btf) -> anyhow::Result<(Vec<(u32, String)>, u32)> {
+/// `_MAX`/mask markers.
+pub fn skb_drop_reasons(btf: &Btf) -> anyhow::Result<DropReasons> {
     let reasons = btf
         .resolve_types_by_name("skb_drop_reason")
         .context("no type skb_drop_reason")?
@@ -165,14 +174,16 @@ pub fn skb_drop_reasons(btf: &Btf) -> anyhow::Result<(Vec<(u32, String)>, u32)> 
     let size = max.unwrap_or_else(|| names.iter().map(|(v, _)| v + 1).max().unwrap_or(1));
     names.retain(|(value, _)| *value < size);
     names.sort();
-    Ok((names, size.max(1)))
+    Ok(DropReasons {
+        names,
+        array_size: size.max(1),
+    })
 }
 
 /// [`skb_drop_reasons`] of the running kernel, read once: the loader sizes the per-reason array
 /// with it and the net collector names the reasons. `None` without kernel BTF.
-pub fn kernel_skb_drop_reasons() -> Option<&'static (Vec<(u32, String)>, u32)> {
-    static REASONS: std::sync::OnceLock<Option<(Vec<(u32, String)>, u32)>> =
-        std::sync::OnceLock::new();
+pub fn kernel_skb_drop_reasons() -> Option<&'static DropReasons> {
+    static REASONS: std::sync::OnceLock<Option<DropReasons>> = std::sync::OnceLock::new();
     REASONS
         .get_or_init(|| {
             let btf = Btf::from_file(Path::new(VMLINUX_BTF)).ok()?;
@@ -445,7 +456,10 @@ mod tests {
         assert_ne!(layout.request_data_len, UNKNOWN_OFFSET);
         assert!(!block_dev_path_unknown(&layout), "{layout:?}");
         fill_net_from_btf(&btf, &mut layout);
-        let (reasons, size) = skb_drop_reasons(&btf).unwrap();
+        let DropReasons {
+            names: reasons,
+            array_size: size,
+        } = skb_drop_reasons(&btf).unwrap();
         assert!(
             reasons.iter().any(|(_, name)| name == "no_socket"),
             "{reasons:?}"

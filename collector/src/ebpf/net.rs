@@ -64,7 +64,7 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
         None => None,
     };
     let reasons = layout::kernel_skb_drop_reasons()
-        .map(|(names, _)| names.clone())
+        .map(|r| r.names.clone())
         .unwrap_or_default();
     Ok(Arc::new(NetCollector {
         runtime: context.ebpf.clone(),
