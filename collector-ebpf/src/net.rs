@@ -1,7 +1,8 @@
 //! Network: TCP retransmits and resets, and packets dropped by the kernel, by drop reason.
 //!
 //! Everything is a per-CPU counter: these hooks fire from softirq context on every CPU, and
-//! `kfree_skb` can fire millions of times a second, so no event takes a shared cache line.
+//! `kfree_skb` fires at packet rate during a drop storm (and, before 5.x moved consumed packets
+//! to `consume_skb`, for every packet), so no event takes a shared cache line.
 use aya_ebpf::{
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
     maps::PerCpuArray,
