@@ -85,14 +85,23 @@ impl Collector for BlockCollector {
         programs::push_status(self.runtime.as_deref(), &HOOKS, out);
         let runtime = programs::require_any_attached(self.runtime.as_deref(), &HOOKS)?;
         let maps = self.maps.as_ref().context("block maps unavailable")?;
-        let attached = |name: &str| {
+        let hook_type = |name: &str| {
             HOOKS
                 .iter()
-                .any(|h| h.name == name && runtime.attached(h).is_some())
+                .find(|h| h.name == name)
+                .and_then(|h| runtime.attached(h))
         };
-        // Latency and size need issue and completion; queue time also needs insert.
-        let timed = attached("block_rq_issue") && attached("block_rq_complete");
-        let queued = timed && attached("block_rq_insert");
+        // Latency and size need issue and completion; queue time also needs insert. All with the
+        // same hook type: BTF/raw programs key requests by pointer, classic ones by (dev, sector),
+        // so a mix would never match an issue to its completion.
+        let issue = hook_type("block_rq_issue");
+        let timed = issue.is_some() && issue == hook_type("block_rq_complete");
+        let queued = timed && issue == hook_type("block_rq_insert");
+        if !timed && issue.is_some() && hook_type("block_rq_complete").is_some() {
+            anyhow::bail!(
+                "block_rq_issue and block_rq_complete attached with different hook types; their requests cannot be matched"
+            );
+        }
 
         let mut totals: BTreeMap<(String, &'static str), Totals> = BTreeMap::new();
         for entry in maps.histograms.iter() {
