@@ -25,6 +25,41 @@ pub struct KernelLayout {
     pub tp_sched_wakeup_new_pid: u32,
     pub tp_sched_migrate_task_dest_cpu: u32,
     pub tp_softirq_vec: u32,
+
+    // Block layer, `struct request` and the objects naming its disk (BTF/raw hooks).
+    /// `offsetof(struct request, cmd_flags)`: the low 8 bits are the `REQ_OP_*`.
+    pub request_cmd_flags: u32,
+    /// `offsetof(struct request, __data_len)`: bytes left to transfer (the size, at issue).
+    pub request_data_len: u32,
+    /// Disk, first choice (4.x–6.x): `request.q` → `request_queue.disk` (5.15+) → `gendisk`.
+    pub request_q: u32,
+    pub request_queue_disk: u32,
+    /// Disk, second choice (before 5.17): `request.rq_disk` → `gendisk`.
+    pub request_rq_disk: u32,
+    pub gendisk_major: u32,
+    pub gendisk_first_minor: u32,
+    /// Last resort: `request.part` → `block_device.bd_dev` (a partition's number; the daemon
+    /// folds partitions into their disk).
+    pub request_part: u32,
+    pub block_device_bd_dev: u32,
+    /// Classic `block_rq_insert`/`block_rq_issue` (event class `block_rq`) field offsets.
+    pub tp_block_rq_dev: u32,
+    pub tp_block_rq_sector: u32,
+    pub tp_block_rq_bytes: u32,
+    pub tp_block_rq_rwbs: u32,
+    /// Classic `block_rq_complete` field offsets.
+    pub tp_block_rq_complete_dev: u32,
+    pub tp_block_rq_complete_sector: u32,
+
+    // Network.
+    /// 1 when the BTF/raw `tcp_retransmit_skb` has the 3rd `err` argument (6.12+; before, the
+    /// tracepoint fired only for segments actually sent).
+    pub tcp_retransmit_skb_has_err: u32,
+    /// 1 when the BTF/raw `kfree_skb` passes `enum skb_drop_reason` as its 3rd argument (5.17+).
+    pub kfree_skb_has_reason: u32,
+    /// Classic tracepoint field offsets; `tp_tcp_retransmit_skb_err` stays unknown before 6.12.
+    pub tp_tcp_retransmit_skb_err: u32,
+    pub tp_kfree_skb_reason: u32,
 }
 
 impl KernelLayout {
@@ -40,6 +75,25 @@ impl KernelLayout {
         tp_sched_wakeup_new_pid: UNKNOWN_OFFSET,
         tp_sched_migrate_task_dest_cpu: UNKNOWN_OFFSET,
         tp_softirq_vec: UNKNOWN_OFFSET,
+        request_cmd_flags: UNKNOWN_OFFSET,
+        request_data_len: UNKNOWN_OFFSET,
+        request_q: UNKNOWN_OFFSET,
+        request_queue_disk: UNKNOWN_OFFSET,
+        request_rq_disk: UNKNOWN_OFFSET,
+        gendisk_major: UNKNOWN_OFFSET,
+        gendisk_first_minor: UNKNOWN_OFFSET,
+        request_part: UNKNOWN_OFFSET,
+        block_device_bd_dev: UNKNOWN_OFFSET,
+        tp_block_rq_dev: UNKNOWN_OFFSET,
+        tp_block_rq_sector: UNKNOWN_OFFSET,
+        tp_block_rq_bytes: UNKNOWN_OFFSET,
+        tp_block_rq_rwbs: UNKNOWN_OFFSET,
+        tp_block_rq_complete_dev: UNKNOWN_OFFSET,
+        tp_block_rq_complete_sector: UNKNOWN_OFFSET,
+        tcp_retransmit_skb_has_err: 0,
+        kfree_skb_has_reason: 0,
+        tp_tcp_retransmit_skb_err: UNKNOWN_OFFSET,
+        tp_kfree_skb_reason: UNKNOWN_OFFSET,
     };
 }
 

@@ -4,10 +4,14 @@
 //! daemon reads the same bytes back, so both must agree on layout to the byte.
 #![no_std]
 
+pub mod block;
 pub mod histogram;
 pub mod layout;
+pub mod net;
 pub mod sched;
 
+pub use block::{BlockHistograms, BlockKey, CpuBlockCounters, InflightKey, InflightRequest};
 pub use histogram::Log2Histogram;
 pub use layout::KernelLayout;
+pub use net::CpuNetCounters;
 pub use sched::{CpuIrqTime, CpuSchedCounters, NR_SOFTIRQS, SOFTIRQ_NAMES};

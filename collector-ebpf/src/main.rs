@@ -7,8 +7,10 @@
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 mod atomic;
+mod block;
 mod irq;
 mod layout;
+mod net;
 mod sched;
 
 #[cfg(target_arch = "bpf")]

@@ -23,6 +23,8 @@ use common::{
 const SAME_DEFAULTS: &[&str] = &[
     "--collector.filesystem.mount-points-exclude=^/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)",
     "--collector.netdev.device-exclude=",
+    // 1.8.0 and 1.9.0 added TCPOFOQueue and TCPRcvQDrop to the default netstat fields.
+    "--collector.netstat.fields=^(.*_(InErrors|InErrs)|Ip_Forwarding|Ip(6|Ext)_(InOctets|OutOctets)|Icmp6?_(InMsgs|OutMsgs)|TcpExt_(Listen.*|Syncookies.*|TCPSynRetrans|TCPTimeouts|TCPOFOQueue|TCPRcvQDrop)|Tcp_(ActiveOpens|InSegs|OutSegs|OutRsts|PassiveOpens|RetransSegs|CurrEstab)|Udp6?_(InDatagrams|OutDatagrams|NoPorts|RcvbufErrors|SndbufErrors))$",
     // 1.8.0 added zram to the default exclude; 1.5.0 accepts the new default as a flag.
     "--collector.diskstats.device-exclude=^(z?ram|loop|fd|(h|s|v|xv)d[a-z]|nvme\\d+n\\d+p)\\d+$",
 ];
@@ -35,6 +37,14 @@ const KNOWN_DIFFERENCES: &[(&str, &str, &str)] = &[
         "node_filesystem_mount_info",
         "new after 1.5.0",
     ),
+    ("softnet", "node_softnet_backlog_len", SOFTNET_NEW),
+    ("softnet", "node_softnet_cpu_collision_total", SOFTNET_NEW),
+    (
+        "softnet",
+        "node_softnet_flow_limit_count_total",
+        SOFTNET_NEW,
+    ),
+    ("softnet", "node_softnet_received_rps_total", SOFTNET_NEW),
     ("meminfo", "node_memory_Balloon_bytes", MEMINFO_FIXED),
     ("meminfo", "node_memory_FileHugePages_bytes", MEMINFO_FIXED),
     ("meminfo", "node_memory_FilePmdMapped_bytes", MEMINFO_FIXED),
@@ -43,6 +53,8 @@ const KNOWN_DIFFERENCES: &[(&str, &str, &str)] = &[
     ("meminfo", "node_memory_SecPageTables_bytes", MEMINFO_FIXED),
     ("meminfo", "node_memory_Unaccepted_bytes", MEMINFO_FIXED),
 ];
+
+const SOFTNET_NEW: &str = "softnet_stat columns exported since 1.6-1.8";
 
 const MEMINFO_FIXED: &str = "1.10.0 (#3049) reads /proc/meminfo through procfs' fixed struct \
      instead of exporting every line, so fields procfs does not know are gone";
@@ -56,6 +68,7 @@ const ADDED_LABELS: &[(&str, &str, &str)] = &[
         "the error text, added after 1.5.0",
     ),
     ("node_disk_info", "rotational", "added after 1.5.0"),
+    ("node_network_info", "adminstate", "added after 1.5.0"),
 ];
 
 /// Families whose samples change between two scrapes faster than any tolerance (clocks,

@@ -5,7 +5,9 @@
 //!   from the sum of its threads' `schedstat` run time, wall time per scrape at the client,
 //!   resident memory (now and peak) and body size.
 //! - Kernel program cost: ns per event for each program from the kernel's BPF statistics while a
-//!   context-switch-bound workload runs, and that workload's slowdown with the collector attached.
+//!   workload runs, and that workload's slowdown with the collector attached, for three
+//!   workloads: context-switch-bound (pipe ping-pong), I/O-bound (4 KiB writes + fdatasync) and
+//!   loopback TCP.
 use std::{
     io::{Read as _, Write as _},
     path::{Path, PathBuf},
@@ -26,6 +28,12 @@ pub struct Options {
     /// Runs of the workload in each configuration (the median is kept).
     #[arg(long, default_value_t = 7)]
     runs: usize,
+    /// 4 KiB writes, each followed by fdatasync, in one run of the I/O workload.
+    #[arg(long, default_value_t = 2_000)]
+    fsync_writes: usize,
+    /// MiB sent over one loopback TCP connection in one run of the network workload.
+    #[arg(long, default_value_t = 512)]
+    tcp_mib: usize,
 }
 
 const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
@@ -49,7 +57,36 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
     )?;
     report += &scrape_table(&ours, &theirs, options.scrapes);
 
-    report += &kernel_cost(&collector, options)?;
+    let fsync_file = root.join("target/bench/fsync-workload");
+    std::fs::create_dir_all(root.join("target/bench"))?;
+    let workloads = [
+        Workload {
+            description: format!(
+                "Context-switch workload: {} pipe round trips between two threads pinned to CPU 0",
+                options.rounds
+            ),
+            run: Box::new(|| ping_pong(options.rounds)),
+        },
+        Workload {
+            description: format!(
+                "I/O workload: {} 4 KiB writes to {}, each followed by fdatasync",
+                options.fsync_writes,
+                fsync_file.display()
+            ),
+            run: Box::new(|| fsync_writes(&fsync_file, options.fsync_writes)),
+        },
+        Workload {
+            description: format!(
+                "Network workload: {} MiB over one loopback TCP connection",
+                options.tcp_mib
+            ),
+            run: Box::new(|| loopback_tcp(options.tcp_mib << 20)),
+        },
+    ];
+    for workload in &workloads {
+        report += &kernel_cost(&collector, workload, options.runs)?;
+    }
+    let _ = std::fs::remove_file(&fsync_file);
 
     println!("\n{report}");
     let dir = root.join("target/bench");
@@ -232,40 +269,42 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-fn kernel_cost(collector: &PathBuf, options: &Options) -> anyhow::Result<String> {
-    eprintln!("timing the context-switch workload without the collector...");
-    let mut without: Vec<Duration> = (0..options.runs)
-        .map(|_| ping_pong(options.rounds))
-        .collect();
+/// A workload of known size whose slowdown the kernel programs cause is measured.
+struct Workload<'a> {
+    description: String,
+    /// Runs it once, returning its wall time.
+    run: Box<dyn Fn() -> Duration + 'a>,
+}
+
+fn kernel_cost(collector: &PathBuf, workload: &Workload, runs: usize) -> anyhow::Result<String> {
+    eprintln!("{}:", workload.description);
+    eprintln!("timing it without the collector...");
+    let mut without: Vec<Duration> = (0..runs).map(|_| (workload.run)()).collect();
 
     eprintln!("... and with it attached (BPF statistics off, as in production)...");
     let exporter = Exporter::start(&mut Command::new(collector))?;
-    let with: Vec<Duration> = (0..options.runs)
-        .map(|_| ping_pong(options.rounds))
-        .collect();
+    let with: Vec<Duration> = (0..runs).map(|_| (workload.run)()).collect();
     drop(exporter);
 
     eprintln!("... and without it again, to bracket drift...");
-    without.extend((0..options.runs).map(|_| ping_pong(options.rounds)));
+    without.extend((0..runs).map(|_| (workload.run)()));
     let (base, attached) = (median(&mut without), median(&mut with.clone()));
     let slowdown = (attached.as_secs_f64() / base.as_secs_f64() - 1.0) * 100.0;
 
     eprintln!("measuring ns per event from BPF statistics...");
     let exporter = Exporter::start(Command::new(collector).arg("--ebpf.enable-stats"))?;
     let before = exporter.get()?;
-    let _ = ping_pong(options.rounds);
+    let _ = (workload.run)();
     let after = exporter.get()?;
     drop(exporter);
 
     let mut table = format!(
         "\n## Kernel program cost\n\n\
-         Context-switch workload: {} pipe round trips between two threads pinned to CPU 0; median \
-         of {} runs each.\n\n\
+         {}; median of {runs} runs each.\n\n\
          | | without collector | with collector | slowdown |\n|---|---:|---:|---:|\n\
          | workload time (ms) | {:.1} | {:.1} | {slowdown:.2}% |\n\n\
          | program | events during workload | ns per event |\n|---|---:|---:|\n",
-        options.rounds,
-        options.runs,
+        workload.description,
         ms(base),
         ms(attached),
     );
@@ -337,6 +376,50 @@ fn ping_pong(rounds: usize) -> Duration {
     .join()
     .expect("ping thread");
     echo.join().expect("echo thread");
+    started.elapsed()
+}
+
+/// `count` 4 KiB buffered writes, each followed by fdatasync: every one reaches the disk as a
+/// write request (plus the journal's and a cache flush), the events the block programs run on.
+fn fsync_writes(path: &Path, count: usize) -> Duration {
+    let mut file = std::fs::File::create(path).expect("creating the fsync workload file");
+    let block = [0x5au8; 4096];
+    let started = Instant::now();
+    for _ in 0..count {
+        file.write_all(&block).expect("write");
+        file.sync_data().expect("fdatasync");
+    }
+    started.elapsed()
+}
+
+/// Sends `bytes` over one loopback TCP connection in 64 KiB writes: the packet path the network
+/// programs sit on. Since 5.x delivered packets end in `consume_skb`, not `kfree_skb`, so this
+/// measures what the collector costs a healthy connection, not a drop storm.
+fn loopback_tcp(bytes: usize) -> Duration {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address");
+    let started = Instant::now();
+    let reader = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut total = 0;
+        loop {
+            match stream.read(&mut buffer).expect("read") {
+                0 => break total,
+                n => total += n,
+            }
+        }
+    });
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    let chunk = vec![7u8; 64 * 1024];
+    let mut sent = 0;
+    while sent < bytes {
+        let n = chunk.len().min(bytes - sent);
+        stream.write_all(&chunk[..n]).expect("write");
+        sent += n;
+    }
+    drop(stream);
+    assert_eq!(reader.join().expect("reader"), bytes);
     started.elapsed()
 }
 

@@ -14,6 +14,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus",               // server (scrape test) and promtool (lint)
     "prometheus-node-exporter", // compatibility peer and benchmark baseline
     "bpftool",                  // inspecting loaded programs when a test fails
+    "nftables",                 // dropping packets in the network tests (retransmits, drops)
 ];
 
 /// Validates the rendered Kubernetes manifests against the API schemas it ships (offline); its

@@ -122,6 +122,8 @@ pub const ALL: &[CollectorSpec] = &[
     udp_queues::SPEC,
     uname::SPEC,
     vmstat::SPEC,
+    ebpf::block::SPEC,
     ebpf::irq::SPEC,
+    ebpf::net::SPEC,
     ebpf::sched::SPEC,
 ];

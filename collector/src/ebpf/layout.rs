@@ -31,6 +31,11 @@ pub fn discover(btf_path: &Path, tracefs: Option<&Path>) -> (KernelLayout, Vec<S
             if let Err(e) = fill_from_btf(&btf, &mut layout) {
                 problems.push(format!("kernel BTF {}: {e:#}", btf_path.display()));
             }
+            // Independent of the scheduler facts: one subsystem's gap must not hide another's.
+            if let Err(e) = fill_block_from_btf(&btf, &mut layout) {
+                problems.push(format!("kernel BTF {} (block): {e:#}", btf_path.display()));
+            }
+            fill_net_from_btf(&btf, &mut layout);
         }
         Err(e) => problems.push(format!(
             "kernel BTF unavailable at {} ({e}): tp_btf and raw_tp scheduler hooks need it",
@@ -65,6 +70,128 @@ fn fill_from_btf(btf: &Btf, layout: &mut KernelLayout) -> anyhow::Result<()> {
     let parameters = tracepoint_parameter_count(btf, "sched_switch")?;
     layout.sched_switch_has_prev_state = u32::from(parameters >= 5);
     Ok(())
+}
+
+/// `struct request` and the path from it to its disk's device number. Each path is kept only if
+/// every member on it exists; the programs take the first complete one.
+fn fill_block_from_btf(btf: &Btf, layout: &mut KernelLayout) -> anyhow::Result<()> {
+    let request = find_struct(btf, "request")?;
+    let member =
+        |parent: &btf_rs::Struct, name: &str| member_offset(btf, parent, name).ok().flatten();
+    layout.request_cmd_flags = member(&request, "cmd_flags").context("request has no cmd_flags")?;
+    layout.request_data_len =
+        member(&request, "__data_len").context("request has no __data_len")?;
+    if let Ok(gendisk) = find_struct(btf, "gendisk")
+        && let (Some(major), Some(first_minor)) =
+            (member(&gendisk, "major"), member(&gendisk, "first_minor"))
+    {
+        layout.gendisk_major = major;
+        layout.gendisk_first_minor = first_minor;
+        // 5.15+: request->q->disk.
+        if let Ok(queue) = find_struct(btf, "request_queue")
+            && let (Some(q), Some(disk)) = (member(&request, "q"), member(&queue, "disk"))
+        {
+            layout.request_q = q;
+            layout.request_queue_disk = disk;
+        }
+        // Before 5.17: request->rq_disk.
+        if let Some(rq_disk) = member(&request, "rq_disk") {
+            layout.request_rq_disk = rq_disk;
+        }
+    }
+    if let Ok(block_device) = find_struct(btf, "block_device")
+        && let (Some(part), Some(bd_dev)) =
+            (member(&request, "part"), member(&block_device, "bd_dev"))
+    {
+        layout.request_part = part;
+        layout.block_device_bd_dev = bd_dev;
+    }
+    if block_dev_path_unknown(layout) {
+        bail!("no path from struct request to its device number");
+    }
+    Ok(())
+}
+
+fn block_dev_path_unknown(layout: &KernelLayout) -> bool {
+    let unknown = |offset: u32| offset == UNKNOWN_OFFSET;
+    let via_queue = !unknown(layout.request_q) && !unknown(layout.request_queue_disk);
+    let via_gendisk =
+        (via_queue || !unknown(layout.request_rq_disk)) && !unknown(layout.gendisk_major);
+    let via_part = !unknown(layout.request_part) && !unknown(layout.block_device_bd_dev);
+    !via_gendisk && !via_part
+}
+
+/// Tracepoint argument lists that changed over kernel versions. A missing typedef leaves the
+/// flag 0, which keeps the hook that needs it detached (`missing_for`).
+fn fill_net_from_btf(btf: &Btf, layout: &mut KernelLayout) {
+    // btf_trace_tcp_retransmit_skb: (void *, sk, skb[, int err]).
+    layout.tcp_retransmit_skb_has_err =
+        u32::from(tracepoint_parameter_count(btf, "tcp_retransmit_skb").is_ok_and(|n| n >= 4));
+    // btf_trace_kfree_skb: (void *, skb, location[, enum skb_drop_reason reason[, rx_sk]]).
+    layout.kfree_skb_has_reason =
+        u32::from(tracepoint_parameter_count(btf, "kfree_skb").is_ok_and(|n| n >= 4));
+}
+
+/// The drop reasons of the running kernel.
+#[derive(Debug)]
+pub struct DropReasons {
+    /// `enum skb_drop_reason` value → label, in value order.
+    pub names: Vec<(u32, String)>,
+    /// Entries of the per-reason array: `SKB_DROP_REASON_MAX`.
+    pub array_size: u32,
+}
+
+/// Drop reasons of this kernel, `enum skb_drop_reason` from its BTF: value → label (the name
+/// without `SKB_DROP_REASON_`, lower-cased), without `SKB_NOT_DROPPED_YET`/`SKB_CONSUMED` and the
+/// `_MAX`/mask markers.
+pub fn skb_drop_reasons(btf: &Btf) -> anyhow::Result<DropReasons> {
+    let reasons = btf
+        .resolve_types_by_name("skb_drop_reason")
+        .context("no type skb_drop_reason")?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Enum(e) => Some(e),
+            _ => None,
+        })
+        .context("skb_drop_reason is not an enum")?;
+    let mut names = Vec::new();
+    let mut max = None;
+    for member in &reasons.members {
+        let name = btf.resolve_name(member)?;
+        let value = member.val();
+        if name == "SKB_DROP_REASON_MAX" {
+            max = Some(value);
+            continue;
+        }
+        let Some(label) = name.strip_prefix("SKB_DROP_REASON_") else {
+            continue; // SKB_NOT_DROPPED_YET, SKB_CONSUMED
+        };
+        if label.ends_with("_MASK") || label.ends_with("_SHIFT") || value >= 1 << 16 {
+            continue; // subsystem encoding markers, not reasons of the core enum
+        }
+        names.push((value, label.to_ascii_lowercase()));
+    }
+    let size = max.unwrap_or_else(|| names.iter().map(|(v, _)| v + 1).max().unwrap_or(1));
+    names.retain(|(value, _)| *value < size);
+    names.sort();
+    Ok(DropReasons {
+        names,
+        array_size: size.max(1),
+    })
+}
+
+/// [`skb_drop_reasons`] of the running kernel, read once: the loader sizes the per-reason array
+/// with it and the net collector names the reasons. `None` without kernel BTF.
+pub fn kernel_skb_drop_reasons() -> Option<&'static DropReasons> {
+    static REASONS: std::sync::OnceLock<Option<DropReasons>> = std::sync::OnceLock::new();
+    REASONS
+        .get_or_init(|| {
+            let btf = Btf::from_file(Path::new(VMLINUX_BTF)).ok()?;
+            skb_drop_reasons(&btf)
+                .inspect_err(|e| tracing::info!("kernel BTF: drop reasons unknown: {e:#}"))
+                .ok()
+        })
+        .as_ref()
 }
 
 fn find_struct(btf: &Btf, name: &str) -> anyhow::Result<btf_rs::Struct> {
@@ -159,6 +286,38 @@ fn fill_from_tracefs(root: &Path, layout: &mut KernelLayout) -> anyhow::Result<(
         &mut layout.tp_softirq_vec,
         offset("irq/softirq_exit", "vec"),
     );
+    // block_rq_insert and block_rq_issue share the block_rq event class.
+    for (slot, event, field) in [
+        (&mut layout.tp_block_rq_dev, "block/block_rq_issue", "dev"),
+        (
+            &mut layout.tp_block_rq_sector,
+            "block/block_rq_issue",
+            "sector",
+        ),
+        (
+            &mut layout.tp_block_rq_bytes,
+            "block/block_rq_issue",
+            "bytes",
+        ),
+        (&mut layout.tp_block_rq_rwbs, "block/block_rq_issue", "rwbs"),
+        (
+            &mut layout.tp_block_rq_complete_dev,
+            "block/block_rq_complete",
+            "dev",
+        ),
+        (
+            &mut layout.tp_block_rq_complete_sector,
+            "block/block_rq_complete",
+            "sector",
+        ),
+        (&mut layout.tp_kfree_skb_reason, "skb/kfree_skb", "reason"),
+    ] {
+        set(slot, offset(event, field));
+    }
+    // Only since 6.12; its absence is normal before.
+    if let Ok(err) = offset("tcp/tcp_retransmit_skb", "err") {
+        layout.tp_tcp_retransmit_skb_err = err;
+    }
     if errors.is_empty() {
         Ok(())
     } else {
@@ -193,9 +352,16 @@ pub fn missing_for(
         "sched_switch" | "sched_wakeup" | "sched_wakeup_new"
     );
     match hook_type {
-        HookType::BtfTracepoint | HookType::RawTracepoint => (needs_task_pid
-            && unknown(layout.task_pid))
-        .then_some("task_struct.pid offset unknown (no kernel BTF)"),
+        HookType::BtfTracepoint | HookType::RawTracepoint => match hook.name {
+            "block_rq_issue" => (unknown(layout.request_cmd_flags)
+                || unknown(layout.request_data_len)
+                || block_dev_path_unknown(layout))
+            .then_some("struct request offsets unknown (no kernel BTF)"),
+            "kfree_skb" => (layout.kfree_skb_has_reason == 0)
+                .then_some("kfree_skb has no drop reason argument (before 5.17) or no BTF"),
+            _ => (needs_task_pid && unknown(layout.task_pid))
+                .then_some("task_struct.pid offset unknown (no kernel BTF)"),
+        },
         HookType::Tracepoint => {
             let fields: &[u32] = match hook.name {
                 "sched_switch" => &[
@@ -207,6 +373,18 @@ pub fn missing_for(
                 "sched_wakeup_new" => &[layout.tp_sched_wakeup_new_pid],
                 "sched_migrate_task" => &[layout.tp_sched_migrate_task_dest_cpu],
                 "softirq_exit" => &[layout.tp_softirq_vec],
+                "block_rq_insert" => &[layout.tp_block_rq_dev, layout.tp_block_rq_sector],
+                "block_rq_issue" => &[
+                    layout.tp_block_rq_dev,
+                    layout.tp_block_rq_sector,
+                    layout.tp_block_rq_bytes,
+                    layout.tp_block_rq_rwbs,
+                ],
+                "block_rq_complete" => &[
+                    layout.tp_block_rq_complete_dev,
+                    layout.tp_block_rq_complete_sector,
+                ],
+                "kfree_skb" => &[layout.tp_kfree_skb_reason],
                 _ => &[],
             };
             fields
@@ -263,6 +441,39 @@ mod tests {
         if major >= 6 {
             assert_eq!(layout.sched_switch_has_prev_state, 1);
         }
+    }
+
+    #[test]
+    fn reads_block_and_net_facts_from_this_kernels_btf() {
+        if !Path::new(VMLINUX_BTF).exists() {
+            eprintln!("skipped: this kernel has no BTF at {VMLINUX_BTF}");
+            return;
+        }
+        let btf = Btf::from_file(VMLINUX_BTF).unwrap();
+        let mut layout = KernelLayout::UNKNOWN;
+        fill_block_from_btf(&btf, &mut layout).unwrap();
+        assert_ne!(layout.request_cmd_flags, UNKNOWN_OFFSET);
+        assert_ne!(layout.request_data_len, UNKNOWN_OFFSET);
+        assert!(!block_dev_path_unknown(&layout), "{layout:?}");
+        fill_net_from_btf(&btf, &mut layout);
+        let DropReasons {
+            names: reasons,
+            array_size: size,
+        } = skb_drop_reasons(&btf).unwrap();
+        assert!(
+            reasons.iter().any(|(_, name)| name == "no_socket"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons
+                .iter()
+                .all(|(value, name)| *value >= 2 && *value < size && !name.is_empty())
+        );
+        assert!(
+            !reasons
+                .iter()
+                .any(|(_, name)| name == "max" || name.contains("consumed"))
+        );
     }
 
     #[test]

@@ -82,6 +82,10 @@ impl EbpfRuntime {
             .override_global("KERNEL_LAYOUT", &kernel_layout, true)
             .map_max_entries("RUNQUEUE_ENQUEUED_AT", options.runqueue_max_tasks)
             .map_max_entries("MIGRATIONS_TO_CPU", possible_cpus)
+            .map_max_entries(
+                "SKB_DROP_REASONS",
+                layout::kernel_skb_drop_reasons().map_or(1, |r| r.array_size),
+            )
             .load(object())
             .context("loading the eBPF object (needs CAP_BPF and CAP_PERFMON, or root)")?;
 

@@ -1,9 +1,11 @@
 //! The eBPF side of the daemon: loading and attaching the kernel programs (`loader`), the kernel
 //! layout facts they need (`layout`), and one collector per subsystem reading its maps.
+pub mod block;
 pub mod histogram;
 pub mod irq;
 pub mod layout;
 pub mod loader;
+pub mod net;
 pub mod programs;
 pub mod sched;
 

@@ -1,0 +1,314 @@
+//! Block I/O: request latency (issue → completion), queue time (insert → issue) and size, per
+//! disk and operation.
+//!
+//! Insert and issue remember the request in an LRU hash shared by all CPUs (completion usually
+//! runs on another CPU, in the interrupt); completion records all three histograms at once, so a
+//! request costs one lookup of the per-CPU histogram map. Our own timestamps are used rather
+//! than `request.io_start_time_ns`, which the kernel fills in only with I/O statistics on.
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::bpf_ktime_get_ns,
+    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+};
+use collector_common::{
+    BlockHistograms, BlockKey, CpuBlockCounters, InflightKey, InflightRequest,
+    block::{
+        BLOCK_OP_DISCARD, BLOCK_OP_FLUSH, BLOCK_OP_OTHER, BLOCK_OP_READ, BLOCK_OP_WRITE,
+        REQ_OP_MASK,
+    },
+    layout::UNKNOWN_OFFSET,
+};
+
+use crate::layout::{kernel_layout, read_kernel_field, read_tracepoint_field};
+
+/// Requests between insert/issue and completion. LRU: a request whose completion we miss (the
+/// programs were attached mid-flight, a partial completion) is evicted instead of leaking.
+#[map]
+static BLOCK_INFLIGHT: LruHashMap<InflightKey, InflightRequest> =
+    LruHashMap::with_max_entries(8192, 0);
+
+/// Histograms per (disk, operation), one copy per CPU. Not LRU: an evicted entry would make its
+/// counters go backwards. Full → counted in `CpuBlockCounters::histogram_map_full`.
+#[map]
+static BLOCK_HISTOGRAMS: PerCpuHashMap<BlockKey, BlockHistograms> =
+    PerCpuHashMap::with_max_entries(1024, 0);
+
+/// One all-zero `BlockHistograms`, never written: the initial value of new histogram entries
+/// (the struct does not fit on the 512-byte BPF stack).
+#[map]
+static BLOCK_HISTOGRAMS_ZERO: Array<BlockHistograms> = Array::with_max_entries(1, 0);
+
+#[map]
+static BLOCK_COUNTERS: PerCpuArray<CpuBlockCounters> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn with_counters(update: impl FnOnce(&mut CpuBlockCounters)) {
+    if let Some(counters) = BLOCK_COUNTERS.get_ptr_mut(0) {
+        update(unsafe { &mut *counters });
+    }
+}
+
+#[inline(always)]
+fn on_insert(key: InflightKey) {
+    let request = InflightRequest {
+        inserted_ns: unsafe { bpf_ktime_get_ns() },
+        ..InflightRequest::default()
+    };
+    // A re-inserted (requeued) request starts over.
+    if BLOCK_INFLIGHT.insert(key, request, 0).is_err() {
+        with_counters(|c| c.inflight_map_full += 1);
+    }
+}
+
+#[inline(always)]
+fn on_issue(key: InflightKey, dev: u32, op: u32, bytes: u32) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(request) = BLOCK_INFLIGHT.get_ptr_mut(key) {
+        let request = unsafe { &mut *request };
+        request.issued_ns = now;
+        request.dev = dev;
+        request.op = op;
+        request.bytes = bytes;
+        return;
+    }
+    // Issued directly, without passing through a scheduler queue: no queue time.
+    let request = InflightRequest {
+        inserted_ns: 0,
+        issued_ns: now,
+        bytes,
+        dev,
+        op,
+        _pad: 0,
+    };
+    if BLOCK_INFLIGHT.insert(key, request, 0).is_err() {
+        with_counters(|c| c.inflight_map_full += 1);
+    }
+}
+
+#[inline(always)]
+fn on_complete(key: InflightKey) {
+    let Some(request) = BLOCK_INFLIGHT.get_ptr(key) else {
+        return; // issued before we were attached, or evicted
+    };
+    let request = unsafe { *request };
+    let _ = BLOCK_INFLIGHT.remove(key);
+    if request.issued_ns == 0 {
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let histogram_key = BlockKey {
+        dev: request.dev,
+        op: request.op,
+    };
+    let Some(histograms) = histograms_for(&histogram_key) else {
+        with_counters(|c| c.histogram_map_full += 1);
+        return;
+    };
+    let histograms = unsafe { &mut *histograms };
+    if now >= request.issued_ns {
+        histograms.latency.record(now - request.issued_ns);
+    }
+    if request.inserted_ns != 0 && request.issued_ns >= request.inserted_ns {
+        histograms
+            .queue
+            .record(request.issued_ns - request.inserted_ns);
+    }
+    histograms.size.record(request.bytes as u64);
+}
+
+/// This CPU's histograms of `key`, creating the entry (zeroed) on first use.
+#[inline(always)]
+fn histograms_for(key: &BlockKey) -> Option<*mut BlockHistograms> {
+    if let Some(histograms) = BLOCK_HISTOGRAMS.get_ptr_mut(key) {
+        return Some(histograms);
+    }
+    let zero = BLOCK_HISTOGRAMS_ZERO.get(0)?;
+    // Fails when full, or when another CPU created it first: the second lookup tells which.
+    let _ = BLOCK_HISTOGRAMS.insert(key, zero, BPF_NOEXIST as u64);
+    BLOCK_HISTOGRAMS.get_ptr_mut(key)
+}
+
+/// Folds the kernel's `REQ_OP_*` into the operations the metrics name.
+#[inline(always)]
+fn op_from_cmd_flags(cmd_flags: u32) -> u32 {
+    match cmd_flags & REQ_OP_MASK {
+        0 => BLOCK_OP_READ,
+        1 => BLOCK_OP_WRITE,
+        2 => BLOCK_OP_FLUSH,
+        3 => BLOCK_OP_DISCARD,
+        _ => BLOCK_OP_OTHER,
+    }
+}
+
+/// `MKDEV(major, minor)` in the kernel's internal encoding, as classic records carry it.
+#[inline(always)]
+fn kernel_dev(major: u32, minor: u32) -> u32 {
+    (major << 20) | (minor & 0xf_ffff)
+}
+
+/// The `dev_t` of the disk a `struct request *` is for, by the first path BTF showed to exist.
+#[inline(always)]
+fn request_dev(request: u64) -> u32 {
+    let layout = kernel_layout();
+    let from_gendisk = |disk: u64| -> Option<u32> {
+        let major = read_kernel_field::<i32>(disk, layout.gendisk_major)?;
+        let minor = read_kernel_field::<i32>(disk, layout.gendisk_first_minor)?;
+        Some(kernel_dev(major as u32, minor as u32))
+    };
+    let disk = if layout.request_q != UNKNOWN_OFFSET && layout.request_queue_disk != UNKNOWN_OFFSET
+    {
+        read_kernel_field::<u64>(request, layout.request_q)
+            .and_then(|queue| read_kernel_field::<u64>(queue, layout.request_queue_disk))
+    } else if layout.request_rq_disk != UNKNOWN_OFFSET {
+        read_kernel_field::<u64>(request, layout.request_rq_disk)
+    } else {
+        None
+    };
+    if let Some(disk) = disk.filter(|d| *d != 0)
+        && layout.gendisk_major != UNKNOWN_OFFSET
+        && let Some(dev) = from_gendisk(disk)
+    {
+        return dev;
+    }
+    if layout.request_part != UNKNOWN_OFFSET
+        && let Some(part) =
+            read_kernel_field::<u64>(request, layout.request_part).filter(|p| *p != 0)
+        && let Some(dev) = read_kernel_field::<u32>(part, layout.block_device_bd_dev)
+    {
+        return dev;
+    }
+    0
+}
+
+#[inline(always)]
+fn pointer_key(request: u64) -> InflightKey {
+    InflightKey { request, sector: 0 }
+}
+
+#[inline(always)]
+fn issue_from_request(request: u64) {
+    let layout = kernel_layout();
+    let cmd_flags = read_kernel_field::<u32>(request, layout.request_cmd_flags).unwrap_or(0);
+    let bytes = read_kernel_field::<u32>(request, layout.request_data_len).unwrap_or(0);
+    on_issue(
+        pointer_key(request),
+        request_dev(request),
+        op_from_cmd_flags(cmd_flags),
+        bytes,
+    );
+}
+
+// ---- BTF and raw tracepoints: block_rq_insert(struct request *rq),
+// block_rq_issue(struct request *rq),
+// block_rq_complete(struct request *rq, blk_status_t error, unsigned int nr_bytes). ----
+
+macro_rules! btf_and_raw {
+    ($tracepoint:literal, $btf:ident, $raw:ident, |$ctx:ident| $body:expr) => {
+        #[btf_tracepoint(function = $tracepoint)]
+        pub fn $btf($ctx: BtfTracePointContext) -> i32 {
+            $body;
+            0
+        }
+
+        #[raw_tracepoint(tracepoint = $tracepoint)]
+        pub fn $raw($ctx: RawTracePointContext) -> i32 {
+            $body;
+            0
+        }
+    };
+}
+
+btf_and_raw!(
+    "block_rq_insert",
+    block_rq_insert_btf,
+    block_rq_insert_raw,
+    |ctx| { on_insert(pointer_key(ctx.arg(0))) }
+);
+
+btf_and_raw!(
+    "block_rq_issue",
+    block_rq_issue_btf,
+    block_rq_issue_raw,
+    |ctx| { issue_from_request(ctx.arg(0)) }
+);
+
+btf_and_raw!(
+    "block_rq_complete",
+    block_rq_complete_btf,
+    block_rq_complete_raw,
+    |ctx| { on_complete(pointer_key(ctx.arg(0))) }
+);
+
+// ---- Classic tracepoints: no request pointer, so requests are keyed by (dev, sector). ----
+
+/// Operation from the `rwbs` string (`blk_fill_rwbs`): an optional leading `F` (pre-flush),
+/// then `R`, `W`, `D` (discard; `DE` secure erase), `F` (flush) or `N` (other).
+#[inline(always)]
+fn op_from_rwbs(rwbs: [u8; 2]) -> u32 {
+    let letter = match rwbs {
+        [b'F', second @ (b'R' | b'W' | b'D' | b'F' | b'N')] => second,
+        [first, _] => first,
+    };
+    match letter {
+        b'R' => BLOCK_OP_READ,
+        b'W' => BLOCK_OP_WRITE,
+        b'F' => BLOCK_OP_FLUSH,
+        b'D' => BLOCK_OP_DISCARD,
+        _ => BLOCK_OP_OTHER,
+    }
+}
+
+#[inline(always)]
+fn tracepoint_key(
+    ctx: &TracePointContext,
+    dev_offset: u32,
+    sector_offset: u32,
+) -> Option<(InflightKey, u32)> {
+    let dev = read_tracepoint_field::<u32>(ctx, dev_offset)?;
+    let sector = read_tracepoint_field::<u64>(ctx, sector_offset)?;
+    Some((
+        InflightKey {
+            request: dev as u64,
+            sector,
+        },
+        dev,
+    ))
+}
+
+#[tracepoint(category = "block", name = "block_rq_insert")]
+pub fn block_rq_insert_tp(ctx: TracePointContext) -> u32 {
+    let layout = kernel_layout();
+    if let Some((key, _)) = tracepoint_key(&ctx, layout.tp_block_rq_dev, layout.tp_block_rq_sector)
+    {
+        on_insert(key);
+    }
+    0
+}
+
+#[tracepoint(category = "block", name = "block_rq_issue")]
+pub fn block_rq_issue_tp(ctx: TracePointContext) -> u32 {
+    let layout = kernel_layout();
+    let Some((key, dev)) = tracepoint_key(&ctx, layout.tp_block_rq_dev, layout.tp_block_rq_sector)
+    else {
+        return 0;
+    };
+    let bytes = read_tracepoint_field::<u32>(&ctx, layout.tp_block_rq_bytes).unwrap_or(0);
+    let rwbs = read_tracepoint_field::<[u8; 2]>(&ctx, layout.tp_block_rq_rwbs).unwrap_or([0; 2]);
+    on_issue(key, dev, op_from_rwbs(rwbs), bytes);
+    0
+}
+
+#[tracepoint(category = "block", name = "block_rq_complete")]
+pub fn block_rq_complete_tp(ctx: TracePointContext) -> u32 {
+    let layout = kernel_layout();
+    if let Some((key, _)) = tracepoint_key(
+        &ctx,
+        layout.tp_block_rq_complete_dev,
+        layout.tp_block_rq_complete_sector,
+    ) {
+        on_complete(key);
+    }
+    0
+}

@@ -1,0 +1,241 @@
+//! `ebpf.block`: block I/O latency, queue time and request size per disk and operation.
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
+use collector_common::{
+    BlockHistograms, BlockKey, CpuBlockCounters, Log2Histogram, block::BLOCK_OP_NAMES,
+};
+
+use super::{EbpfRuntime, Hook, histogram, programs};
+use crate::{
+    collectors::{BuildContext, CollectorSpec},
+    metrics::MetricFamily,
+    scrape::Collector,
+};
+
+pub static HOOKS: [Hook; 3] = [
+    Hook {
+        category: "block",
+        name: "block_rq_insert",
+    },
+    Hook {
+        category: "block",
+        name: "block_rq_issue",
+    },
+    Hook {
+        category: "block",
+        name: "block_rq_complete",
+    },
+];
+
+pub const SPEC: CollectorSpec = CollectorSpec {
+    name: "ebpf.block",
+    default_enabled: true,
+    flags: &[],
+    hooks: &HOOKS,
+    build,
+};
+
+struct Maps {
+    histograms: PerCpuHashMap<MapData, BlockKey, BlockHistograms>,
+    counters: PerCpuArray<MapData, CpuBlockCounters>,
+}
+
+pub struct BlockCollector {
+    runtime: Option<Arc<EbpfRuntime>>,
+    maps: Option<Maps>,
+    devices: DeviceNames,
+}
+
+fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
+    let maps = match &context.ebpf {
+        Some(runtime) => Some(Maps {
+            histograms: runtime.take_map("BLOCK_HISTOGRAMS")?.try_into()?,
+            counters: runtime.take_map("BLOCK_COUNTERS")?.try_into()?,
+        }),
+        None => None,
+    };
+    Ok(Arc::new(BlockCollector {
+        runtime: context.ebpf.clone(),
+        maps,
+        devices: DeviceNames::new(context.sys_path("dev/block")),
+    }))
+}
+
+/// The histograms of one (device, operation) label set, summed over CPUs (and over partitions
+/// when the kernel reported partitions).
+#[derive(Default)]
+struct Totals {
+    latency: Option<Log2Histogram>,
+    queue: Option<Log2Histogram>,
+    size: Option<Log2Histogram>,
+}
+
+fn add(total: &mut Option<Log2Histogram>, histogram: &Log2Histogram) {
+    total.get_or_insert(Log2Histogram::EMPTY).merge(histogram);
+}
+
+impl Collector for BlockCollector {
+    fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
+        programs::push_status(self.runtime.as_deref(), &HOOKS, out);
+        let runtime = programs::require_any_attached(self.runtime.as_deref(), &HOOKS)?;
+        let maps = self.maps.as_ref().context("block maps unavailable")?;
+        let hook_type = |name: &str| {
+            HOOKS
+                .iter()
+                .find(|h| h.name == name)
+                .and_then(|h| runtime.attached(h))
+        };
+        // Latency and size need issue and completion; queue time also needs insert. All with the
+        // same hook type: BTF/raw programs key requests by pointer, classic ones by (dev, sector),
+        // so a mix would never match an issue to its completion.
+        let issue = hook_type("block_rq_issue");
+        let timed = issue.is_some() && issue == hook_type("block_rq_complete");
+        let queued = timed && issue == hook_type("block_rq_insert");
+        if !timed && issue.is_some() && hook_type("block_rq_complete").is_some() {
+            anyhow::bail!(
+                "block_rq_issue and block_rq_complete attached with different hook types; their requests cannot be matched"
+            );
+        }
+
+        let mut totals: BTreeMap<(String, &'static str), Totals> = BTreeMap::new();
+        for entry in maps.histograms.iter() {
+            let (key, per_cpu) = entry.context("reading BLOCK_HISTOGRAMS")?;
+            let device = self.devices.name(key.dev);
+            let operation = BLOCK_OP_NAMES
+                .get(key.op as usize)
+                .copied()
+                .unwrap_or("other");
+            let total = totals.entry((device, operation)).or_default();
+            for copy in per_cpu.iter() {
+                add(&mut total.latency, &copy.latency);
+                add(&mut total.queue, &copy.queue);
+                add(&mut total.size, &copy.size);
+            }
+        }
+
+        if timed {
+            let mut latency = MetricFamily::histogram(
+                "ebpf_block_rq_latency_seconds",
+                "Block I/O request latency from issue to the device to completion, by disk (as in /proc/diskstats) and operation.",
+            );
+            let mut size = MetricFamily::histogram(
+                "ebpf_block_rq_size_bytes",
+                "Size of block I/O requests at issue, by disk and operation.",
+            );
+            let mut queue = MetricFamily::histogram(
+                "ebpf_block_rq_queue_seconds",
+                "Time block I/O requests waited in the I/O scheduler queue, from insert to issue (requests issued directly are not counted).",
+            );
+            for ((device, operation), total) in &totals {
+                let labels = [("device", device.as_str()), ("operation", *operation)];
+                if let Some(h) = &total.latency {
+                    latency.push_histogram(labels, histogram::to_prometheus(h, 1e-9));
+                }
+                if let Some(h) = &total.size {
+                    size.push_histogram(labels, histogram::to_prometheus(h, 1.0));
+                }
+                if let Some(h) = total.queue.as_ref().filter(|h| h.count() > 0) {
+                    queue.push_histogram(labels, histogram::to_prometheus(h, 1e-9));
+                }
+            }
+            out.push(latency);
+            out.push(size);
+            if queued {
+                out.push(queue);
+            }
+        }
+
+        let counters = maps.counters.get(&0, 0).context("reading BLOCK_COUNTERS")?;
+        let (histogram_full, inflight_full) = counters.iter().fold((0u64, 0u64), |(h, i), c| {
+            (h + c.histogram_map_full, i + c.inflight_map_full)
+        });
+        let mut dropped = MetricFamily::counter(
+            "ebpf_block_rq_dropped_total",
+            "Block I/O requests not recorded because a kernel map was full: histograms (too many disk/operation pairs) or in-flight requests.",
+        );
+        dropped.push([("map", "histograms")], histogram_full as f64);
+        dropped.push([("map", "inflight")], inflight_full as f64);
+        out.push(dropped);
+        Ok(())
+    }
+}
+
+/// Kernel device numbers → the names /proc/diskstats uses, through sysfs, partitions folded
+/// into their disk. Cached: a device number keeps its name while the disk exists.
+struct DeviceNames {
+    dev_block: PathBuf,
+    cache: Mutex<HashMap<u32, String>>,
+}
+
+impl DeviceNames {
+    fn new(dev_block: PathBuf) -> Self {
+        Self {
+            dev_block,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `dev` in the kernel's internal encoding (`major << 20 | minor`). A disk that is gone
+    /// keeps its `major:minor` as its name.
+    fn name(&self, dev: u32) -> String {
+        let mut cache = self.cache.lock().expect("device cache poisoned");
+        if let Some(name) = cache.get(&dev) {
+            return name.clone();
+        }
+        let major_minor = format!("{}:{}", dev >> 20, dev & 0xf_ffff);
+        match disk_name(&self.dev_block.join(&major_minor)) {
+            Some(name) => {
+                cache.insert(dev, name.clone());
+                name
+            }
+            None => major_minor,
+        }
+    }
+}
+
+/// Name of the disk behind a `/sys/dev/block/M:m` link: the link target's last component, or
+/// its parent's for a partition; `!` in sysfs names is `/` in /proc/diskstats (`cciss/c0d0`).
+fn disk_name(link: &Path) -> Option<String> {
+    let device = std::fs::canonicalize(link).ok()?;
+    let disk = if link.join("partition").exists() {
+        device.parent()?
+    } else {
+        device.as_path()
+    };
+    Some(disk.file_name()?.to_str()?.replace('!', "/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_disks_and_folds_partitions() {
+        let root = std::env::temp_dir().join(format!("block-names-{}", std::process::id()));
+        let disk = root.join("devices/virtual/block/vdz");
+        let partition = disk.join("vdz1");
+        let weird = root.join("devices/virtual/block/cciss!c0d0");
+        for dir in [&partition, &weird] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(partition.join("partition"), "1\n").unwrap();
+        let dev_block = root.join("dev/block");
+        std::fs::create_dir_all(&dev_block).unwrap();
+        std::os::unix::fs::symlink(&disk, dev_block.join("254:16")).unwrap();
+        std::os::unix::fs::symlink(&partition, dev_block.join("254:17")).unwrap();
+        std::os::unix::fs::symlink(&weird, dev_block.join("104:0")).unwrap();
+
+        let names = DeviceNames::new(dev_block);
+        assert_eq!(names.name(254 << 20 | 16), "vdz");
+        assert_eq!(names.name(254 << 20 | 17), "vdz");
+        assert_eq!(names.name(104 << 20), "cciss/c0d0");
+        assert_eq!(names.name(7 << 20 | 99), "7:99");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

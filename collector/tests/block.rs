@@ -1,0 +1,242 @@
+//! Root: the block programs, attached with each hook type, time and size direct-I/O writes the
+//! test makes on the disk under its own files (or on a loop device when that is not a disk).
+mod common;
+
+use std::{
+    io::Write as _,
+    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use common::{Daemon, Scrape};
+
+const WRITES: usize = 200;
+const BLOCK: usize = 4096;
+
+/// Where to write and the /proc/diskstats name of the disk it lands on.
+struct Target {
+    path: PathBuf,
+    device: String,
+    /// Loop device to detach at the end, with its backing file.
+    loop_device: Option<(String, PathBuf)>,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some((device, backing)) = &self.loop_device {
+            let _ = Command::new("losetup").args(["-d", device]).status();
+            let _ = std::fs::remove_file(backing);
+        } else {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Disk name of a device number (userspace encoding), partitions folded into their disk.
+fn disk_of(dev: u64) -> Option<String> {
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    if major == 0 {
+        return None; // anonymous device: overlayfs, tmpfs, btrfs subvolume...
+    }
+    let link = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    let device = std::fs::canonicalize(&link).ok()?;
+    let disk = if link.join("partition").exists() {
+        device.parent()?.to_path_buf()
+    } else {
+        device
+    };
+    Some(disk.file_name()?.to_str()?.replace('!', "/"))
+}
+
+/// `tag` tells apart the tests of one binary, which run in parallel.
+fn target(tag: &str) -> Target {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let path = dir.join(format!("block-test-{}-{tag}", std::process::id()));
+    std::fs::write(&path, b"").expect("creating the test file");
+    let dev = std::fs::metadata(&path).unwrap().dev();
+    if let Some(device) = disk_of(dev) {
+        return Target {
+            path,
+            device,
+            loop_device: None,
+        };
+    }
+    eprintln!(
+        "{} is not on a block device: using a loop device",
+        dir.display()
+    );
+    let backing = path.with_extension("img");
+    std::fs::File::create(&backing)
+        .and_then(|f| f.set_len(64 << 20))
+        .expect("creating the loop backing file");
+    let output = Command::new("losetup")
+        .args(["--find", "--show", "--direct-io=on"])
+        .arg(&backing)
+        .output()
+        .expect("running losetup");
+    assert!(
+        output.status.success(),
+        "losetup: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let loop_device = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let rdev = std::fs::metadata(&loop_device).unwrap().rdev();
+    Target {
+        path: PathBuf::from(&loop_device),
+        device: disk_of(rdev).expect("loop device in /sys/dev/block"),
+        loop_device: Some((loop_device, backing)),
+    }
+}
+
+/// `count` aligned 4 KiB O_DIRECT writes, each followed by fdatasync: each is one write request
+/// of exactly 4096 bytes (direct I/O waits for it, so none merge).
+fn direct_writes(path: &Path, count: usize) {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .unwrap_or_else(|e| panic!("opening {} with O_DIRECT: {e}", path.display()));
+    let layout = std::alloc::Layout::from_size_align(BLOCK, BLOCK).unwrap();
+    // SAFETY: non-zero size; freed below with the same layout.
+    let buffer = unsafe { std::alloc::alloc_zeroed(layout) };
+    assert!(!buffer.is_null());
+    // SAFETY: `buffer` holds BLOCK initialised bytes.
+    let block = unsafe { std::slice::from_raw_parts(buffer, BLOCK) };
+    for _ in 0..count {
+        file.write_all(block).expect("direct write");
+        file.sync_data().expect("fdatasync");
+    }
+    unsafe { std::alloc::dealloc(buffer, layout) };
+}
+
+fn block_hooks_attached(scrape: &Scrape, hook_type: &str) {
+    for program in ["block_rq_insert", "block_rq_issue", "block_rq_complete"] {
+        assert_eq!(
+            scrape.value(
+                "ebpf_program_attached",
+                &[("program", program), ("hook_type", hook_type)]
+            ),
+            1.0,
+            "{program} not attached as {hook_type}"
+        );
+    }
+}
+
+fn times_writes_with(hook_type: &str) {
+    if hook_type == "tracepoint" {
+        common::ensure_tracefs();
+    }
+    let target = target(hook_type);
+    let daemon = Daemon::start(&[
+        &format!("--ebpf.hook-types={hook_type}"),
+        "--no-collector.ebpf.irq",
+        "--no-collector.ebpf.sched",
+        "--no-collector.ebpf.net",
+    ]);
+    let before = daemon.scrape();
+    block_hooks_attached(&before, hook_type);
+    assert_eq!(
+        before.value(
+            "node_scrape_collector_success",
+            &[("collector", "ebpf.block")]
+        ),
+        1.0
+    );
+
+    direct_writes(&target.path, WRITES);
+
+    let after = daemon.scrape();
+    let labels = [("device", target.device.as_str()), ("operation", "write")];
+    let delta = |name: &str, extra: &[(&str, &str)]| {
+        let mut all = labels.to_vec();
+        all.extend_from_slice(extra);
+        after.sum(name, &all) - before.sum(name, &all)
+    };
+    let writes = WRITES as f64;
+    let completed = delta("ebpf_block_rq_latency_seconds_count", &[]);
+    assert!(
+        completed >= writes,
+        "{completed} timed writes on {} for {WRITES} direct writes; scrape:\n{}",
+        target.device,
+        after.text
+    );
+    let mean = delta("ebpf_block_rq_latency_seconds_sum", &[]) / completed;
+    assert!(
+        mean > 0.0 && mean < 1.0,
+        "mean write latency {mean} s on {}",
+        target.device
+    );
+    // 4096 is in the slot [4096, 8191]: the le="8191" bucket has them, le="4095" does not.
+    let up_to_8191 = delta("ebpf_block_rq_size_bytes_bucket", &[("le", "8191")]);
+    let up_to_4095 = delta("ebpf_block_rq_size_bytes_bucket", &[("le", "4095")]);
+    assert!(
+        up_to_8191 - up_to_4095 >= writes,
+        "{} writes of 4096..8191 bytes for {WRITES} 4 KiB writes",
+        up_to_8191 - up_to_4095
+    );
+    let size_count = delta("ebpf_block_rq_size_bytes_count", &[]);
+    assert_eq!(size_count, completed, "one size sample per timed request");
+    eprintln!(
+        "{hook_type}: {completed} writes timed on {}, mean {:.1} us; {} flushes",
+        target.device,
+        mean * 1e6,
+        after.sum(
+            "ebpf_block_rq_latency_seconds_count",
+            &[("device", target.device.as_str()), ("operation", "flush")]
+        ),
+    );
+    for name in ["ebpf_block_rq_latency_seconds", "ebpf_block_rq_size_bytes"] {
+        histogram_is_consistent(&after, name, &labels);
+    }
+    if after.has("ebpf_block_rq_queue_seconds_count") {
+        let queued = after.sum("ebpf_block_rq_queue_seconds_count", &[]);
+        eprintln!("{hook_type}: {queued} requests with a queue time");
+    }
+    for map in ["histograms", "inflight"] {
+        assert_eq!(
+            after.value("ebpf_block_rq_dropped_total", &[("map", map)]),
+            0.0
+        );
+    }
+}
+
+/// Buckets are cumulative, in increasing `le` order, and `+Inf` equals `_count`.
+fn histogram_is_consistent(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) {
+    let buckets: Vec<(f64, f64)> = scrape
+        .matching(&format!("{name}_bucket"), labels)
+        .map(|s| (s.labels["le"].parse::<f64>().unwrap(), s.value))
+        .collect();
+    assert!(buckets.len() > 10, "{buckets:?}");
+    assert!(
+        buckets
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+        "{buckets:?}"
+    );
+    let (last_le, last_count) = *buckets.last().unwrap();
+    assert!(last_le.is_infinite());
+    assert_eq!(last_count, scrape.value(&format!("{name}_count"), labels));
+}
+
+#[test]
+fn tp_btf_hooks_time_direct_writes() {
+    require_root!();
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        eprintln!("skipped: this kernel has no BTF, so no tp_btf hooks");
+        return;
+    }
+    times_writes_with("tp_btf");
+}
+
+#[test]
+fn raw_tracepoint_fallback_times_direct_writes() {
+    require_root!();
+    times_writes_with("raw_tp");
+}
+
+#[test]
+fn classic_tracepoint_fallback_times_direct_writes() {
+    require_root!();
+    times_writes_with("tracepoint");
+}
