@@ -110,18 +110,8 @@ fn direct_writes(path: &Path, count: usize) {
     unsafe { std::alloc::dealloc(buffer, layout) };
 }
 
-fn block_hooks_attached(scrape: &Scrape, hook_type: &str) {
-    for program in ["block_rq_insert", "block_rq_issue", "block_rq_complete"] {
-        assert_eq!(
-            scrape.value(
-                "ebpf_program_attached",
-                &[("program", program), ("hook_type", hook_type)]
-            ),
-            1.0,
-            "{program} not attached as {hook_type}"
-        );
-    }
-}
+/// The programs this test expects attached.
+const BLOCK_PROGRAMS: &[&str] = &["block_rq_insert", "block_rq_issue", "block_rq_complete"];
 
 fn times_writes_with(hook_type: &str) {
     if hook_type == "tracepoint" {
@@ -135,7 +125,7 @@ fn times_writes_with(hook_type: &str) {
         "--no-collector.ebpf.net",
     ]);
     let before = daemon.scrape();
-    block_hooks_attached(&before, hook_type);
+    common::assert_attached(&before, BLOCK_PROGRAMS, hook_type);
     assert_eq!(
         before.value(
             "node_scrape_collector_success",

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Daemon, Scrape};
+use common::Daemon;
 
 const CLIENT: &str = "10.213.0.1";
 const SERVER: &str = "10.213.0.2";
@@ -191,24 +191,14 @@ fn udp_to_closed_port(ns: &Namespaces, count: usize) {
     .unwrap();
 }
 
-fn net_hooks_attached(scrape: &Scrape, hook_type: &str) {
-    for program in [
-        "tcp_retransmit_skb",
-        "tcp_retransmit_synack",
-        "tcp_send_reset",
-        "tcp_receive_reset",
-        "kfree_skb",
-    ] {
-        assert_eq!(
-            scrape.value(
-                "ebpf_program_attached",
-                &[("program", program), ("hook_type", hook_type)]
-            ),
-            1.0,
-            "{program} not attached as {hook_type}"
-        );
-    }
-}
+/// The programs this test expects attached.
+const NET_PROGRAMS: &[&str] = &[
+    "tcp_retransmit_skb",
+    "tcp_retransmit_synack",
+    "tcp_send_reset",
+    "tcp_receive_reset",
+    "kfree_skb",
+];
 
 fn counts_traffic_with(hook_type: &str) {
     if hook_type == "tracepoint" {
@@ -223,7 +213,7 @@ fn counts_traffic_with(hook_type: &str) {
         "--no-collector.ebpf.block",
     ]);
     let before = daemon.scrape();
-    net_hooks_attached(&before, hook_type);
+    common::assert_attached(&before, NET_PROGRAMS, hook_type);
     assert_eq!(
         before.value(
             "node_scrape_collector_success",

@@ -5,23 +5,13 @@ use common::{Daemon, Scrape, workload};
 
 const ROUNDS: usize = 20_000;
 
-fn sched_hooks_attached(scrape: &Scrape, hook_type: &str) {
-    for program in [
-        "sched_switch",
-        "sched_wakeup",
-        "sched_wakeup_new",
-        "sched_migrate_task",
-    ] {
-        assert_eq!(
-            scrape.value(
-                "ebpf_program_attached",
-                &[("program", program), ("hook_type", hook_type)]
-            ),
-            1.0,
-            "{program} not attached as {hook_type}"
-        );
-    }
-}
+/// The programs this test expects attached.
+const SCHED_PROGRAMS: &[&str] = &[
+    "sched_switch",
+    "sched_wakeup",
+    "sched_wakeup_new",
+    "sched_migrate_task",
+];
 
 /// Starts a daemon that may only use `hook_type`, runs the workloads, checks the deltas.
 fn counts_workload_with(hook_type: &str) {
@@ -33,7 +23,7 @@ fn counts_workload_with(hook_type: &str) {
         "--no-collector.ebpf.irq",
     ]);
     let before = daemon.scrape();
-    sched_hooks_attached(&before, hook_type);
+    common::assert_attached(&before, SCHED_PROGRAMS, hook_type);
     assert_eq!(
         before.value(
             "node_scrape_collector_success",

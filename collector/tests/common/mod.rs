@@ -38,6 +38,20 @@ pub fn ensure_tracefs() {
     );
 }
 
+/// Asserts that every one of `programs` is attached through `hook_type`.
+pub fn assert_attached(scrape: &Scrape, programs: &[&str], hook_type: &str) {
+    for program in programs {
+        assert_eq!(
+            scrape.value(
+                "ebpf_program_attached",
+                &[("program", program), ("hook_type", hook_type)]
+            ),
+            1.0,
+            "{program} not attached as {hook_type}"
+        );
+    }
+}
+
 /// Finds an executable on PATH, failing with the fix when it is missing.
 pub fn tool(name: &str) -> std::path::PathBuf {
     std::env::var_os("PATH")
