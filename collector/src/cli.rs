@@ -4,12 +4,12 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, bail};
-use clap::{ArgAction, ArgMatches, Args, Command, FromArgMatches, ValueEnum, parser::ValueSource};
+use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches, ValueEnum};
 
 use crate::{
     collectors::{CollectorSpec, unimplemented::IgnoredCollector},
     ebpf::HookType,
-    flags::{CollectorFlags, FlagSpec},
+    flags::{self, CollectorFlags, FlagSpec},
 };
 
 #[derive(Debug, Args)]
@@ -156,16 +156,12 @@ pub fn command(registry: Registry<'_>) -> Command {
         } else {
             "disabled"
         };
-        let help = format!("Enable the {name} collector (default: {default}).");
-        let switch = FlagSpec::bool(format!("collector.{name}").leak(), default_enabled, "");
-        for arg in switch.args("Collectors") {
-            let arg = if arg.get_id() == switch.name {
-                arg.help(help.clone())
-            } else {
-                arg
-            };
-            command = command.arg(arg);
-        }
+        let switch = format!("collector.{name}");
+        let arg = Arg::new(switch.clone())
+            .long(switch)
+            .help(format!("Enable the {name} collector (default: {default})."))
+            .help_heading("Collectors");
+        command = command.args(flags::bool_args(arg));
     }
     for flag in registry.flags() {
         command = command.args(flag.args("Collector options"));
@@ -228,16 +224,8 @@ fn is_enabled(
     default_enabled: bool,
     disable_defaults: bool,
 ) -> bool {
-    let given = |id: &str| {
-        matches.value_source(id) == Some(ValueSource::CommandLine) && matches.get_flag(id)
-    };
-    if given(&format!("collector.{name}")) {
-        true
-    } else if given(&format!("no-collector.{name}")) {
-        false
-    } else {
-        default_enabled && !disable_defaults
-    }
+    flags::given_bool(matches, &format!("collector.{name}"))
+        .unwrap_or(default_enabled && !disable_defaults)
 }
 
 /// Resolves a Go-style listen address: `:9100` means every address, `host:port` one host.

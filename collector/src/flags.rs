@@ -79,17 +79,7 @@ impl FlagSpec {
             .hide(self.hidden)
             .help_heading(heading);
         match self.kind {
-            FlagKind::Bool => {
-                let off = format!("no-{}", self.name);
-                vec![
-                    arg.action(ArgAction::SetTrue).overrides_with(off.clone()),
-                    Arg::new(off.clone())
-                        .long(off)
-                        .action(ArgAction::SetTrue)
-                        .overrides_with(self.name)
-                        .hide(true),
-                ]
-            }
+            FlagKind::Bool => bool_args(arg).into(),
             FlagKind::Value => {
                 let arg = arg
                     .action(ArgAction::Set)
@@ -105,6 +95,36 @@ impl FlagSpec {
     }
 }
 
+/// A kingpin-style boolean: `arg` (`--name`) and its hidden negation `--no-name`, each
+/// overriding the other so that the last one given wins.
+pub fn bool_args(arg: Arg) -> [Arg; 2] {
+    let name = arg.get_id().to_string();
+    let off = format!("no-{name}");
+    [
+        arg.action(ArgAction::SetTrue).overrides_with(off.clone()),
+        Arg::new(off.clone())
+            .long(off)
+            .action(ArgAction::SetTrue)
+            .overrides_with(name)
+            .hide(true),
+    ]
+}
+
+/// The value of a [`bool_args`] pair given on the command line (the last of `--name` and
+/// `--no-name`); `None` when neither was.
+pub fn given_bool(matches: &ArgMatches, name: &str) -> Option<bool> {
+    let given = |id: &str| {
+        matches.value_source(id) == Some(ValueSource::CommandLine) && matches.get_flag(id)
+    };
+    if given(name) {
+        Some(true)
+    } else if given(&format!("no-{name}")) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
 /// The values of every collector flag after parsing, defaults applied.
 #[derive(Clone, Debug, Default)]
 pub struct CollectorFlags {
@@ -113,7 +133,6 @@ pub struct CollectorFlags {
 
 #[derive(Clone, Debug)]
 struct FlagValue {
-    spec: FlagSpec,
     values: Vec<String>,
     /// Given on the command line, not defaulted.
     explicit: bool,
@@ -127,20 +146,10 @@ impl CollectorFlags {
         let mut values = HashMap::new();
         for spec in specs {
             let (flag_values, explicit) = match spec.kind {
-                FlagKind::Bool => {
-                    let off = format!("no-{}", spec.name);
-                    let given = |id: &str| {
-                        matches.value_source(id) == Some(ValueSource::CommandLine)
-                            && matches.get_flag(id)
-                    };
-                    if given(spec.name) {
-                        (vec!["true".to_owned()], true)
-                    } else if given(&off) {
-                        (vec!["false".to_owned()], true)
-                    } else {
-                        (spec.default.into_iter().map(str::to_owned).collect(), false)
-                    }
-                }
+                FlagKind::Bool => match given_bool(matches, spec.name) {
+                    Some(value) => (vec![value.to_string()], true),
+                    None => (spec.default.into_iter().map(str::to_owned).collect(), false),
+                },
                 FlagKind::Value | FlagKind::Repeated => (
                     matches
                         .get_many::<String>(spec.name)
@@ -152,7 +161,6 @@ impl CollectorFlags {
             values.insert(
                 spec.name,
                 FlagValue {
-                    spec: *spec,
                     values: flag_values,
                     explicit,
                 },
@@ -202,11 +210,6 @@ impl CollectorFlags {
             .filter(|spec| self.values.get(spec.name).is_some_and(|v| v.explicit))
             .map(|spec| spec.name)
     }
-
-    /// The spec behind `name`, for messages.
-    pub fn spec(&self, name: &str) -> FlagSpec {
-        self.entry(name).spec
-    }
 }
 
 /// node_exporter's device filter: an exclude pattern or an include pattern, never both.
@@ -217,27 +220,33 @@ pub struct DeviceFilter {
 }
 
 impl DeviceFilter {
-    /// Builds the filter from `--<prefix>-exclude` / `--<prefix>-include`, where an explicit
-    /// include replaces the default exclude, as upstream does.
+    /// Builds the filter from `--<exclude>` / `--<include>` as upstream does: the deprecated
+    /// `--<deprecated_exclude>` replaces a defaulted exclude, an include replaces the default
+    /// exclude, and an include beside an explicit exclude is an error.
     pub fn from_flags(
         flags: &CollectorFlags,
         exclude: &str,
+        deprecated_exclude: &str,
         include: &str,
     ) -> anyhow::Result<Self> {
+        let mut exclude_pattern = flags.regex(exclude)?;
+        if let Some(old) = flags.regex(deprecated_exclude)? {
+            if flags.is_explicit(exclude) {
+                anyhow::bail!("--{deprecated_exclude} and --{exclude} are mutually exclusive");
+            }
+            tracing::warn!(
+                "--{deprecated_exclude} is DEPRECATED and will be removed in 2.0.0, use --{exclude}"
+            );
+            exclude_pattern = Some(old);
+        }
         let include_pattern = flags.regex(include)?;
         if include_pattern.is_some() {
-            if flags.is_explicit(exclude) {
+            if flags.is_explicit(exclude) || flags.is_explicit(deprecated_exclude) {
                 anyhow::bail!("--{exclude} and --{include} are mutually exclusive");
             }
-            return Ok(Self {
-                exclude: None,
-                include: include_pattern,
-            });
+            exclude_pattern = None;
         }
-        Ok(Self {
-            exclude: flags.regex(exclude)?,
-            include: None,
-        })
+        Ok(Self::new(exclude_pattern, include_pattern))
     }
 
     pub fn new(exclude: Option<Regex>, include: Option<Regex>) -> Self {

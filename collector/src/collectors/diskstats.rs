@@ -10,7 +10,7 @@ use anyhow::Context as _;
 
 use super::{BuildContext, CollectorSpec, read};
 use crate::{
-    flags::{CollectorFlags, DeviceFilter, FlagSpec},
+    flags::{DeviceFilter, FlagSpec},
     metrics::MetricFamily,
     scrape::Collector,
 };
@@ -229,29 +229,8 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
         diskstats: context.proc_path("diskstats"),
         sys_block: context.sys_path("block"),
         udev_data: context.udev_data.clone(),
-        filter: device_filter(&context.flags)?,
+        filter: DeviceFilter::from_flags(&context.flags, EXCLUDE, IGNORED, INCLUDE)?,
     }))
-}
-
-/// Upstream's `newDiskstatsDeviceFilter`: the deprecated `ignored-devices` replaces a
-/// defaulted `device-exclude`; an include pattern replaces the default exclude.
-fn device_filter(flags: &CollectorFlags) -> anyhow::Result<DeviceFilter> {
-    let mut exclude = flags.regex(EXCLUDE)?;
-    if let Some(old) = flags.regex(IGNORED)? {
-        if flags.is_explicit(EXCLUDE) {
-            anyhow::bail!("--{IGNORED} and --{EXCLUDE} are mutually exclusive");
-        }
-        tracing::warn!("--{IGNORED} is DEPRECATED and will be removed in 2.0.0, use --{EXCLUDE}");
-        exclude = Some(old);
-    }
-    let include = flags.regex(INCLUDE)?;
-    if include.is_some() {
-        if flags.is_explicit(EXCLUDE) || flags.is_explicit(IGNORED) {
-            anyhow::bail!("device-exclude & device-include are mutually exclusive");
-        }
-        return Ok(DeviceFilter::new(None, include));
-    }
-    Ok(DeviceFilter::new(exclude, None))
 }
 
 /// One /proc/diskstats line.

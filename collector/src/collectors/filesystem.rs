@@ -24,7 +24,7 @@ use anyhow::Context as _;
 
 use super::{BuildContext, CollectorSpec};
 use crate::{
-    flags::{CollectorFlags, DeviceFilter, FlagSpec},
+    flags::{DeviceFilter, FlagSpec},
     metrics::MetricFamily,
     scrape::Collector,
 };
@@ -222,31 +222,6 @@ fn strip_rootfs(mount_point: &str, rootfs: &Path) -> String {
     }
 }
 
-/// `--<old>` replaces a defaulted `--<exclude>`; an include replaces the default exclude.
-fn filter(
-    flags: &CollectorFlags,
-    exclude: &str,
-    old: &str,
-    include: &str,
-) -> anyhow::Result<DeviceFilter> {
-    let mut exclude_re = flags.regex(exclude)?;
-    if let Some(old_re) = flags.regex(old)? {
-        if flags.is_explicit(exclude) {
-            anyhow::bail!("--{old} and --{exclude} are mutually exclusive");
-        }
-        tracing::warn!("--{old} is DEPRECATED and will be removed in 2.0.0, use --{exclude}");
-        exclude_re = Some(old_re);
-    }
-    let include_re = flags.regex(include)?;
-    if include_re.is_some() {
-        if flags.is_explicit(exclude) || flags.is_explicit(old) {
-            anyhow::bail!("--{exclude} and --{include} are mutually exclusive");
-        }
-        exclude_re = None;
-    }
-    Ok(DeviceFilter::new(exclude_re, include_re))
-}
-
 struct FilesystemCollector {
     procfs: PathBuf,
     rootfs: PathBuf,
@@ -267,8 +242,8 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     Ok(Arc::new(FilesystemCollector {
         procfs: context.procfs.clone(),
         rootfs: context.rootfs.clone(),
-        mount_points: filter(flags, MP_EXCLUDE, MP_OLD, MP_INCLUDE)?,
-        fs_types: filter(flags, FS_EXCLUDE, FS_OLD, FS_INCLUDE)?,
+        mount_points: DeviceFilter::from_flags(flags, MP_EXCLUDE, MP_OLD, MP_INCLUDE)?,
+        fs_types: DeviceFilter::from_flags(flags, FS_EXCLUDE, FS_OLD, FS_INCLUDE)?,
         pool: StatPool::new(Arc::new(statfs), workers.max(1) as usize, timeout),
     }))
 }
