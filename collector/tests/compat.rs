@@ -14,20 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use common::{
     Daemon,
-    exposition::{Scrape, printed_families},
-    node_exporter::NodeExporter,
+    exposition::{Scrape, is_exporter_own, printed_families},
+    node_exporter::{NodeExporter, UPSTREAM_DEFAULTS},
 };
-
-/// Upstream 1.12 defaults where Debian's 1.5.0 package patched its own, passed to both
-/// exporters so they read the same things.
-const SAME_DEFAULTS: &[&str] = &[
-    "--collector.filesystem.mount-points-exclude=^/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)",
-    "--collector.netdev.device-exclude=",
-    // 1.8.0 and 1.9.0 added TCPOFOQueue and TCPRcvQDrop to the default netstat fields.
-    "--collector.netstat.fields=^(.*_(InErrors|InErrs)|Ip_Forwarding|Ip(6|Ext)_(InOctets|OutOctets)|Icmp6?_(InMsgs|OutMsgs)|TcpExt_(Listen.*|Syncookies.*|TCPSynRetrans|TCPTimeouts|TCPOFOQueue|TCPRcvQDrop)|Tcp_(ActiveOpens|InSegs|OutSegs|OutRsts|PassiveOpens|RetransSegs|CurrEstab)|Udp6?_(InDatagrams|OutDatagrams|NoPorts|RcvbufErrors|SndbufErrors))$",
-    // 1.8.0 added zram to the default exclude; 1.5.0 accepts the new default as a flag.
-    "--collector.diskstats.device-exclude=^(z?ram|loop|fd|(h|s|v|xv)d[a-z]|nvme\\d+n\\d+p)\\d+$",
-];
 
 /// Known, intended differences: (collector, family, reason). A family listed here is not
 /// compared; anything else that differs fails the test.
@@ -78,14 +67,6 @@ const MOVING: &[&str] = &[
     "node_time_seconds",
 ];
 
-fn is_exporter_own(family: &str) -> bool {
-    family == "node_exporter_build_info"
-        || family == "ebpf_build_info"
-        || family.starts_with("go_")
-        || family.starts_with("process_")
-        || family.starts_with("promhttp_")
-}
-
 type Series = BTreeMap<BTreeMap<String, String>, f64>;
 
 fn labels_of(line: &str) -> BTreeMap<String, String> {
@@ -114,7 +95,7 @@ fn compare_collector(name: &str, differences: &mut Vec<String>) {
         format!("--collector.{name}"),
         "--web.disable-exporter-metrics".to_owned(),
     ];
-    flags.extend(SAME_DEFAULTS.iter().map(|s| (*s).to_owned()));
+    flags.extend(UPSTREAM_DEFAULTS.iter().map(|s| (*s).to_owned()));
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let ours_daemon = Daemon::start(&flags);
     let peer = NodeExporter::start(&flags);

@@ -6,14 +6,13 @@ use std::{
     process::{Command, Stdio},
 };
 
-use common::{Daemon, Scrape, node_exporter::NodeExporter};
+use common::{
+    Daemon, Scrape,
+    node_exporter::{NodeExporter, UPSTREAM_DEFAULTS},
+};
 
 /// node_exporter keeps some kernel-given camelCase names (node_netstat_Tcp_InSegs...), which
 /// promtool flags; those, and only those, are accepted.
-/// node_exporter 1.12's default `--collector.netstat.fields` (1.5.0's lacks the last two TcpExt
-/// fields).
-const NETSTAT_FIELDS_1_12: &str = "--collector.netstat.fields=^(.*_(InErrors|InErrs)|Ip_Forwarding|Ip(6|Ext)_(InOctets|OutOctets)|Icmp6?_(InMsgs|OutMsgs)|TcpExt_(Listen.*|Syncookies.*|TCPSynRetrans|TCPTimeouts|TCPOFOQueue|TCPRcvQDrop)|Tcp_(ActiveOpens|InSegs|OutSegs|OutRsts|PassiveOpens|RetransSegs|CurrEstab)|Udp6?_(InDatagrams|OutDatagrams|NoPorts|RcvbufErrors|SndbufErrors))$";
-
 /// `promtool check metrics` findings, one per line.
 fn promtool_lint(text: &str) -> Vec<String> {
     let mut promtool = Command::new(common::tool("promtool"))
@@ -46,8 +45,7 @@ fn scrape_passes_promtool() {
     let text = daemon.get("/metrics");
     // node_exporter's own names are kept for compatibility even where promtool objects to
     // them (camelCase, `_bits`): a finding node_exporter's own output also gets is accepted.
-    // The peer is 1.5.0: give it 1.12's netstat fields so it prints the same names.
-    let peer = NodeExporter::start(&[NETSTAT_FIELDS_1_12]);
+    let peer = NodeExporter::start(UPSTREAM_DEFAULTS);
     let accepted = promtool_lint(&peer.get_metrics());
     let problems: Vec<String> = promtool_lint(&text)
         .into_iter()

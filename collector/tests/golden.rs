@@ -21,7 +21,7 @@ use std::{
 
 use common::{
     Daemon,
-    exposition::{PrintedFamily, printed_families},
+    exposition::{PrintedFamily, is_exporter_own, printed_families},
     node_exporter::NodeExporter,
 };
 
@@ -33,16 +33,6 @@ const NOT_FROM_FILES: &[(&str, &str)] = &[
     ("timex", "reads adjtimex(2), no file"),
     ("uname", "reads uname(2), no file"),
 ];
-
-/// Families every exporter adds about itself, not about the host.
-fn is_exporter_own(family: &str) -> bool {
-    family == "node_scrape_collector_duration_seconds"
-        || family == "node_exporter_build_info"
-        || family == "ebpf_build_info"
-        || family.starts_with("go_")
-        || family.starts_with("process_")
-        || family.starts_with("promhttp_")
-}
 
 struct Golden {
     collector: String,

@@ -118,6 +118,15 @@ fn parse_labels(mut text: &str) -> Option<BTreeMap<String, String>> {
     Some(labels)
 }
 
+/// Families every exporter adds about itself, not about the host.
+pub fn is_exporter_own(family: &str) -> bool {
+    family == "node_exporter_build_info"
+        || family == "ebpf_build_info"
+        || family.starts_with("go_")
+        || family.starts_with("process_")
+        || family.starts_with("promhttp_")
+}
+
 /// One family as printed: HELP, TYPE and its sample lines verbatim (labels and values exactly
 /// as formatted), for comparing two expositions line for line.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

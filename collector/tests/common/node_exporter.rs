@@ -7,6 +7,17 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// node_exporter 1.12's defaults where the peer (Debian's 1.5.0, partly patched by Debian)
+/// has others, as flags 1.5.0 accepts: given to both exporters, they read the same things.
+pub const UPSTREAM_DEFAULTS: &[&str] = &[
+    "--collector.filesystem.mount-points-exclude=^/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)",
+    "--collector.netdev.device-exclude=",
+    // 1.8.0 and 1.9.0 added TCPOFOQueue and TCPRcvQDrop to the default netstat fields.
+    "--collector.netstat.fields=^(.*_(InErrors|InErrs)|Ip_Forwarding|Ip(6|Ext)_(InOctets|OutOctets)|Icmp6?_(InMsgs|OutMsgs)|TcpExt_(Listen.*|Syncookies.*|TCPSynRetrans|TCPTimeouts|TCPOFOQueue|TCPRcvQDrop)|Tcp_(ActiveOpens|InSegs|OutSegs|OutRsts|PassiveOpens|RetransSegs|CurrEstab)|Udp6?_(InDatagrams|OutDatagrams|NoPorts|RcvbufErrors|SndbufErrors))$",
+    // 1.8.0 added zram to the default exclude; 1.5.0 accepts the new default as a flag.
+    "--collector.diskstats.device-exclude=^(z?ram|loop|fd|(h|s|v|xv)d[a-z]|nvme\\d+n\\d+p)\\d+$",
+];
+
 pub struct NodeExporter {
     child: Child,
     pub address: SocketAddr,
