@@ -111,41 +111,18 @@ pub fn is_unavailable(error: &std::io::Error) -> bool {
     )
 }
 
-/// Go's `strconv.ParseInt(s, 0, 64)`: decimal, `0x` hex, `0o`/leading-`0` octal, `0b` binary,
-/// an optional sign and `_` separators after a base prefix.
+/// Go's `strconv.ParseInt(s, 0, 64)`: an optional sign, then [`go_parse_uint_base0`]'s syntax.
 pub fn parse_go_int(s: &str) -> Option<i64> {
-    let (negative, body) = match s.as_bytes().first()? {
-        b'-' => (true, &s[1..]),
-        b'+' => (false, &s[1..]),
-        _ => (false, s),
+    let (negative, digits) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
     };
-    let lower = body.to_ascii_lowercase();
-    let (radix, digits, prefixed) = if let Some(d) = lower.strip_prefix("0x") {
-        (16, d.to_owned(), true)
-    } else if let Some(d) = lower.strip_prefix("0o") {
-        (8, d.to_owned(), true)
-    } else if let Some(d) = lower.strip_prefix("0b") {
-        (2, d.to_owned(), true)
-    } else if lower.len() > 1 && lower.starts_with('0') {
-        (8, lower[1..].to_owned(), true)
+    let magnitude = go_parse_uint_base0(digits, 64)?;
+    if negative {
+        0i64.checked_sub_unsigned(magnitude)
     } else {
-        (10, lower.clone(), false)
-    };
-    let digits = if prefixed {
-        // Go allows '_' only between digits, and only with a base prefix.
-        if digits.starts_with('_') && radix != 8 || digits.ends_with('_') || digits.contains("__") {
-            return None;
-        }
-        digits.replace('_', "")
-    } else {
-        digits
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return None;
+        i64::try_from(magnitude).ok()
     }
-    let magnitude = i128::from_str_radix(&digits, radix).ok()?;
-    let value = if negative { -magnitude } else { magnitude };
-    i64::try_from(value).ok()
 }
 
 #[cfg(test)]
@@ -187,5 +164,7 @@ mod tests {
         assert_eq!(parse_go_int("0x"), None);
         assert_eq!(parse_go_int("9223372036854775808"), None);
         assert_eq!(parse_go_int("-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(parse_go_int("-9223372036854775809"), None);
+        assert_eq!(parse_go_int("+0x_1f"), Some(31));
     }
 }
