@@ -3,9 +3,7 @@
 //! node_exporter's bonding collector.
 use std::{path::PathBuf, sync::Arc};
 
-use anyhow::Context as _;
-
-use super::{BuildContext, CollectorSpec};
+use super::{BuildContext, CollectorSpec, read};
 use crate::{
     metrics::MetricFamily,
     scrape::{Collector, NoData},
@@ -29,44 +27,32 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     }))
 }
 
-fn read(path: &std::path::Path) -> std::io::Result<String> {
-    std::fs::read_to_string(path)
-}
-
 impl BondingCollector {
     /// `(master, slaves, active)` for every master; any unreadable file fails the whole read.
     fn stats(&self) -> anyhow::Result<Vec<(String, u32, u32)>> {
         let masters_path = self.class_net.join("bonding_masters");
-        let masters = match read(&masters_path) {
-            Ok(text) => text,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                return Err(NoData(format!("{} does not exist", masters_path.display())).into());
-            }
-            Err(error) => {
-                return Err(error).with_context(|| format!("reading {}", masters_path.display()));
-            }
-        };
+        let masters = read::optional(&masters_path)?
+            .ok_or_else(|| NoData(format!("{} does not exist", masters_path.display())))?;
         let mut stats = Vec::new();
         for master in masters.split_whitespace() {
             let slaves_path = self.class_net.join(master).join("bonding/slaves");
-            let slaves =
-                read(&slaves_path).with_context(|| format!("reading {}", slaves_path.display()))?;
+            let slaves = read::to_string(&slaves_path)?;
             let (mut configured, mut active) = (0, 0);
             for slave in slaves.split_whitespace() {
                 let lower = self
                     .class_net
                     .join(master)
                     .join(format!("lower_{slave}/bonding_slave/mii_status"));
-                let state = match read(&lower) {
-                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let state = match read::optional(&lower)? {
+                    Some(state) => state,
+                    None => {
                         // Some older kernels use the slave_ prefix.
                         let old = self
                             .class_net
                             .join(master)
                             .join(format!("slave_{slave}/bonding_slave/mii_status"));
-                        read(&old).with_context(|| format!("reading {}", old.display()))?
+                        read::to_string(&old)?
                     }
-                    other => other.with_context(|| format!("reading {}", lower.display()))?,
                 };
                 configured += 1;
                 if state.trim() == "up" {

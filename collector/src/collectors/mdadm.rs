@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context as _;
 use regex::Regex;
 
-use super::{BuildContext, CollectorSpec};
+use super::{BuildContext, CollectorSpec, read};
 use crate::{
     metrics::MetricFamily,
     scrape::{Collector, NoData},
@@ -198,11 +198,6 @@ fn eval_recovery_line(line: &str) -> anyhow::Result<i64> {
     Ok(synced)
 }
 
-/// A sysfs attribute, trimmed, as procfs' `SysReadFile` (the io error is kept for NotFound).
-fn sys_read(path: &Path) -> Result<String, std::io::Error> {
-    Ok(std::fs::read_to_string(path)?.trim().to_owned())
-}
-
 /// Reads /sys/block/md*/md as procfs' `sysfs.Mdraids`: every array must have level,
 /// array_state, metadata_version, raid_disks, uuid and dev-*/state; raid0/4/5/6/10 also
 /// chunk_size; raid1/4/5/6/10 also degraded, sync_action and sync_completed.
@@ -224,13 +219,15 @@ fn read_mdraids(sys_block: &Path) -> Result<Vec<MdRaid>, MdRaidError> {
         let dir = sys_block.join(&device).join("md");
         let text = |name: &str| -> Result<String, MdRaidError> {
             let path = dir.join(name);
-            sys_read(&path).map_err(|error| MdRaidError::io(&path, error))
+            read::sys_attribute(&path).map_err(|error| MdRaidError::io(&path, error))
         };
         let uint = |name: &str| -> Result<u64, MdRaidError> {
-            let path = dir.join(name);
-            let value = sys_read(&path).map_err(|error| MdRaidError::io(&path, error))?;
+            let value = text(name)?;
             value.parse().map_err(|_| {
-                MdRaidError::Parse(format!("{}: bad number {value:?}", path.display()))
+                MdRaidError::Parse(format!(
+                    "{}: bad number {value:?}",
+                    dir.join(name).display()
+                ))
             })
         };
         let level = text("level")?;
@@ -250,7 +247,7 @@ fn read_mdraids(sys_block: &Path) -> Result<Vec<MdRaid>, MdRaidError> {
         components.sort();
         for component in components {
             let path = component.join("state");
-            sys_read(&path).map_err(|error| MdRaidError::io(&path, error))?;
+            read::sys_attribute(&path).map_err(|error| MdRaidError::io(&path, error))?;
         }
         if matches!(
             level.as_str(),
@@ -308,19 +305,12 @@ impl MdRaidError {
 
 impl Collector for MdadmCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        let text = match std::fs::read_to_string(&self.mdstat) {
-            Ok(text) => text,
-            Err(error) if error.kind() == ErrorKind::NotFound => {
-                return Err(NoData(format!(
-                    "Not collecting mdstat, file does not exist: {}",
-                    self.mdstat.display()
-                ))
-                .into());
-            }
-            Err(error) => {
-                return Err(error).with_context(|| format!("reading {}", self.mdstat.display()));
-            }
-        };
+        let text = read::optional(&self.mdstat)?.ok_or_else(|| {
+            NoData(format!(
+                "Not collecting mdstat, file does not exist: {}",
+                self.mdstat.display()
+            ))
+        })?;
         let arrays = parse_mdstat(&text)
             .with_context(|| format!("error parsing mdstatus {}", self.mdstat.display()))?;
 

@@ -104,15 +104,9 @@ impl Collector for NetstatCollector {
         let mut stats = parse_pairs(&read::to_string(&self.netstat)?, &self.netstat)?;
         let snmp = parse_pairs(&read::to_string(&self.snmp)?, &self.snmp)?;
         // IPv6 may be disabled: no snmp6 then.
-        let snmp6 = match std::fs::read_to_string(&self.snmp6) {
-            Ok(text) => parse_snmp6(&text),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Stats::new(),
-            Err(error) => {
-                return Err(
-                    anyhow::Error::new(error).context(format!("reading {}", self.snmp6.display()))
-                );
-            }
-        };
+        let snmp6 = read::optional(&self.snmp6)?
+            .map(|text| parse_snmp6(&text))
+            .unwrap_or_default();
         // Later files replace a protocol as a whole, as upstream merges them.
         stats.extend(snmp);
         stats.extend(snmp6);

@@ -3,7 +3,7 @@ use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
 
-use super::{BuildContext, CollectorSpec};
+use super::{BuildContext, CollectorSpec, read};
 use crate::{
     metrics::MetricFamily,
     scrape::{Collector, NoData},
@@ -125,15 +125,9 @@ impl Collector for OsCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
         let mut text = None;
         for path in &self.files {
-            match std::fs::read_to_string(path) {
-                Ok(found) => {
-                    text = Some((found, path));
-                    break;
-                }
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(error) => {
-                    return Err(error).with_context(|| format!("reading {}", path.display()));
-                }
+            if let Some(found) = read::optional(path)? {
+                text = Some((found, path));
+                break;
             }
         }
         let Some((text, path)) = text else {

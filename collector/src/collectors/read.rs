@@ -8,6 +8,16 @@ pub fn to_string(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
+/// The whole file, as text; `None` when it does not exist (an optional file: a disabled
+/// protocol, an absent module).
+pub fn optional(path: &Path) -> anyhow::Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
 /// Parses `field` of `path` as a number, with an error naming both.
 pub fn parse_number<T>(value: &str, field: &str, path: &Path) -> anyhow::Result<T>
 where

@@ -57,12 +57,8 @@ fn parse(text: &str) -> Vec<(&str, u64, u64, u64)> {
 
 impl Collector for SchedstatCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        let text = match std::fs::read_to_string(&self.path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(NoData("schedstat file does not exist".to_owned()).into());
-            }
-            _ => read::to_string(&self.path)?,
-        };
+        let text = read::optional(&self.path)?
+            .ok_or_else(|| NoData("schedstat file does not exist".to_owned()))?;
         let mut running = MetricFamily::counter(
             "node_schedstat_running_seconds_total",
             "Number of seconds CPU spent running a process.",

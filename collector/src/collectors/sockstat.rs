@@ -90,11 +90,9 @@ fn parse(text: &str, path: &Path) -> anyhow::Result<Sockstat> {
 
 /// The file, `None` if it does not exist (IPv4 or IPv6 disabled).
 fn read_optional(path: &Path) -> anyhow::Result<Option<Sockstat>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse(&text, path).map(Some),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
-    }
+    super::read::optional(path)?
+        .map(|text| parse(&text, path))
+        .transpose()
 }
 
 impl Collector for SockstatCollector {

@@ -5,9 +5,7 @@ use std::{
     sync::Arc,
 };
 
-use anyhow::Context as _;
-
-use super::{BuildContext, CollectorSpec};
+use super::{BuildContext, CollectorSpec, read};
 use crate::{
     metrics::MetricFamily,
     scrape::{Collector, NoData},
@@ -79,11 +77,9 @@ fn parse(text: &str, path: &Path) -> anyhow::Result<(u64, u64)> {
 
 /// The summed queues, `None` if the file does not exist (that IP version is disabled).
 fn summary(path: &Path) -> anyhow::Result<Option<(u64, u64)>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse(&text, path).map(Some),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
-    }
+    read::optional(path)?
+        .map(|text| parse(&text, path))
+        .transpose()
 }
 
 impl Collector for UdpQueuesCollector {
