@@ -83,7 +83,7 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     }
     let isolated_path = context.sys_path("devices/system/cpu/isolated");
     let isolated = match std::fs::read_to_string(&isolated_path) {
-        Ok(text) => Some(parse_cpu_range(&text).with_context(|| {
+        Ok(text) => Some(read::parse_cpu_range(&text).with_context(|| {
             format!("unable to get isolated cpus: {}", isolated_path.display())
         })?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -126,8 +126,9 @@ impl Collector for CpuCollector {
             }
             out.push(family);
         }
-        self.update_thermal_throttle(out);
-        self.update_online(out);
+        let cpus = read::cpu_dirs(&self.sys_cpu);
+        Self::update_thermal_throttle(&cpus, out);
+        Self::update_online(&cpus, out);
         Ok(())
     }
 }
@@ -240,10 +241,10 @@ impl CpuCollector {
 
     /// Per-package and per-core thermal throttle counts, each read once per package/core;
     /// CPUs without topology (offline) or without the counters are skipped.
-    fn update_thermal_throttle(&self, out: &mut Vec<MetricFamily>) {
+    fn update_thermal_throttle(cpus: &[(String, PathBuf)], out: &mut Vec<MetricFamily>) {
         let mut package_throttles: BTreeMap<u64, u64> = BTreeMap::new();
         let mut core_throttles: BTreeMap<u64, BTreeMap<u64, u64>> = BTreeMap::new();
-        for (name, dir) in read::cpu_dirs(&self.sys_cpu) {
+        for (name, dir) in cpus {
             let topology = dir.join("topology");
             let (Ok(package), Ok(core)) = (
                 read::uint_from_file(&topology.join("physical_package_id")),
@@ -296,8 +297,7 @@ impl CpuCollector {
 
     /// `node_cpu_online` from cpuN/online; nothing when the first CPU (in name order) has no
     /// `online` file, as on x86 where cpu0 cannot be unplugged.
-    fn update_online(&self, out: &mut Vec<MetricFamily>) {
-        let cpus = read::cpu_dirs(&self.sys_cpu);
+    fn update_online(cpus: &[(String, PathBuf)], out: &mut Vec<MetricFamily>) {
         let Some((_, first)) = cpus.first() else {
             return;
         };
@@ -310,7 +310,7 @@ impl CpuCollector {
             "node_cpu_online",
             "CPUs that are online and being scheduled.",
         );
-        for (name, dir) in &cpus {
+        for (name, dir) in cpus {
             let online =
                 std::fs::read_to_string(dir.join("online")).is_ok_and(|text| text.trim() == "1");
             let number = name.strip_prefix("cpu").unwrap_or(name);
@@ -364,33 +364,6 @@ fn merge_cpu_stats(cached: &mut BTreeMap<i64, CpuTimes>, new: &BTreeMap<i64, Cpu
     if new.len() != cached.len() {
         cached.retain(|id, _| new.contains_key(id));
     }
-}
-
-/// procfs's `parseCPURange` ("0-3,8,10-11"), for /sys/devices/system/cpu/isolated.
-fn parse_cpu_range(text: &str) -> anyhow::Result<Vec<u16>> {
-    let text = text.strip_suffix('\n').unwrap_or(text);
-    let mut cpus = Vec::new();
-    for part in text.split(',').filter(|p| !p.is_empty()) {
-        if part.contains('-') {
-            let bounds: Vec<&str> = part.split('-').collect();
-            let [start, end] = bounds[..] else {
-                anyhow::bail!("invalid cpu range: {part}");
-            };
-            let start: i64 = start
-                .parse()
-                .with_context(|| format!("invalid cpu start range: {part}"))?;
-            let end: i64 = end
-                .parse()
-                .with_context(|| format!("invalid cpu end range: {part}"))?;
-            cpus.extend((start..=end).map(|cpu| cpu as u16));
-        } else {
-            let cpu: i64 = part
-                .parse()
-                .with_context(|| format!("invalid cpu: {part}"))?;
-            cpus.push(cpu as u16);
-        }
-    }
-    Ok(cpus)
 }
 
 /// The fields of one /proc/cpuinfo processor that node_exporter uses.
@@ -516,16 +489,6 @@ mod tests {
             &BTreeMap::from([(0, times(1.0, 1.0)), (3, times(1.0, 1.0))]),
         );
         assert_eq!(cached.keys().copied().collect::<Vec<_>>(), [0, 3]);
-    }
-
-    #[test]
-    fn cpu_ranges() {
-        assert_eq!(parse_cpu_range("1,10-12\n").unwrap(), [1, 10, 11, 12]);
-        assert_eq!(parse_cpu_range("\n").unwrap(), Vec::<u16>::new());
-        assert_eq!(parse_cpu_range("").unwrap(), Vec::<u16>::new());
-        assert!(parse_cpu_range("1-2-3").is_err());
-        assert!(parse_cpu_range("a").is_err());
-        assert!(parse_cpu_range("1-b").is_err());
     }
 
     const CPUINFO: &str = "\nprocessor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\n\

@@ -156,32 +156,14 @@ fn read_cpufreq(dir: &Path) -> anyhow::Result<CpuFreq> {
     Ok(cpu)
 }
 
-/// procfs's `parseCPURange`, for the `offline` file.
-fn parse_cpu_list(text: &str) -> anyhow::Result<Vec<u16>> {
-    let text = text.strip_suffix('\n').unwrap_or(text);
-    let mut cpus = Vec::new();
-    for part in text.split(',').filter(|p| !p.is_empty()) {
-        match part.split('-').collect::<Vec<_>>()[..] {
-            [cpu] => cpus.push(cpu.parse::<i64>().context("invalid cpu")? as u16),
-            [start, end] => {
-                let start: i64 = start.parse().context("invalid cpu start range")?;
-                let end: i64 = end.parse().context("invalid cpu end range")?;
-                cpus.extend((start..=end).map(|cpu| cpu as u16));
-            }
-            _ => anyhow::bail!("invalid cpu range: {part}"),
-        }
-    }
-    Ok(cpus)
-}
-
 impl Collector for CpufreqCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
         let mut cpus = read::cpu_dirs(&self.sys_cpu);
         let offline_path = self.sys_cpu.join("offline");
         let offline = read::to_string(&offline_path)?;
         if !offline.trim().is_empty() {
-            let offline =
-                parse_cpu_list(&offline).with_context(|| offline_path.display().to_string())?;
+            let offline = read::parse_cpu_range(&offline)
+                .with_context(|| offline_path.display().to_string())?;
             if !offline.is_empty() {
                 let mut online = Vec::new();
                 for (name, dir) in cpus {
@@ -322,11 +304,5 @@ mod tests {
         write(&dir, &STRINGS[..4]);
         assert!(read_cpufreq(&dir).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn cpu_lists() {
-        assert_eq!(parse_cpu_list("2,4-5\n").unwrap(), [2, 4, 5]);
-        assert!(parse_cpu_list("1-2-3").is_err());
     }
 }

@@ -308,9 +308,15 @@ impl DiskstatsCollector {
     fn rotational(&self, device: &str) -> u64 {
         let queue = self.sys_block.join(device).join("queue");
         let read = |file: &str| std::fs::read_to_string(queue.join(file)).ok();
-        let uints_ok = QUEUE_UINT_FILES
-            .iter()
-            .all(|f| read(f).is_some_and(|v| v.trim().parse::<u64>().is_ok()));
+        // `rotational` is one of the unsigned files: keep its value from that pass.
+        let mut rotational = 0;
+        let uints_ok = QUEUE_UINT_FILES.iter().all(|f| {
+            let value = read(f).and_then(|v| v.trim().parse::<u64>().ok());
+            if *f == "rotational" {
+                rotational = value.unwrap_or(0);
+            }
+            value.is_some()
+        });
         let ints_ok = QUEUE_INT_FILES
             .iter()
             .all(|f| read(f).is_some_and(|v| v.trim().parse::<i64>().is_ok()));
@@ -318,9 +324,7 @@ impl DiskstatsCollector {
         if !(uints_ok && ints_ok && texts_ok) {
             return 0;
         }
-        read("rotational")
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
+        rotational
     }
 
     fn backing_devices(&self, device: &str) -> Vec<String> {

@@ -232,11 +232,12 @@ struct FilesystemCollector {
 
 fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     let flags = &context.flags;
-    let timeout = humantime::parse_duration(flags.string(MOUNT_TIMEOUT).unwrap_or("5s"))
+    // Both flags have defaults, so they always have a value.
+    let timeout = humantime::parse_duration(flags.string(MOUNT_TIMEOUT).unwrap_or_default())
         .with_context(|| format!("--{MOUNT_TIMEOUT}"))?;
     let workers: i64 = flags
         .string(STAT_WORKERS)
-        .unwrap_or("4")
+        .unwrap_or_default()
         .parse()
         .with_context(|| format!("--{STAT_WORKERS}"))?;
     Ok(Arc::new(FilesystemCollector {

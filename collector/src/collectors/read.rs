@@ -18,6 +18,33 @@ pub fn optional(path: &Path) -> anyhow::Result<Option<String>> {
     }
 }
 
+/// procfs's `parseCPURange` ("0-3,8,10-11"): sysfs CPU lists such as `isolated` and `offline`.
+pub fn parse_cpu_range(text: &str) -> anyhow::Result<Vec<u16>> {
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    let mut cpus = Vec::new();
+    for part in text.split(',').filter(|p| !p.is_empty()) {
+        if part.contains('-') {
+            let bounds: Vec<&str> = part.split('-').collect();
+            let [start, end] = bounds[..] else {
+                anyhow::bail!("invalid cpu range: {part}");
+            };
+            let start: i64 = start
+                .parse()
+                .with_context(|| format!("invalid cpu start range: {part}"))?;
+            let end: i64 = end
+                .parse()
+                .with_context(|| format!("invalid cpu end range: {part}"))?;
+            cpus.extend((start..=end).map(|cpu| cpu as u16));
+        } else {
+            let cpu: i64 = part
+                .parse()
+                .with_context(|| format!("invalid cpu: {part}"))?;
+            cpus.push(cpu as u16);
+        }
+    }
+    Ok(cpus)
+}
+
 /// Parses `field` of `path` as a number, with an error naming both.
 pub fn parse_number<T>(value: &str, field: &str, path: &Path) -> anyhow::Result<T>
 where
@@ -160,6 +187,17 @@ mod tests {
         assert_eq!(go_parse_uint_base0("4294967296", 32), None);
         assert_eq!(go_parse_uint_base0("4294967295", 32), Some(4294967295));
         assert_eq!(go_parse_uint_base0("18446744073709551616", 64), None);
+    }
+
+    #[test]
+    fn cpu_ranges() {
+        assert_eq!(parse_cpu_range("1,10-12\n").unwrap(), [1, 10, 11, 12]);
+        assert_eq!(parse_cpu_range("2,4-5\n").unwrap(), [2, 4, 5]);
+        assert_eq!(parse_cpu_range("\n").unwrap(), Vec::<u16>::new());
+        assert_eq!(parse_cpu_range("").unwrap(), Vec::<u16>::new());
+        assert!(parse_cpu_range("1-2-3").is_err());
+        assert!(parse_cpu_range("a").is_err());
+        assert!(parse_cpu_range("1-b").is_err());
     }
 
     #[test]

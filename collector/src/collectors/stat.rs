@@ -76,11 +76,7 @@ pub fn parse_proc_stat(text: &str, path: &Path) -> anyhow::Result<ProcStat> {
         if parts.len() < 2 {
             continue;
         }
-        let uint = |field: &str| -> anyhow::Result<u64> {
-            parts[1]
-                .parse()
-                .with_context(|| format!("{}: {field}: bad number {:?}", path.display(), parts[1]))
-        };
+        let uint = |field: &str| read::parse_number::<u64>(parts[1], field, path);
         match parts[0] {
             "btime" => stat.boot_time = uint("btime")?,
             "intr" => {
