@@ -203,7 +203,14 @@ fn human_readable_name(dir: &Path) -> Option<String> {
 struct Families(BTreeMap<String, MetricFamily>);
 
 impl Families {
-    fn push(&mut self, name: &str, help: &str, counter: bool, labels: [(&str, &str); 2], v: f64) {
+    fn push<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        counter: bool,
+        labels: impl IntoIterator<Item = (&'a str, &'a str)>,
+        v: f64,
+    ) {
         self.0
             .entry(name.to_owned())
             .or_insert_with(|| {
@@ -229,16 +236,13 @@ impl HwmonCollector {
             collect_sensor_data(&dir.join("device"), &mut data)?;
         }
         if let Some(name) = human_readable_name(dir) {
-            families
-                .0
-                .entry("node_hwmon_chip_names".to_owned())
-                .or_insert_with(|| {
-                    MetricFamily::gauge(
-                        "node_hwmon_chip_names",
-                        "Annotation metric for human-readable chip names",
-                    )
-                })
-                .push([("chip", chip.as_str()), ("chip_name", name.as_str())], 1.0);
+            families.push(
+                "node_hwmon_chip_names",
+                "Annotation metric for human-readable chip names",
+                false,
+                [("chip", chip.as_str()), ("chip_name", name.as_str())],
+                1.0,
+            );
         }
 
         for (sensor, properties) in &data {
@@ -248,23 +252,17 @@ impl HwmonCollector {
             let kind = explode(sensor).map(|e| e.0).unwrap_or_default();
             let labels = [("chip", chip.as_str()), ("sensor", sensor.as_str())];
             if let Some(label) = properties.get("label") {
-                families
-                    .0
-                    .entry("node_hwmon_sensor_label".to_owned())
-                    .or_insert_with(|| {
-                        MetricFamily::gauge(
-                            "node_hwmon_sensor_label",
-                            "Label for given chip and sensor",
-                        )
-                    })
-                    .push(
-                        [
-                            ("chip", chip.as_str()),
-                            ("sensor", sensor.as_str()),
-                            ("label", label.as_str()),
-                        ],
-                        1.0,
-                    );
+                families.push(
+                    "node_hwmon_sensor_label",
+                    "Label for given chip and sensor",
+                    false,
+                    [
+                        ("chip", chip.as_str()),
+                        ("sensor", sensor.as_str()),
+                        ("label", label.as_str()),
+                    ],
+                    1.0,
+                );
             }
             let bare = properties.get("").map(String::as_str);
             match kind.as_str() {
