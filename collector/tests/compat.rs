@@ -69,13 +69,10 @@ const MOVING: &[&str] = &[
 
 type Series = BTreeMap<BTreeMap<String, String>, f64>;
 
-fn labels_of(line: &str) -> BTreeMap<String, String> {
-    let sample = Scrape::parse(line);
-    sample.samples[0].labels.clone()
-}
-
-fn value_of(line: &str) -> f64 {
-    Scrape::parse(line).samples[0].value
+/// The labels and value of one sample line.
+fn sample_of(line: &str) -> (BTreeMap<String, String>, f64) {
+    let sample = Scrape::parse(line).samples.remove(0);
+    (sample.labels, sample.value)
 }
 
 /// Whether two readings of the same series, taken moments apart, agree: equal for
@@ -90,11 +87,7 @@ fn close(a: f64, b: f64) -> bool {
 }
 
 fn compare_collector(name: &str, differences: &mut Vec<String>) {
-    let mut flags = vec![
-        "--collector.disable-defaults".to_owned(),
-        format!("--collector.{name}"),
-        "--web.disable-exporter-metrics".to_owned(),
-    ];
+    let mut flags = common::only_collector(name);
     flags.extend(UPSTREAM_DEFAULTS.iter().map(|s| (*s).to_owned()));
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let ours_daemon = Daemon::start(&flags);
@@ -138,7 +131,7 @@ fn compare_collector(name: &str, differences: &mut Vec<String>) {
             lines
                 .iter()
                 .map(|line| {
-                    let mut labels = labels_of(line);
+                    let (mut labels, value) = sample_of(line);
                     if strip {
                         for (prefix, label, _) in ADDED_LABELS {
                             if family.starts_with(prefix) {
@@ -146,7 +139,7 @@ fn compare_collector(name: &str, differences: &mut Vec<String>) {
                             }
                         }
                     }
-                    (labels, value_of(line))
+                    (labels, value)
                 })
                 .collect()
         };

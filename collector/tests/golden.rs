@@ -99,10 +99,8 @@ impl Golden {
             format!("--path.sysfs={}", host.join("sys").display()),
             format!("--path.rootfs={}", host.join("root").display()),
             format!("--path.udev.data={}", host.join("udev").display()),
-            "--collector.disable-defaults".to_owned(),
-            format!("--collector.{}", self.collector),
-            "--web.disable-exporter-metrics".to_owned(),
         ];
+        flags.extend(common::only_collector(&self.collector));
         flags.extend(self.args.iter().cloned());
         flags
     }

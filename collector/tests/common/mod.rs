@@ -38,6 +38,15 @@ pub fn ensure_tracefs() {
     );
 }
 
+/// Flags (for the collector or node_exporter) that serve only collector `name`'s families.
+pub fn only_collector(name: &str) -> Vec<String> {
+    vec![
+        "--collector.disable-defaults".to_owned(),
+        format!("--collector.{name}"),
+        "--web.disable-exporter-metrics".to_owned(),
+    ]
+}
+
 /// Asserts that every one of `programs` is attached through `hook_type`.
 pub fn assert_attached(scrape: &Scrape, programs: &[&str], hook_type: &str) {
     for program in programs {
