@@ -526,9 +526,9 @@ fn dashboard_expressions(file: &Path) -> Vec<Expression> {
     found
 }
 
-fn rule_expressions() -> Vec<Expression> {
-    rules()
-        .into_iter()
+fn rule_expressions(rules: &[(String, String, Value)]) -> Vec<Expression> {
+    rules
+        .iter()
         .map(|(file, group, rule)| {
             let alert = rule["alert"].as_str();
             Expression {
@@ -756,7 +756,8 @@ fn prometheus_with_the_scraper_relabeling_evaluates_every_dashboard_and_rule_exp
         .iter()
         .map(|group| group["rules"].as_array().unwrap().len())
         .sum();
-    let rule_expressions = rule_expressions();
+    let rules = rules();
+    let rule_expressions = rule_expressions(&rules);
     assert_eq!(loaded, rule_expressions.len(), "every rule loaded");
     for group in groups.as_array().unwrap() {
         for rule in group["rules"].as_array().unwrap() {
@@ -776,7 +777,7 @@ fn prometheus_with_the_scraper_relabeling_evaluates_every_dashboard_and_rule_exp
         .map(|(name, _)| name.to_string())
         .collect();
     loop {
-        let derived: Vec<String> = rules()
+        let derived: Vec<String> = rules
             .iter()
             .filter_map(|(_, _, rule)| {
                 let record = rule["record"].as_str()?;
