@@ -105,23 +105,29 @@ pub fn go_parse_uint_base0(s: &str, bits: u32) -> Option<u64> {
     (bits >= 64 || value < (1u64 << bits)).then_some(value)
 }
 
-/// The `cpu[0-9]*` entries of a sysfs CPU folder, sorted by name as Go's `filepath.Glob`
-/// returns them (so `cpu10` before `cpu2`); none when the folder cannot be read.
-pub fn cpu_dirs(dir: &Path) -> Vec<(String, std::path::PathBuf)> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut cpus: Vec<(String, std::path::PathBuf)> = entries
+/// The `<prefix>[0-9]*` entries of a directory (`cpu3`, `thermal_zone0`...), sorted by name as
+/// Go's `filepath.Glob` returns them (so `cpu10` before `cpu2`).
+pub fn numbered_entries(
+    dir: &Path,
+    prefix: &str,
+) -> std::io::Result<Vec<(String, std::path::PathBuf)>> {
+    let mut found: Vec<(String, std::path::PathBuf)> = std::fs::read_dir(dir)?
         .filter_map(Result::ok)
         .filter_map(|entry| {
             let name = entry.file_name().into_string().ok()?;
-            let rest = name.strip_prefix("cpu")?;
+            let rest = name.strip_prefix(prefix)?;
             rest.starts_with(|c: char| c.is_ascii_digit())
                 .then(|| (name.clone(), entry.path()))
         })
         .collect();
-    cpus.sort();
-    cpus
+    found.sort();
+    Ok(found)
+}
+
+/// The `cpu[0-9]*` entries of a sysfs CPU folder ([`numbered_entries`]); none when the folder
+/// cannot be read.
+pub fn cpu_dirs(dir: &Path) -> Vec<(String, std::path::PathBuf)> {
+    numbered_entries(dir, "cpu").unwrap_or_default()
 }
 
 /// node_exporter's `readUintFromFile`: the whole file, trimmed, as a decimal `u64`.

@@ -31,26 +31,13 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     }))
 }
 
-/// Entries `<prefix><digit>...` of the directory, sorted as Go's `filepath.Glob` sorts them,
-/// with the part after the prefix.
+/// [`read::numbered_entries`] with the part after the prefix; none without the directory.
 fn glob(dir: &Path, prefix: &str) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
+    let found = match read::numbered_entries(dir, prefix) {
+        Ok(found) => found,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(error) => return Err(error).with_context(|| format!("reading {}", dir.display())),
     };
-    let mut found = Vec::new();
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let numbered = name
-            .strip_prefix(prefix)
-            .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()));
-        if numbered {
-            found.push((name.clone(), entry.path()));
-        }
-    }
-    found.sort();
     Ok(found
         .into_iter()
         .map(|(name, path)| (name[prefix.len()..].to_owned(), path))

@@ -48,21 +48,12 @@ fn zone(seconds: i64) -> (String, i64) {
 /// procfs' `ClockSources`: `clocksource[0-9]*` directories in name order, each with its
 /// available and current clocksource.
 fn clocksources(dir: &Path) -> anyhow::Result<Vec<(Vec<String>, String)>> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
+    read::numbered_entries(dir, "clocksource")
         .with_context(|| format!("couldn't get clocksources: reading {}", dir.display()))?
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| {
-            n.strip_prefix("clocksource")
-                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
-        })
-        .collect();
-    names.sort();
-    names
         .iter()
-        .map(|name| {
-            let available = read::to_string(&dir.join(name).join("available_clocksource"))?;
-            let current = read::to_string(&dir.join(name).join("current_clocksource"))?;
+        .map(|(_, path)| {
+            let available = read::to_string(&path.join("available_clocksource"))?;
+            let current = read::to_string(&path.join("current_clocksource"))?;
             Ok((
                 available.split_whitespace().map(str::to_owned).collect(),
                 current.trim().to_owned(),
