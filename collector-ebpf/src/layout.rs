@@ -20,6 +20,20 @@ pub fn read_kernel_field<T>(object: u64, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel(address) }.ok()
 }
 
+/// Reads a `T` at `offset` bytes into a kernel object the verifier trusts (a BTF tracepoint
+/// argument) with a plain load: the verifier checks it against the kernel's BTF and the JIT makes
+/// it fault-safe, so it costs one instruction instead of a `bpf_probe_read_kernel` call.
+///
+/// # Safety
+///
+/// `object` must be a trusted BTF pointer and `offset` a constant the verifier knows (a
+/// `KERNEL_LAYOUT` field: read-only, so the verifier sees its value).
+#[inline(always)]
+pub unsafe fn read_trusted_field<T>(object: u64, offset: u32) -> T {
+    let address = (object as *const u8).wrapping_add(offset as usize) as *const T;
+    unsafe { address.read() }
+}
+
 /// Reads a classic tracepoint field at the offset found in its tracefs `format` file.
 #[inline(always)]
 pub fn read_tracepoint_field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {

@@ -10,6 +10,7 @@ mod atomic;
 mod irq;
 mod layout;
 mod sched;
+mod task_storage;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]
