@@ -1,11 +1,12 @@
 //! Scheduler: context switches, wake-ups, migrations and run-queue latency.
 //!
 //! Run-queue latency is the time from a task becoming runnable (woken, newly forked, or preempted
-//! while still runnable) to it being switched in. The BTF tracepoints get trusted task pointers
-//! and keep the enqueue time in task-local storage, on the task itself; the raw and classic
-//! tracepoints only have pids (or untrusted pointers) and keep it in an LRU hash map by pid
-//! shared by all CPUs (wake-up and switch-in usually happen on different CPUs). Everything else
-//! is counted in per-CPU maps, so the hot path takes no lock of ours.
+//! while still runnable) to it being switched in. The raw and classic tracepoints time it
+//! themselves: the enqueue time is kept per pid in an LRU hash map shared by all CPUs (wake-up and
+//! switch-in usually happen on different CPUs). The BTF tracepoints read what the scheduler
+//! already accounts (`task->sched_info.run_delay`), which saves a clock read on every wake-up and
+//! switch (the clock costs more than the rest of a program in a VM). Everything else is counted in
+//! per-CPU maps, so the hot path takes no lock of ours.
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::{btf_map, btf_tracepoint, map, raw_tracepoint, tracepoint},
@@ -26,11 +27,10 @@ use crate::{
 #[map]
 static RUNQUEUE_ENQUEUED_AT: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
 
-/// Time the task became runnable (ns), 0 when it is not waiting, for the BTF tracepoints: a
-/// lookup is a few pointer loads instead of the LRU map's hash and lock, and the kernel frees
-/// the value when the task exits.
+/// For the BTF tracepoints: 1 + the task's `sched_info.run_delay` when it was last switched out,
+/// 0 when not seen yet. Kept on the task itself (no hash, no lock; freed when the task exits).
 #[btf_map]
-static RUNQUEUE_ENQUEUED_AT_TASK: TaskStorage<u64> = TaskStorage::new();
+static RUN_DELAY_SEEN: TaskStorage<u64> = TaskStorage::new();
 
 /// Run-queue latency histogram in nanoseconds, one copy per CPU (index 0).
 #[map]
@@ -47,84 +47,6 @@ static MIGRATIONS_TO_CPU: Array<u64> = Array::with_max_entries(1, 0);
 /// `TASK_RUNNING`: a task switched out in this state stays on the run queue.
 const TASK_RUNNING: u64 = 0;
 
-/// A task as a hook flavour knows it, and so where its enqueue time is kept.
-trait QueuedTask: Copy {
-    /// The idle task (pid 0) is never queued.
-    fn is_idle(self) -> bool;
-    /// Records that the task became runnable at `now`; false when there was no room for it.
-    fn mark_enqueued(self, now: u64) -> bool;
-    /// Takes the time the task became runnable, if one was recorded.
-    fn take_enqueued_at(self) -> Option<u64>;
-}
-
-/// A pid (raw and classic tracepoints): enqueue time in the LRU hash map.
-#[derive(Clone, Copy)]
-struct Pid(u32);
-
-impl QueuedTask for Pid {
-    #[inline(always)]
-    fn is_idle(self) -> bool {
-        self.0 == 0
-    }
-
-    #[inline(always)]
-    fn mark_enqueued(self, now: u64) -> bool {
-        RUNQUEUE_ENQUEUED_AT.insert(self.0, now, 0).is_ok()
-    }
-
-    #[inline(always)]
-    fn take_enqueued_at(self) -> Option<u64> {
-        let enqueued_at = unsafe { *RUNQUEUE_ENQUEUED_AT.get_ptr(self.0)? };
-        let _ = RUNQUEUE_ENQUEUED_AT.remove(self.0);
-        Some(enqueued_at)
-    }
-}
-
-/// A trusted `struct task_struct *` (BTF tracepoint argument): enqueue time in task storage.
-#[derive(Clone, Copy)]
-struct Task {
-    ptr: u64,
-    pid: u32,
-}
-
-impl Task {
-    /// `None` when the pid offset is unknown (the daemon then does not attach the program).
-    #[inline(always)]
-    fn new(ptr: u64) -> Option<Self> {
-        let offset = kernel_layout().task_pid;
-        if offset == UNKNOWN_OFFSET {
-            return None;
-        }
-        let pid = unsafe { read_trusted_field::<i32>(ptr, offset) } as u32;
-        Some(Self { ptr, pid })
-    }
-}
-
-impl QueuedTask for Task {
-    #[inline(always)]
-    fn is_idle(self) -> bool {
-        self.pid == 0
-    }
-
-    #[inline(always)]
-    fn mark_enqueued(self, now: u64) -> bool {
-        match unsafe { RUNQUEUE_ENQUEUED_AT_TASK.get(self.ptr, true) } {
-            Some(enqueued_at) => {
-                *enqueued_at = now;
-                true
-            }
-            None => false,
-        }
-    }
-
-    #[inline(always)]
-    fn take_enqueued_at(self) -> Option<u64> {
-        let enqueued_at = unsafe { RUNQUEUE_ENQUEUED_AT_TASK.get(self.ptr, false) }?;
-        let at = core::mem::replace(enqueued_at, 0);
-        (at != 0).then_some(at)
-    }
-}
-
 /// This CPU's counters. Per-CPU and run with preemption off, so plain adds are safe.
 #[inline(always)]
 fn counters() -> Option<&'static mut CpuSchedCounters> {
@@ -132,52 +54,72 @@ fn counters() -> Option<&'static mut CpuSchedCounters> {
 }
 
 #[inline(always)]
-fn on_wakeup(task: impl QueuedTask, new_task: bool) {
-    let Some(counters) = counters() else {
-        return;
-    };
+fn record_latency(ns: u64) {
+    if let Some(histogram) = RUNQUEUE_LATENCY.get_ptr_mut(0) {
+        unsafe { &mut *histogram }.record(ns);
+    }
+}
+
+#[inline(always)]
+fn count_wakeup(counters: &mut CpuSchedCounters, new_task: bool) {
     if new_task {
         counters.wakeups_new += 1;
     } else {
         counters.wakeups += 1;
     }
-    if task.is_idle() {
-        return;
+}
+
+#[inline(always)]
+fn count_switch(counters: &mut CpuSchedCounters, still_runnable: bool) {
+    if still_runnable {
+        counters.involuntary_switches += 1;
+    } else {
+        counters.voluntary_switches += 1;
     }
-    let now = unsafe { bpf_ktime_get_ns() };
-    if !task.mark_enqueued(now) {
+}
+
+/// Records that `pid` became runnable at `now` (raw and classic tracepoints).
+#[inline(always)]
+fn mark_enqueued(counters: &mut CpuSchedCounters, pid: u32, now: u64) {
+    if pid == 0 {
+        return; // the idle task is never queued
+    }
+    if RUNQUEUE_ENQUEUED_AT.insert(pid, now, 0).is_err() {
         counters.runqueue_map_full += 1;
+    }
+}
+
+#[inline(always)]
+fn on_wakeup(pid: u32, new_task: bool) {
+    if let Some(counters) = counters() {
+        count_wakeup(counters, new_task);
+        mark_enqueued(counters, pid, unsafe { bpf_ktime_get_ns() });
     }
 }
 
 /// `still_runnable`: the previous task was preempted (or switched out while runnable) and so
 /// goes straight back onto the run queue.
 #[inline(always)]
-fn on_switch<T: QueuedTask>(prev: T, next: T, still_runnable: bool) {
+fn on_switch(prev_pid: u32, next_pid: u32, still_runnable: bool) {
     let Some(counters) = counters() else {
         return;
     };
+    count_switch(counters, still_runnable);
     // One clock read serves both the enqueue of `prev` and the latency of `next`.
     let now = unsafe { bpf_ktime_get_ns() };
     if still_runnable {
-        counters.involuntary_switches += 1;
-        if !prev.is_idle() && !prev.mark_enqueued(now) {
-            counters.runqueue_map_full += 1;
-        }
-    } else {
-        counters.voluntary_switches += 1;
+        mark_enqueued(counters, prev_pid, now);
     }
-    if next.is_idle() {
+    if next_pid == 0 {
         return;
     }
-    let Some(enqueued_at) = next.take_enqueued_at() else {
+    let Some(enqueued_at) = RUNQUEUE_ENQUEUED_AT.get_ptr(next_pid) else {
         return;
     };
-    if now < enqueued_at {
-        return;
-    }
-    if let Some(histogram) = RUNQUEUE_LATENCY.get_ptr_mut(0) {
-        unsafe { &mut *histogram }.record(now - enqueued_at);
+    let enqueued_at = unsafe { *enqueued_at };
+    let _ = RUNQUEUE_ENQUEUED_AT.remove(next_pid);
+    if now >= enqueued_at {
+        record_latency(now - enqueued_at);
     }
 }
 
@@ -191,12 +133,12 @@ fn on_migrate(dest_cpu: u32) {
 
 /// Pid of an untrusted `struct task_struct *` (raw tracepoint argument).
 #[inline(always)]
-fn task_pid(task: u64) -> Option<Pid> {
+fn task_pid(task: u64) -> Option<u32> {
     let offset = kernel_layout().task_pid;
     if offset == UNKNOWN_OFFSET {
         return None;
     }
-    read_kernel_field::<i32>(task, offset).map(|pid| Pid(pid as u32))
+    read_kernel_field::<i32>(task, offset).map(|pid| pid as u32)
 }
 
 // ---- BTF and raw tracepoints: both receive the raw tracepoint arguments. ----
@@ -240,17 +182,40 @@ macro_rules! btf_and_raw {
     };
 }
 
+/// Latency from the scheduler's own accounting: when a task leaves the CPU, its
+/// `sched_info.run_delay` has grown by the wait before the run that just ended (the scheduler adds
+/// it at switch-in, and when a waiting task is moved to another CPU). The sample is so recorded
+/// one run late, and a task's first switch-out after start-up only sets its baseline.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
-    let (Some(prev), Some(next)) = (Task::new(ctx.arg(1)), Task::new(ctx.arg(2))) else {
+    let layout = kernel_layout();
+    if layout.task_pid == UNKNOWN_OFFSET || layout.task_run_delay == UNKNOWN_OFFSET {
+        return 0;
+    }
+    let Some(counters) = counters() else {
         return 0;
     };
+    let prev: u64 = ctx.arg(1);
     let prev_state = switched_out_state(
         || ctx.arg(3),
-        |offset| unsafe { read_trusted_field::<u32>(prev.ptr, offset) } as u64,
+        |offset| unsafe { read_trusted_field::<u32>(prev, offset) } as u64,
     );
-    let still_runnable = (ctx.arg::<u64>(0) & 0xff) != 0 || prev_state == TASK_RUNNING;
-    on_switch(prev, next, still_runnable);
+    count_switch(
+        counters,
+        (ctx.arg::<u64>(0) & 0xff) != 0 || prev_state == TASK_RUNNING,
+    );
+    if unsafe { read_trusted_field::<i32>(prev, layout.task_pid) } == 0 {
+        return 0; // the idle task is never queued
+    }
+    let Some(seen) = (unsafe { RUN_DELAY_SEEN.get_or_create(prev) }) else {
+        counters.runqueue_map_full += 1;
+        return 0;
+    };
+    let run_delay = unsafe { read_trusted_field::<u64>(prev, layout.task_run_delay) };
+    let previous = unsafe { core::mem::replace(&mut *seen, run_delay.wrapping_add(1)) };
+    if previous != 0 && run_delay.wrapping_add(1) >= previous {
+        record_latency(run_delay.wrapping_add(1) - previous);
+    }
     0
 }
 
@@ -262,18 +227,19 @@ pub fn sched_switch_raw(ctx: RawTracePointContext) -> i32 {
         |offset| read_kernel_field::<u32>(prev, offset).unwrap_or(0) as u64,
     );
     let still_runnable = (ctx.arg::<u64>(0) & 0xff) != 0 || prev_state == TASK_RUNNING;
-    if let (Some(prev), Some(next)) = (task_pid(prev), task_pid(ctx.arg(2))) {
-        on_switch(prev, next, still_runnable);
+    if let (Some(prev_pid), Some(next_pid)) = (task_pid(prev), task_pid(ctx.arg(2))) {
+        on_switch(prev_pid, next_pid, still_runnable);
     }
     0
 }
 
 macro_rules! wakeup {
     ($tracepoint:literal, $btf:ident, $raw:ident, $new_task:expr) => {
+        /// Counts only: `sched_switch_btf` takes the wait from the scheduler's accounting.
         #[btf_tracepoint(function = $tracepoint)]
-        pub fn $btf(ctx: BtfTracePointContext) -> i32 {
-            if let Some(task) = Task::new(ctx.arg(0)) {
-                on_wakeup(task, $new_task);
+        pub fn $btf(_ctx: BtfTracePointContext) -> i32 {
+            if let Some(counters) = counters() {
+                count_wakeup(counters, $new_task);
             }
             0
         }
@@ -313,7 +279,7 @@ pub fn sched_switch_tp(ctx: TracePointContext) -> u32 {
     let prev_state = read_tracepoint_field::<i64>(&ctx, layout.tp_sched_switch_prev_state);
     if let (Some(prev_pid), Some(next_pid), Some(prev_state)) = (prev_pid, next_pid, prev_state) {
         let still_runnable = (prev_state as u64 & TP_TASK_REPORT_MASK) == TASK_RUNNING;
-        on_switch(Pid(prev_pid as u32), Pid(next_pid as u32), still_runnable);
+        on_switch(prev_pid as u32, next_pid as u32, still_runnable);
     }
     0
 }
@@ -321,7 +287,7 @@ pub fn sched_switch_tp(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "sched", name = "sched_wakeup")]
 pub fn sched_wakeup_tp(ctx: TracePointContext) -> u32 {
     if let Some(pid) = read_tracepoint_field::<i32>(&ctx, kernel_layout().tp_sched_wakeup_pid) {
-        on_wakeup(Pid(pid as u32), false);
+        on_wakeup(pid as u32, false);
     }
     0
 }
@@ -330,7 +296,7 @@ pub fn sched_wakeup_tp(ctx: TracePointContext) -> u32 {
 pub fn sched_wakeup_new_tp(ctx: TracePointContext) -> u32 {
     let offset = kernel_layout().tp_sched_wakeup_new_pid;
     if let Some(pid) = read_tracepoint_field::<i32>(&ctx, offset) {
-        on_wakeup(Pid(pid as u32), true);
+        on_wakeup(pid as u32, true);
     }
     0
 }

@@ -35,28 +35,22 @@ impl<T> TaskStorage<T> {
         }
     }
 
-    /// The value of `task`, zero-initialised on first use when `create`; `None` when it has none
-    /// (or the kernel could not allocate one).
+    /// The value of `task`, created zeroed on first use; `None` when the kernel could not
+    /// allocate it (or the map is busy on this CPU, as when a program interrupts another).
     ///
     /// # Safety
     ///
-    /// `task` must be a pointer the verifier trusts (a BTF tracepoint argument); the returned
-    /// reference must not outlive the program run.
+    /// `task` must be a pointer the verifier trusts (a BTF tracepoint argument).
     #[inline(always)]
-    pub unsafe fn get(&self, task: u64, create: bool) -> Option<&mut T> {
-        let flags = if create {
-            BPF_LOCAL_STORAGE_GET_F_CREATE as u64
-        } else {
-            0
-        };
+    pub unsafe fn get_or_create(&self, task: u64) -> Option<*mut T> {
         let value = unsafe {
             bpf_task_storage_get(
                 ptr::from_ref(self).cast_mut().cast(),
                 task as *mut _,
                 ptr::null_mut(),
-                flags,
+                BPF_LOCAL_STORAGE_GET_F_CREATE.into(),
             )
         };
-        unsafe { value.cast::<T>().as_mut() }
+        (!value.is_null()).then_some(value.cast())
     }
 }

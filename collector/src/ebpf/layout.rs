@@ -60,6 +60,13 @@ fn fill_from_btf(btf: &Btf, layout: &mut KernelLayout) -> anyhow::Result<()> {
         Some(offset) => offset,
         None => member_offset(btf, &task, "state")?.unwrap_or(UNKNOWN_OFFSET),
     };
+    layout.task_run_delay = match member_offset(btf, &task, "sched_info")? {
+        Some(sched_info) => {
+            let info = find_struct(btf, "sched_info")?;
+            member_offset(btf, &info, "run_delay")?.map_or(UNKNOWN_OFFSET, |o| sched_info + o)
+        }
+        None => UNKNOWN_OFFSET, // CONFIG_SCHED_INFO off
+    };
     // btf_trace_sched_switch is `void (*)(void *, bool, struct task_struct *, struct
     // task_struct *[, unsigned int prev_state])`.
     let parameters = tracepoint_parameter_count(btf, "sched_switch")?;
@@ -193,6 +200,11 @@ pub fn missing_for(
         "sched_switch" | "sched_wakeup" | "sched_wakeup_new"
     );
     match hook_type {
+        // The three run-queue hooks go together: the raw and classic tracepoint flavours time the
+        // wait from wake-up to switch-in, the BTF one reads the scheduler's accounting.
+        HookType::BtfTracepoint if needs_task_pid && unknown(layout.task_run_delay) => {
+            Some("task_struct.sched_info.run_delay offset unknown (no CONFIG_SCHED_INFO)")
+        }
         HookType::BtfTracepoint | HookType::RawTracepoint => (needs_task_pid
             && unknown(layout.task_pid))
         .then_some("task_struct.pid offset unknown (no kernel BTF)"),
@@ -253,6 +265,7 @@ mod tests {
         fill_from_btf(&btf, &mut layout).unwrap();
         assert_ne!(layout.task_pid, UNKNOWN_OFFSET);
         assert_ne!(layout.task_state, UNKNOWN_OFFSET);
+        assert_ne!(layout.task_run_delay, UNKNOWN_OFFSET);
         assert!(
             layout.task_pid > layout.task_state,
             "pid comes after __state in task_struct"
