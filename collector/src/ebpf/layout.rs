@@ -5,10 +5,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use btf_rs::{Btf, Type};
 use collector_common::{KernelLayout, layout::UNKNOWN_OFFSET};
 
-use super::{Hook, HookType};
+use super::{
+    Hook, HookType,
+    btf::{Btf, KIND_PTR, KIND_STRUCT, KIND_TYPEDEF, KIND_UNION, Type},
+};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -53,7 +55,7 @@ pub fn discover(btf_path: &Path, tracefs: Option<&Path>) -> (KernelLayout, Vec<S
 }
 
 fn fill_from_btf(btf: &Btf, layout: &mut KernelLayout) -> anyhow::Result<()> {
-    let task = find_struct(btf, "task_struct")?;
+    let task = btf.find("task_struct", KIND_STRUCT)?;
     layout.task_pid = member_offset(btf, &task, "pid")?.context("task_struct has no pid")?;
     // `__state` since 5.14, `state` before.
     layout.task_state = match member_offset(btf, &task, "__state")? {
@@ -62,7 +64,7 @@ fn fill_from_btf(btf: &Btf, layout: &mut KernelLayout) -> anyhow::Result<()> {
     };
     layout.task_run_delay = match member_offset(btf, &task, "sched_info")? {
         Some(sched_info) => {
-            let info = find_struct(btf, "sched_info")?;
+            let info = btf.find("sched_info", KIND_STRUCT)?;
             member_offset(btf, &info, "run_delay")?.map_or(UNKNOWN_OFFSET, |o| sched_info + o)
         }
         None => UNKNOWN_OFFSET, // CONFIG_SCHED_INFO off
@@ -74,32 +76,23 @@ fn fill_from_btf(btf: &Btf, layout: &mut KernelLayout) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn find_struct(btf: &Btf, name: &str) -> anyhow::Result<btf_rs::Struct> {
-    btf.resolve_types_by_name(name)
-        .with_context(|| format!("no type {name}"))?
-        .into_iter()
-        .find_map(|t| match t {
-            Type::Struct(s) => Some(s),
-            _ => None,
-        })
-        .with_context(|| format!("{name} is not a struct"))
-}
-
 /// Byte offset of member `name`, looking through anonymous structs and unions.
-fn member_offset(btf: &Btf, parent: &btf_rs::Struct, name: &str) -> anyhow::Result<Option<u32>> {
-    for member in &parent.members {
-        let member_name = btf.resolve_name(member).unwrap_or_default();
-        if member_name == name {
-            if member.bitfield_size().is_some_and(|bits| bits != 0) {
+fn member_offset(btf: &Btf, parent: &Type, name: &str) -> anyhow::Result<Option<u32>> {
+    for member in btf.members(parent)? {
+        let member = member?;
+        if member.name == name {
+            if member.bitfield_size != 0 {
                 bail!("{name} is a bitfield");
             }
-            return Ok(Some(member.bit_offset() / 8));
+            return Ok(Some(member.bit_offset / 8));
         }
-        if member_name.is_empty()
-            && let Ok(Type::Struct(inner) | Type::Union(inner)) = btf.resolve_chained_type(member)
-            && let Some(offset) = member_offset(btf, &inner, name)?
-        {
-            return Ok(Some(member.bit_offset() / 8 + offset));
+        if member.name.is_empty() {
+            let inner = btf.resolve(member.type_id)?;
+            if matches!(inner.kind, KIND_STRUCT | KIND_UNION)
+                && let Some(offset) = member_offset(btf, &inner, name)?
+            {
+                return Ok(Some(member.bit_offset / 8 + offset));
+            }
         }
     }
     Ok(None)
@@ -107,22 +100,13 @@ fn member_offset(btf: &Btf, parent: &btf_rs::Struct, name: &str) -> anyhow::Resu
 
 fn tracepoint_parameter_count(btf: &Btf, tracepoint: &str) -> anyhow::Result<usize> {
     let typedef = format!("btf_trace_{tracepoint}");
-    let mut t = btf
-        .resolve_types_by_name(&typedef)
-        .with_context(|| format!("no type {typedef}"))?
-        .into_iter()
-        .next()
-        .with_context(|| format!("no type {typedef}"))?;
     // typedef -> pointer -> function prototype
-    for _ in 0..4 {
-        t = match t {
-            Type::FuncProto(proto) => return Ok(proto.parameters.len()),
-            Type::Typedef(ref inner) => btf.resolve_chained_type(inner)?,
-            Type::Ptr(ref inner) => btf.resolve_chained_type(inner)?,
-            other => bail!("{typedef} is a {}, not a function pointer", other.name()),
-        };
+    let pointer = btf.referenced(&btf.find(&typedef, KIND_TYPEDEF)?)?;
+    if pointer.kind != KIND_PTR {
+        bail!("{typedef} is not a function pointer");
     }
-    bail!("{typedef} does not lead to a function prototype")
+    btf.parameter_count(&btf.referenced(&pointer)?)
+        .with_context(|| format!("{typedef} does not lead to a function prototype"))
 }
 
 fn fill_from_tracefs(root: &Path, layout: &mut KernelLayout) -> anyhow::Result<()> {
@@ -260,7 +244,7 @@ mod tests {
             eprintln!("skipped: this kernel has no BTF at {VMLINUX_BTF}");
             return;
         }
-        let btf = Btf::from_file(VMLINUX_BTF).unwrap();
+        let btf = Btf::from_file(Path::new(VMLINUX_BTF)).unwrap();
         let mut layout = KernelLayout::UNKNOWN;
         fill_from_btf(&btf, &mut layout).unwrap();
         assert_ne!(layout.task_pid, UNKNOWN_OFFSET);
