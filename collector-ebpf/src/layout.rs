@@ -5,12 +5,21 @@ use collector_common::KernelLayout;
 /// Written by the daemon (`EbpfLoader::override_global`) before the programs are verified;
 /// read-only afterwards, so the verifier sees its fields as constants.
 #[unsafe(no_mangle)]
-static KERNEL_LAYOUT: KernelLayout = KernelLayout::UNKNOWN;
+pub(crate) static KERNEL_LAYOUT: KernelLayout = KernelLayout::UNKNOWN;
 
+/// One field of `KERNEL_LAYOUT`. Volatile so the compiler does not fold in the compiled-in
+/// placeholder; one load per field, as a volatile read of the whole struct loads every field.
+macro_rules! layout {
+    ($field:ident) => {
+        $crate::layout::read_field(&raw const $crate::layout::KERNEL_LAYOUT.$field)
+    };
+}
+pub(crate) use layout;
+
+/// The load behind `layout!`.
 #[inline(always)]
-pub fn kernel_layout() -> KernelLayout {
-    // Volatile so the compiler does not fold in the compiled-in placeholder.
-    unsafe { core::ptr::read_volatile(&KERNEL_LAYOUT) }
+pub fn read_field(field: *const u32) -> u32 {
+    unsafe { core::ptr::read_volatile(field) }
 }
 
 /// Reads a `T` at `offset` bytes into a kernel object (a `task_struct`, say).

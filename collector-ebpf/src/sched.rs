@@ -18,7 +18,7 @@ use collector_common::{
 };
 
 use crate::{
-    layout::{kernel_layout, read_kernel_field, read_tracepoint_field, read_trusted_field},
+    layout::{layout, read_kernel_field, read_tracepoint_field, read_trusted_field},
     task_storage::TaskStorage,
 };
 
@@ -134,7 +134,7 @@ fn on_migrate(dest_cpu: u32) {
 /// Pid of an untrusted `struct task_struct *` (raw tracepoint argument).
 #[inline(always)]
 fn task_pid(task: u64) -> Option<u32> {
-    let offset = kernel_layout().task_pid;
+    let offset = layout!(task_pid);
     if offset == UNKNOWN_OFFSET {
         return None;
     }
@@ -155,12 +155,11 @@ fn switched_out_state(
     prev_state_arg: impl FnOnce() -> u64,
     read_state: impl FnOnce(u32) -> u64,
 ) -> u64 {
-    let layout = kernel_layout();
-    if layout.sched_switch_has_prev_state != 0 {
+    if layout!(sched_switch_has_prev_state) != 0 {
         prev_state_arg() & 0xffff_ffff
-    } else if layout.task_state != UNKNOWN_OFFSET {
+    } else if layout!(task_state) != UNKNOWN_OFFSET {
         // The low 32 bits of `state` (a long before 5.14) hold it on LE targets.
-        read_state(layout.task_state)
+        read_state(layout!(task_state))
     } else {
         TASK_RUNNING
     }
@@ -188,8 +187,7 @@ macro_rules! btf_and_raw {
 /// one run late, and a task's first switch-out after start-up only sets its baseline.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
-    let layout = kernel_layout();
-    if layout.task_pid == UNKNOWN_OFFSET || layout.task_run_delay == UNKNOWN_OFFSET {
+    if layout!(task_pid) == UNKNOWN_OFFSET || layout!(task_run_delay) == UNKNOWN_OFFSET {
         return 0;
     }
     let Some(counters) = counters() else {
@@ -204,14 +202,14 @@ pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
         counters,
         (ctx.arg::<u64>(0) & 0xff) != 0 || prev_state == TASK_RUNNING,
     );
-    if unsafe { read_trusted_field::<i32>(prev, layout.task_pid) } == 0 {
+    if unsafe { read_trusted_field::<i32>(prev, layout!(task_pid)) } == 0 {
         return 0; // the idle task is never queued
     }
     let Some(seen) = (unsafe { RUN_DELAY_SEEN.get_or_create(prev) }) else {
         counters.runqueue_map_full += 1;
         return 0;
     };
-    let run_delay = unsafe { read_trusted_field::<u64>(prev, layout.task_run_delay) };
+    let run_delay = unsafe { read_trusted_field::<u64>(prev, layout!(task_run_delay)) };
     let previous = unsafe { core::mem::replace(&mut *seen, run_delay.wrapping_add(1)) };
     if previous != 0 && run_delay.wrapping_add(1) >= previous {
         record_latency(run_delay.wrapping_add(1) - previous);
@@ -273,10 +271,9 @@ btf_and_raw!(
 
 #[tracepoint(category = "sched", name = "sched_switch")]
 pub fn sched_switch_tp(ctx: TracePointContext) -> u32 {
-    let layout = kernel_layout();
-    let prev_pid = read_tracepoint_field::<i32>(&ctx, layout.tp_sched_switch_prev_pid);
-    let next_pid = read_tracepoint_field::<i32>(&ctx, layout.tp_sched_switch_next_pid);
-    let prev_state = read_tracepoint_field::<i64>(&ctx, layout.tp_sched_switch_prev_state);
+    let prev_pid = read_tracepoint_field::<i32>(&ctx, layout!(tp_sched_switch_prev_pid));
+    let next_pid = read_tracepoint_field::<i32>(&ctx, layout!(tp_sched_switch_next_pid));
+    let prev_state = read_tracepoint_field::<i64>(&ctx, layout!(tp_sched_switch_prev_state));
     if let (Some(prev_pid), Some(next_pid), Some(prev_state)) = (prev_pid, next_pid, prev_state) {
         let still_runnable = (prev_state as u64 & TP_TASK_REPORT_MASK) == TASK_RUNNING;
         on_switch(prev_pid as u32, next_pid as u32, still_runnable);
@@ -286,7 +283,7 @@ pub fn sched_switch_tp(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "sched", name = "sched_wakeup")]
 pub fn sched_wakeup_tp(ctx: TracePointContext) -> u32 {
-    if let Some(pid) = read_tracepoint_field::<i32>(&ctx, kernel_layout().tp_sched_wakeup_pid) {
+    if let Some(pid) = read_tracepoint_field::<i32>(&ctx, layout!(tp_sched_wakeup_pid)) {
         on_wakeup(pid as u32, false);
     }
     0
@@ -294,7 +291,7 @@ pub fn sched_wakeup_tp(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "sched", name = "sched_wakeup_new")]
 pub fn sched_wakeup_new_tp(ctx: TracePointContext) -> u32 {
-    let offset = kernel_layout().tp_sched_wakeup_new_pid;
+    let offset = layout!(tp_sched_wakeup_new_pid);
     if let Some(pid) = read_tracepoint_field::<i32>(&ctx, offset) {
         on_wakeup(pid as u32, true);
     }
@@ -303,7 +300,7 @@ pub fn sched_wakeup_new_tp(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "sched", name = "sched_migrate_task")]
 pub fn sched_migrate_task_tp(ctx: TracePointContext) -> u32 {
-    let offset = kernel_layout().tp_sched_migrate_task_dest_cpu;
+    let offset = layout!(tp_sched_migrate_task_dest_cpu);
     if let Some(dest_cpu) = read_tracepoint_field::<i32>(&ctx, offset) {
         on_migrate(dest_cpu as u32);
     }
