@@ -10,7 +10,6 @@ mod atomic;
 mod irq;
 mod layout;
 mod sched;
-mod task_storage;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -9,7 +9,7 @@
 //! per-CPU maps, so the hot path takes no lock of ours.
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
-    macros::{btf_map, btf_tracepoint, map, raw_tracepoint, tracepoint},
+    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
     maps::{Array, LruHashMap, PerCpuArray},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
@@ -17,20 +17,18 @@ use collector_common::{
     CpuSchedCounters, Log2Histogram, layout::TP_TASK_REPORT_MASK, layout::UNKNOWN_OFFSET,
 };
 
-use crate::{
-    layout::{layout, read_kernel_field, read_tracepoint_field, read_trusted_field},
-    task_storage::TaskStorage,
-};
+use crate::layout::{layout, read_kernel_field, read_tracepoint_field, read_trusted_field};
 
 /// pid → time it became runnable (ns, `bpf_ktime_get_ns`), for the raw and classic tracepoints.
 /// Sized by the daemon at load time.
 #[map]
 static RUNQUEUE_ENQUEUED_AT: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
 
-/// For the BTF tracepoints: 1 + the task's `sched_info.run_delay` when it was last switched out,
-/// 0 when not seen yet. Kept on the task itself (no hash, no lock; freed when the task exits).
-#[btf_map]
-static RUN_DELAY_SEEN: TaskStorage<u64> = TaskStorage::new();
+/// pid → its `sched_info.run_delay` when it was last switched out, for the BTF tracepoints. Written
+/// in place after the first sighting, so the hot path is a lock-free lookup; an exiting task's
+/// entry is removed, and the LRU evicts any other stale one. Sized by the daemon at load time.
+#[map]
+static RUN_DELAY_SEEN: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
 
 /// Run-queue latency histogram in nanoseconds, one copy per CPU (index 0).
 #[map]
@@ -46,6 +44,8 @@ static MIGRATIONS_TO_CPU: Array<u64> = Array::with_max_entries(1, 0);
 
 /// `TASK_RUNNING`: a task switched out in this state stays on the run queue.
 const TASK_RUNNING: u64 = 0;
+/// `TASK_DEAD`: the task is switched out for the last time.
+const TASK_DEAD: u64 = 0x80;
 
 /// This CPU's counters. Per-CPU and run with preemption off, so plain adds are safe.
 #[inline(always)]
@@ -202,17 +202,24 @@ pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
         counters,
         (ctx.arg::<u64>(0) & 0xff) != 0 || prev_state == TASK_RUNNING,
     );
-    if unsafe { read_trusted_field::<i32>(prev, layout!(task_pid)) } == 0 {
+    let pid = unsafe { read_trusted_field::<i32>(prev, layout!(task_pid)) } as u32;
+    if pid == 0 {
         return 0; // the idle task is never queued
     }
-    let Some(seen) = (unsafe { RUN_DELAY_SEEN.get_or_create(prev) }) else {
-        counters.runqueue_map_full += 1;
+    let run_delay = unsafe { read_trusted_field::<u64>(prev, layout!(task_run_delay)) };
+    let Some(seen) = RUN_DELAY_SEEN.get_ptr_mut(pid) else {
+        // First sighting: only the baseline.
+        if RUN_DELAY_SEEN.insert(pid, run_delay, 0).is_err() {
+            counters.runqueue_map_full += 1;
+        }
         return 0;
     };
-    let run_delay = unsafe { read_trusted_field::<u64>(prev, layout!(task_run_delay)) };
-    let previous = unsafe { core::mem::replace(&mut *seen, run_delay.wrapping_add(1)) };
-    if previous != 0 && run_delay.wrapping_add(1) >= previous {
-        record_latency(run_delay.wrapping_add(1) - previous);
+    let previous = unsafe { core::mem::replace(&mut *seen, run_delay) };
+    if run_delay >= previous {
+        record_latency(run_delay - previous);
+    }
+    if prev_state & TASK_DEAD != 0 {
+        let _ = RUN_DELAY_SEEN.remove(pid); // its pid may be reused
     }
     0
 }

@@ -79,11 +79,9 @@ impl EbpfRuntime {
             aya::util::nr_cpus().map_err(|(path, e)| anyhow!("reading {path}: {e}"))? as u32;
         let mut ebpf = EbpfLoader::new()
             .btf(btf.as_ref())
-            // The run-queue task storage: aya has no map type for it, and only kernel programs
-            // use it.
-            .allow_unsupported_maps()
             .override_global("KERNEL_LAYOUT", &kernel_layout, true)
             .map_max_entries("RUNQUEUE_ENQUEUED_AT", options.runqueue_max_tasks)
+            .map_max_entries("RUN_DELAY_SEEN", options.runqueue_max_tasks)
             .map_max_entries("MIGRATIONS_TO_CPU", possible_cpus)
             .load(object())
             .context("loading the eBPF object (needs CAP_BPF and CAP_PERFMON, or root)")?;
