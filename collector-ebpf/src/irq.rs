@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use collector_common::{CpuIrqTime, NR_SOFTIRQS};
 
-use crate::layout::{kernel_layout, read_tracepoint_field};
+use crate::layout::{layout, read_tracepoint_field};
 
 /// Hard IRQ time and entry timestamps, one copy per CPU (index 0).
 #[map]
@@ -134,7 +134,7 @@ pub fn softirq_exit_raw(ctx: RawTracePointContext) -> i32 {
 #[tracepoint(category = "irq", name = "softirq_exit")]
 pub fn softirq_exit_tp(ctx: TracePointContext) -> u32 {
     // softirq_exit shares softirq_entry's event class, hence its `vec` field offset.
-    if let Some(vector) = read_tracepoint_field::<u32>(&ctx, kernel_layout().tp_softirq_vec) {
+    if let Some(vector) = read_tracepoint_field::<u32>(&ctx, layout!(tp_softirq_vec)) {
         softirq_exit(vector);
     }
     0

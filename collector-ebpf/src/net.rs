@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use collector_common::{CpuNetCounters, layout::UNKNOWN_OFFSET, net::SKB_FIRST_DROP_REASON};
 
-use crate::layout::{kernel_layout, read_tracepoint_field};
+use crate::layout::{layout, read_tracepoint_field};
 
 #[map]
 static NET_COUNTERS: PerCpuArray<CpuNetCounters> = PerCpuArray::with_max_entries(1, 0);
@@ -77,7 +77,7 @@ btf_and_raw!(
     tcp_retransmit_skb_btf,
     tcp_retransmit_skb_raw,
     |ctx| {
-        let err = if kernel_layout().tcp_retransmit_skb_has_err != 0 {
+        let err = if layout!(tcp_retransmit_skb_has_err) != 0 {
             ctx.arg::<u64>(2) as i32
         } else {
             0
@@ -116,7 +116,7 @@ btf_and_raw!("kfree_skb", kfree_skb_btf, kfree_skb_raw, |ctx| {
 
 #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb_tp(ctx: TracePointContext) -> u32 {
-    let offset = kernel_layout().tp_tcp_retransmit_skb_err;
+    let offset = layout!(tp_tcp_retransmit_skb_err);
     let err = if offset == UNKNOWN_OFFSET {
         0 // before 6.12 the event fires only for segments sent
     } else {
@@ -146,7 +146,7 @@ pub fn tcp_receive_reset_tp(_ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "skb", name = "kfree_skb")]
 pub fn kfree_skb_tp(ctx: TracePointContext) -> u32 {
-    if let Some(reason) = read_tracepoint_field::<u32>(&ctx, kernel_layout().tp_kfree_skb_reason) {
+    if let Some(reason) = read_tracepoint_field::<u32>(&ctx, layout!(tp_kfree_skb_reason)) {
         on_drop(reason);
     }
     0

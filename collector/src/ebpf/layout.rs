@@ -5,10 +5,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use btf_rs::{Btf, Type};
 use collector_common::{KernelLayout, layout::UNKNOWN_OFFSET};
 
-use super::{Hook, HookType};
+use super::{
+    Hook, HookType,
+    btf::{Btf, KIND_PTR, KIND_STRUCT, KIND_TYPEDEF, KIND_UNION, Type},
+};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -58,12 +60,19 @@ pub fn discover(btf_path: &Path, tracefs: Option<&Path>) -> (KernelLayout, Vec<S
 }
 
 fn fill_from_btf(btf: &Btf, layout: &mut KernelLayout) -> anyhow::Result<()> {
-    let task = find_struct(btf, "task_struct")?;
+    let task = btf.find("task_struct", KIND_STRUCT)?;
     layout.task_pid = member_offset(btf, &task, "pid")?.context("task_struct has no pid")?;
     // `__state` since 5.14, `state` before.
     layout.task_state = match member_offset(btf, &task, "__state")? {
         Some(offset) => offset,
         None => member_offset(btf, &task, "state")?.unwrap_or(UNKNOWN_OFFSET),
+    };
+    layout.task_run_delay = match member_offset(btf, &task, "sched_info")? {
+        Some(sched_info) => {
+            let info = btf.find("sched_info", KIND_STRUCT)?;
+            member_offset(btf, &info, "run_delay")?.map_or(UNKNOWN_OFFSET, |o| sched_info + o)
+        }
+        None => UNKNOWN_OFFSET, // CONFIG_SCHED_INFO off
     };
     // btf_trace_sched_switch is `void (*)(void *, bool, struct task_struct *, struct
     // task_struct *[, unsigned int prev_state])`.
@@ -75,20 +84,19 @@ fn fill_from_btf(btf: &Btf, layout: &mut KernelLayout) -> anyhow::Result<()> {
 /// `struct request` and the path from it to its disk's device number. Each path is kept only if
 /// every member on it exists; the programs take the first complete one.
 fn fill_block_from_btf(btf: &Btf, layout: &mut KernelLayout) -> anyhow::Result<()> {
-    let request = find_struct(btf, "request")?;
-    let member =
-        |parent: &btf_rs::Struct, name: &str| member_offset(btf, parent, name).ok().flatten();
+    let request = btf.find("request", KIND_STRUCT)?;
+    let member = |parent: &Type, name: &str| member_offset(btf, parent, name).ok().flatten();
     layout.request_cmd_flags = member(&request, "cmd_flags").context("request has no cmd_flags")?;
     layout.request_data_len =
         member(&request, "__data_len").context("request has no __data_len")?;
-    if let Ok(gendisk) = find_struct(btf, "gendisk")
+    if let Ok(gendisk) = btf.find("gendisk", KIND_STRUCT)
         && let (Some(major), Some(first_minor)) =
             (member(&gendisk, "major"), member(&gendisk, "first_minor"))
     {
         layout.gendisk_major = major;
         layout.gendisk_first_minor = first_minor;
         // 5.15+: request->q->disk.
-        if let Ok(queue) = find_struct(btf, "request_queue")
+        if let Ok(queue) = btf.find("request_queue", KIND_STRUCT)
             && let (Some(q), Some(disk)) = (member(&request, "q"), member(&queue, "disk"))
         {
             layout.request_q = q;
@@ -99,7 +107,7 @@ fn fill_block_from_btf(btf: &Btf, layout: &mut KernelLayout) -> anyhow::Result<(
             layout.request_rq_disk = rq_disk;
         }
     }
-    if let Ok(block_device) = find_struct(btf, "block_device")
+    if let Ok(block_device) = btf.find("block_device", KIND_STRUCT)
         && let (Some(part), Some(bd_dev)) =
             (member(&request, "part"), member(&block_device, "bd_dev"))
     {
@@ -145,20 +153,14 @@ pub struct DropReasons {
 /// without `SKB_DROP_REASON_`, lower-cased), without `SKB_NOT_DROPPED_YET`/`SKB_CONSUMED` and the
 /// `_MAX`/mask markers.
 pub fn skb_drop_reasons(btf: &Btf) -> anyhow::Result<DropReasons> {
-    let reasons = btf
-        .resolve_types_by_name("skb_drop_reason")
-        .context("no type skb_drop_reason")?
-        .into_iter()
-        .find_map(|t| match t {
-            Type::Enum(e) => Some(e),
-            _ => None,
-        })
-        .context("skb_drop_reason is not an enum")?;
+    let reasons = btf.find_enum("skb_drop_reason")?;
     let mut names = Vec::new();
     let mut max = None;
-    for member in &reasons.members {
-        let name = btf.resolve_name(member)?;
-        let value = member.val();
+    for enumerator in btf.enumerators(&reasons)? {
+        let (name, value) = enumerator?;
+        let Ok(value) = u32::try_from(value) else {
+            continue; // no reason of the core enum is negative or that large
+        };
         if name == "SKB_DROP_REASON_MAX" {
             max = Some(value);
             continue;
@@ -194,32 +196,23 @@ pub fn kernel_skb_drop_reasons() -> Option<&'static DropReasons> {
         .as_ref()
 }
 
-fn find_struct(btf: &Btf, name: &str) -> anyhow::Result<btf_rs::Struct> {
-    btf.resolve_types_by_name(name)
-        .with_context(|| format!("no type {name}"))?
-        .into_iter()
-        .find_map(|t| match t {
-            Type::Struct(s) => Some(s),
-            _ => None,
-        })
-        .with_context(|| format!("{name} is not a struct"))
-}
-
 /// Byte offset of member `name`, looking through anonymous structs and unions.
-fn member_offset(btf: &Btf, parent: &btf_rs::Struct, name: &str) -> anyhow::Result<Option<u32>> {
-    for member in &parent.members {
-        let member_name = btf.resolve_name(member).unwrap_or_default();
-        if member_name == name {
-            if member.bitfield_size().is_some_and(|bits| bits != 0) {
+fn member_offset(btf: &Btf, parent: &Type, name: &str) -> anyhow::Result<Option<u32>> {
+    for member in btf.members(parent)? {
+        let member = member?;
+        if member.name == name {
+            if member.bitfield_size != 0 {
                 bail!("{name} is a bitfield");
             }
-            return Ok(Some(member.bit_offset() / 8));
+            return Ok(Some(member.bit_offset / 8));
         }
-        if member_name.is_empty()
-            && let Ok(Type::Struct(inner) | Type::Union(inner)) = btf.resolve_chained_type(member)
-            && let Some(offset) = member_offset(btf, &inner, name)?
-        {
-            return Ok(Some(member.bit_offset() / 8 + offset));
+        if member.name.is_empty() {
+            let inner = btf.resolve(member.type_id)?;
+            if matches!(inner.kind, KIND_STRUCT | KIND_UNION)
+                && let Some(offset) = member_offset(btf, &inner, name)?
+            {
+                return Ok(Some(member.bit_offset / 8 + offset));
+            }
         }
     }
     Ok(None)
@@ -227,22 +220,13 @@ fn member_offset(btf: &Btf, parent: &btf_rs::Struct, name: &str) -> anyhow::Resu
 
 fn tracepoint_parameter_count(btf: &Btf, tracepoint: &str) -> anyhow::Result<usize> {
     let typedef = format!("btf_trace_{tracepoint}");
-    let mut t = btf
-        .resolve_types_by_name(&typedef)
-        .with_context(|| format!("no type {typedef}"))?
-        .into_iter()
-        .next()
-        .with_context(|| format!("no type {typedef}"))?;
     // typedef -> pointer -> function prototype
-    for _ in 0..4 {
-        t = match t {
-            Type::FuncProto(proto) => return Ok(proto.parameters.len()),
-            Type::Typedef(ref inner) => btf.resolve_chained_type(inner)?,
-            Type::Ptr(ref inner) => btf.resolve_chained_type(inner)?,
-            other => bail!("{typedef} is a {}, not a function pointer", other.name()),
-        };
+    let pointer = btf.referenced(&btf.find(&typedef, KIND_TYPEDEF)?)?;
+    if pointer.kind != KIND_PTR {
+        bail!("{typedef} is not a function pointer");
     }
-    bail!("{typedef} does not lead to a function prototype")
+    btf.parameter_count(&btf.referenced(&pointer)?)
+        .with_context(|| format!("{typedef} does not lead to a function prototype"))
 }
 
 fn fill_from_tracefs(root: &Path, layout: &mut KernelLayout) -> anyhow::Result<()> {
@@ -352,6 +336,11 @@ pub fn missing_for(
         "sched_switch" | "sched_wakeup" | "sched_wakeup_new"
     );
     match hook_type {
+        // The three run-queue hooks go together: the raw and classic tracepoint flavours time the
+        // wait from wake-up to switch-in, the BTF one reads the scheduler's accounting.
+        HookType::BtfTracepoint if needs_task_pid && unknown(layout.task_run_delay) => {
+            Some("task_struct.sched_info.run_delay offset unknown (no CONFIG_SCHED_INFO)")
+        }
         HookType::BtfTracepoint | HookType::RawTracepoint => match hook.name {
             "block_rq_issue" => (unknown(layout.request_cmd_flags)
                 || unknown(layout.request_data_len)
@@ -426,11 +415,12 @@ mod tests {
             eprintln!("skipped: this kernel has no BTF at {VMLINUX_BTF}");
             return;
         }
-        let btf = Btf::from_file(VMLINUX_BTF).unwrap();
+        let btf = Btf::from_file(Path::new(VMLINUX_BTF)).unwrap();
         let mut layout = KernelLayout::UNKNOWN;
         fill_from_btf(&btf, &mut layout).unwrap();
         assert_ne!(layout.task_pid, UNKNOWN_OFFSET);
         assert_ne!(layout.task_state, UNKNOWN_OFFSET);
+        assert_ne!(layout.task_run_delay, UNKNOWN_OFFSET);
         assert!(
             layout.task_pid > layout.task_state,
             "pid comes after __state in task_struct"
@@ -449,7 +439,7 @@ mod tests {
             eprintln!("skipped: this kernel has no BTF at {VMLINUX_BTF}");
             return;
         }
-        let btf = Btf::from_file(VMLINUX_BTF).unwrap();
+        let btf = Btf::from_file(Path::new(VMLINUX_BTF)).unwrap();
         let mut layout = KernelLayout::UNKNOWN;
         fill_block_from_btf(&btf, &mut layout).unwrap();
         assert_ne!(layout.request_cmd_flags, UNKNOWN_OFFSET);

@@ -81,6 +81,7 @@ impl EbpfRuntime {
             .btf(btf.as_ref())
             .override_global("KERNEL_LAYOUT", &kernel_layout, true)
             .map_max_entries("RUNQUEUE_ENQUEUED_AT", options.runqueue_max_tasks)
+            .map_max_entries("RUN_DELAY_SEEN", options.runqueue_max_tasks)
             .map_max_entries("MIGRATIONS_TO_CPU", possible_cpus)
             .map_max_entries(
                 "SKB_DROP_REASONS",
