@@ -23,10 +23,20 @@ pub fn tracefs_root() -> Option<PathBuf> {
         .find(|path| path.join("events").is_dir())
 }
 
-/// Fills in a layout from the kernel's BTF and tracefs; returns what could not be read, one line
-/// each, for the log.
-pub fn discover(btf_path: &Path, tracefs: Option<&Path>) -> (KernelLayout, Vec<String>) {
+/// What start-up learns about the running kernel, from one read of its BTF and tracefs.
+#[derive(Debug)]
+pub struct Discovery {
+    pub layout: KernelLayout,
+    /// `None` without kernel BTF or without `enum skb_drop_reason` (before 5.17).
+    pub drop_reasons: Option<DropReasons>,
+    /// What could not be read, one line each, for the log.
+    pub problems: Vec<String>,
+}
+
+/// Fills in a layout and the drop reasons from the kernel's BTF (read once, here) and tracefs.
+pub fn discover(btf_path: &Path, tracefs: Option<&Path>) -> Discovery {
     let mut layout = KernelLayout::UNKNOWN;
+    let mut drop_reasons = None;
     let mut problems = Vec::new();
     match Btf::from_file(btf_path) {
         Ok(btf) => {
@@ -38,6 +48,13 @@ pub fn discover(btf_path: &Path, tracefs: Option<&Path>) -> (KernelLayout, Vec<S
                 problems.push(format!("kernel BTF {} (block): {e:#}", btf_path.display()));
             }
             fill_net_from_btf(&btf, &mut layout);
+            match skb_drop_reasons(&btf) {
+                Ok(reasons) => drop_reasons = Some(reasons),
+                Err(e) => problems.push(format!(
+                    "kernel BTF {}: drop reasons unknown: {e:#}",
+                    btf_path.display()
+                )),
+            }
         }
         Err(e) => problems.push(format!(
             "kernel BTF unavailable at {} ({e}): tp_btf and raw_tp scheduler hooks need it",
@@ -56,7 +73,11 @@ pub fn discover(btf_path: &Path, tracefs: Option<&Path>) -> (KernelLayout, Vec<S
                 .to_owned(),
         ),
     }
-    (layout, problems)
+    Discovery {
+        layout,
+        drop_reasons,
+        problems,
+    }
 }
 
 fn fill_from_btf(btf: &Btf, layout: &mut KernelLayout) -> anyhow::Result<()> {
@@ -152,7 +173,7 @@ pub struct DropReasons {
 /// Drop reasons of this kernel, `enum skb_drop_reason` from its BTF: value → label (the name
 /// without `SKB_DROP_REASON_`, lower-cased), without `SKB_NOT_DROPPED_YET`/`SKB_CONSUMED` and the
 /// `_MAX`/mask markers.
-pub fn skb_drop_reasons(btf: &Btf) -> anyhow::Result<DropReasons> {
+fn skb_drop_reasons(btf: &Btf) -> anyhow::Result<DropReasons> {
     let reasons = btf.find_enum("skb_drop_reason")?;
     let mut names = Vec::new();
     let mut max = None;
@@ -180,20 +201,6 @@ pub fn skb_drop_reasons(btf: &Btf) -> anyhow::Result<DropReasons> {
         names,
         array_size: size.max(1),
     })
-}
-
-/// [`skb_drop_reasons`] of the running kernel, read once: the loader sizes the per-reason array
-/// with it and the net collector names the reasons. `None` without kernel BTF.
-pub fn kernel_skb_drop_reasons() -> Option<&'static DropReasons> {
-    static REASONS: std::sync::OnceLock<Option<DropReasons>> = std::sync::OnceLock::new();
-    REASONS
-        .get_or_init(|| {
-            let btf = Btf::from_file(Path::new(VMLINUX_BTF)).ok()?;
-            skb_drop_reasons(&btf)
-                .inspect_err(|e| tracing::info!("kernel BTF: drop reasons unknown: {e:#}"))
-                .ok()
-        })
-        .as_ref()
 }
 
 /// Byte offset of member `name`, looking through anonymous structs and unions.
@@ -439,17 +446,21 @@ mod tests {
             eprintln!("skipped: this kernel has no BTF at {VMLINUX_BTF}");
             return;
         }
-        let btf = Btf::from_file(Path::new(VMLINUX_BTF)).unwrap();
-        let mut layout = KernelLayout::UNKNOWN;
-        fill_block_from_btf(&btf, &mut layout).unwrap();
+        // One pass over the BTF gives the block and net offsets and the drop reasons.
+        let Discovery {
+            layout,
+            drop_reasons,
+            problems,
+        } = discover(Path::new(VMLINUX_BTF), None);
+        assert_eq!(problems.len(), 1, "only tracefs is missing: {problems:?}");
         assert_ne!(layout.request_cmd_flags, UNKNOWN_OFFSET);
         assert_ne!(layout.request_data_len, UNKNOWN_OFFSET);
         assert!(!block_dev_path_unknown(&layout), "{layout:?}");
-        fill_net_from_btf(&btf, &mut layout);
+        assert_eq!(layout.kfree_skb_has_reason, 1);
         let DropReasons {
             names: reasons,
             array_size: size,
-        } = skb_drop_reasons(&btf).unwrap();
+        } = drop_reasons.unwrap();
         assert!(
             reasons.iter().any(|(_, name)| name == "no_socket"),
             "{reasons:?}"

@@ -45,6 +45,8 @@ pub struct EbpfRuntime {
     attached: HashMap<&'static str, HookType>,
     /// Keeps `kernel.bpf_stats_enabled` on while we run (`--ebpf.enable-stats`).
     stats_fd: Option<OwnedFd>,
+    /// This kernel's drop reasons, found with the layout: the per-reason array was sized by them.
+    drop_reasons: Option<layout::DropReasons>,
 }
 
 /// Run time and run count of one program, from the kernel's BPF statistics.
@@ -59,8 +61,11 @@ impl EbpfRuntime {
     pub fn start(hooks: &[&'static Hook], options: &LoaderOptions) -> anyhow::Result<Self> {
         raise_memlock_limit();
         let tracefs = layout::tracefs_root();
-        let (kernel_layout, problems) =
-            layout::discover(Path::new(layout::VMLINUX_BTF), tracefs.as_deref());
+        let layout::Discovery {
+            layout: kernel_layout,
+            drop_reasons,
+            problems,
+        } = layout::discover(Path::new(layout::VMLINUX_BTF), tracefs.as_deref());
         // Informational: what a missing fact costs is logged per hook, as a warning, if it
         // ends up mattering.
         for problem in &problems {
@@ -85,7 +90,7 @@ impl EbpfRuntime {
             .map_max_entries("MIGRATIONS_TO_CPU", possible_cpus)
             .map_max_entries(
                 "SKB_DROP_REASONS",
-                layout::kernel_skb_drop_reasons().map_or(1, |r| r.array_size),
+                drop_reasons.as_ref().map_or(1, |r| r.array_size),
             )
             .load(object())
             .context("loading the eBPF object (needs CAP_BPF and CAP_PERFMON, or root)")?;
@@ -124,6 +129,7 @@ impl EbpfRuntime {
             ebpf: Mutex::new(ebpf),
             attached,
             stats_fd,
+            drop_reasons,
         })
     }
 
@@ -139,6 +145,11 @@ impl EbpfRuntime {
     /// The hook type `hook` is attached with, if it is.
     pub fn attached(&self, hook: &Hook) -> Option<HookType> {
         self.attached.get(hook.name).copied()
+    }
+
+    /// `enum skb_drop_reason` of the running kernel, as the `SKB_DROP_REASONS` map was sized.
+    pub fn drop_reasons(&self) -> Option<&layout::DropReasons> {
+        self.drop_reasons.as_ref()
     }
 
     /// Whether run-time statistics are being collected (by us or by someone else's sysctl).
