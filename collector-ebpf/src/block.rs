@@ -8,9 +8,9 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::bpf_ktime_get_ns,
-    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
+    macros::{map, tracepoint},
     maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap},
-    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+    programs::TracePointContext,
 };
 use collector_common::{
     BlockHistograms, BlockKey, CpuBlockCounters, InflightKey, InflightRequest,
@@ -21,7 +21,10 @@ use collector_common::{
     layout::UNKNOWN_OFFSET,
 };
 
-use crate::layout::{layout, read_kernel_field, read_tracepoint_field};
+use crate::{
+    layout::{layout, read_kernel_field, read_tracepoint_field},
+    with_slot,
+};
 
 /// Requests between insert/issue and completion. LRU: a request whose completion we miss (the
 /// programs were attached mid-flight, a partial completion) is evicted instead of leaking.
@@ -44,13 +47,6 @@ static BLOCK_HISTOGRAMS_ZERO: Array<BlockHistograms> = Array::with_max_entries(1
 static BLOCK_COUNTERS: PerCpuArray<CpuBlockCounters> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
-fn with_counters(update: impl FnOnce(&mut CpuBlockCounters)) {
-    if let Some(counters) = BLOCK_COUNTERS.get_ptr_mut(0) {
-        update(unsafe { &mut *counters });
-    }
-}
-
-#[inline(always)]
 fn on_insert(key: InflightKey) {
     let request = InflightRequest {
         inserted_ns: unsafe { bpf_ktime_get_ns() },
@@ -58,7 +54,7 @@ fn on_insert(key: InflightKey) {
     };
     // A re-inserted (requeued) request starts over.
     if BLOCK_INFLIGHT.insert(key, request, 0).is_err() {
-        with_counters(|c| c.inflight_map_full += 1);
+        with_slot(&BLOCK_COUNTERS, |c| c.inflight_map_full += 1);
     }
 }
 
@@ -83,7 +79,7 @@ fn on_issue(key: InflightKey, dev: u32, op: u32, bytes: u32) {
         _pad: 0,
     };
     if BLOCK_INFLIGHT.insert(key, request, 0).is_err() {
-        with_counters(|c| c.inflight_map_full += 1);
+        with_slot(&BLOCK_COUNTERS, |c| c.inflight_map_full += 1);
     }
 }
 
@@ -103,7 +99,7 @@ fn on_complete(key: InflightKey) {
         op: request.op,
     };
     let Some(histograms) = histograms_for(&histogram_key) else {
-        with_counters(|c| c.histogram_map_full += 1);
+        with_slot(&BLOCK_COUNTERS, |c| c.histogram_map_full += 1);
         return;
     };
     let histograms = unsafe { &mut *histograms };
@@ -201,22 +197,6 @@ fn issue_from_request(request: u64) {
 // ---- BTF and raw tracepoints: block_rq_insert(struct request *rq),
 // block_rq_issue(struct request *rq),
 // block_rq_complete(struct request *rq, blk_status_t error, unsigned int nr_bytes). ----
-
-macro_rules! btf_and_raw {
-    ($tracepoint:literal, $btf:ident, $raw:ident, |$ctx:ident| $body:expr) => {
-        #[btf_tracepoint(function = $tracepoint)]
-        pub fn $btf($ctx: BtfTracePointContext) -> i32 {
-            $body;
-            0
-        }
-
-        #[raw_tracepoint(tracepoint = $tracepoint)]
-        pub fn $raw($ctx: RawTracePointContext) -> i32 {
-            $body;
-            0
-        }
-    };
-}
 
 btf_and_raw!(
     "block_rq_insert",

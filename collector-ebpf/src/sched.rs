@@ -17,7 +17,10 @@ use collector_common::{
     CpuSchedCounters, Log2Histogram, layout::TP_TASK_REPORT_MASK, layout::UNKNOWN_OFFSET,
 };
 
-use crate::layout::{layout, read_kernel_field, read_tracepoint_field, read_trusted_field};
+use crate::{
+    layout::{layout, read_kernel_field, read_tracepoint_field, read_trusted_field},
+    with_slot,
+};
 
 /// pid → time it became runnable (ns, `bpf_ktime_get_ns`), for the raw and classic tracepoints.
 /// Sized by the daemon at load time.
@@ -47,17 +50,15 @@ const TASK_RUNNING: u64 = 0;
 /// `TASK_DEAD`: the task is switched out for the last time.
 const TASK_DEAD: u64 = 0x80;
 
-/// This CPU's counters. Per-CPU and run with preemption off, so plain adds are safe.
+/// Updates this CPU's counters.
 #[inline(always)]
-fn counters() -> Option<&'static mut CpuSchedCounters> {
-    SCHED_COUNTERS.get_ptr_mut(0).map(|c| unsafe { &mut *c })
+fn with_counters(update: impl FnOnce(&mut CpuSchedCounters)) {
+    with_slot(&SCHED_COUNTERS, update);
 }
 
 #[inline(always)]
 fn record_latency(ns: u64) {
-    if let Some(histogram) = RUNQUEUE_LATENCY.get_ptr_mut(0) {
-        unsafe { &mut *histogram }.record(ns);
-    }
+    with_slot(&RUNQUEUE_LATENCY, |histogram| histogram.record(ns));
 }
 
 #[inline(always)]
@@ -91,36 +92,39 @@ fn mark_enqueued(counters: &mut CpuSchedCounters, pid: u32, now: u64) {
 
 #[inline(always)]
 fn on_wakeup(pid: u32, new_task: bool) {
-    if let Some(counters) = counters() {
+    with_counters(|counters| {
         count_wakeup(counters, new_task);
         mark_enqueued(counters, pid, unsafe { bpf_ktime_get_ns() });
-    }
+    });
 }
 
 /// `still_runnable`: the previous task was preempted (or switched out while runnable) and so
 /// goes straight back onto the run queue.
 #[inline(always)]
 fn on_switch(prev_pid: u32, next_pid: u32, still_runnable: bool) {
-    let Some(counters) = counters() else {
-        return;
-    };
-    count_switch(counters, still_runnable);
-    // One clock read serves both the enqueue of `prev` and the latency of `next`.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if still_runnable {
-        mark_enqueued(counters, prev_pid, now);
-    }
-    if next_pid == 0 {
-        return;
-    }
-    let Some(enqueued_at) = RUNQUEUE_ENQUEUED_AT.get_ptr(next_pid) else {
-        return;
-    };
-    let enqueued_at = unsafe { *enqueued_at };
-    let _ = RUNQUEUE_ENQUEUED_AT.remove(next_pid);
-    if now >= enqueued_at {
-        record_latency(now - enqueued_at);
-    }
+    // Two programs share this body: without the attribute LLVM makes it a BPF-to-BPF call.
+    with_counters(
+        #[inline(always)]
+        |counters| {
+            count_switch(counters, still_runnable);
+            // One clock read serves both the enqueue of `prev` and the latency of `next`.
+            let now = unsafe { bpf_ktime_get_ns() };
+            if still_runnable {
+                mark_enqueued(counters, prev_pid, now);
+            }
+            if next_pid == 0 {
+                return;
+            }
+            let Some(enqueued_at) = RUNQUEUE_ENQUEUED_AT.get_ptr(next_pid) else {
+                return;
+            };
+            let enqueued_at = unsafe { *enqueued_at };
+            let _ = RUNQUEUE_ENQUEUED_AT.remove(next_pid);
+            if now >= enqueued_at {
+                record_latency(now - enqueued_at);
+            }
+        },
+    );
 }
 
 #[inline(always)]
@@ -165,22 +169,6 @@ fn switched_out_state(
     }
 }
 
-macro_rules! btf_and_raw {
-    ($tracepoint:literal, $btf:ident, $raw:ident, |$ctx:ident| $body:expr) => {
-        #[btf_tracepoint(function = $tracepoint)]
-        pub fn $btf($ctx: BtfTracePointContext) -> i32 {
-            $body;
-            0
-        }
-
-        #[raw_tracepoint(tracepoint = $tracepoint)]
-        pub fn $raw($ctx: RawTracePointContext) -> i32 {
-            $body;
-            0
-        }
-    };
-}
-
 /// Latency from the scheduler's own accounting: when a task leaves the CPU, its
 /// `sched_info.run_delay` has grown by the wait before the run that just ended (the scheduler adds
 /// it at switch-in, and when a waiting task is moved to another CPU). The sample is so recorded
@@ -190,37 +178,36 @@ pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
     if layout!(task_pid) == UNKNOWN_OFFSET || layout!(task_run_delay) == UNKNOWN_OFFSET {
         return 0;
     }
-    let Some(counters) = counters() else {
-        return 0;
-    };
-    let prev: u64 = ctx.arg(1);
-    let prev_state = switched_out_state(
-        || ctx.arg(3),
-        |offset| unsafe { read_trusted_field::<u32>(prev, offset) } as u64,
-    );
-    count_switch(
-        counters,
-        (ctx.arg::<u64>(0) & 0xff) != 0 || prev_state == TASK_RUNNING,
-    );
-    let pid = unsafe { read_trusted_field::<i32>(prev, layout!(task_pid)) } as u32;
-    if pid == 0 {
-        return 0; // the idle task is never queued
-    }
-    let run_delay = unsafe { read_trusted_field::<u64>(prev, layout!(task_run_delay)) };
-    let Some(seen) = RUN_DELAY_SEEN.get_ptr_mut(pid) else {
-        // First sighting: only the baseline.
-        if RUN_DELAY_SEEN.insert(pid, run_delay, 0).is_err() {
-            counters.runqueue_map_full += 1;
+    with_counters(|counters| {
+        let prev: u64 = ctx.arg(1);
+        let prev_state = switched_out_state(
+            || ctx.arg(3),
+            |offset| unsafe { read_trusted_field::<u32>(prev, offset) } as u64,
+        );
+        count_switch(
+            counters,
+            (ctx.arg::<u64>(0) & 0xff) != 0 || prev_state == TASK_RUNNING,
+        );
+        let pid = unsafe { read_trusted_field::<i32>(prev, layout!(task_pid)) } as u32;
+        if pid == 0 {
+            return; // the idle task is never queued
         }
-        return 0;
-    };
-    let previous = unsafe { core::mem::replace(&mut *seen, run_delay) };
-    if run_delay >= previous {
-        record_latency(run_delay - previous);
-    }
-    if prev_state & TASK_DEAD != 0 {
-        let _ = RUN_DELAY_SEEN.remove(pid); // its pid may be reused
-    }
+        let run_delay = unsafe { read_trusted_field::<u64>(prev, layout!(task_run_delay)) };
+        let Some(seen) = RUN_DELAY_SEEN.get_ptr_mut(pid) else {
+            // First sighting: only the baseline.
+            if RUN_DELAY_SEEN.insert(pid, run_delay, 0).is_err() {
+                counters.runqueue_map_full += 1;
+            }
+            return;
+        };
+        let previous = unsafe { core::mem::replace(&mut *seen, run_delay) };
+        if run_delay >= previous {
+            record_latency(run_delay - previous);
+        }
+        if prev_state & TASK_DEAD != 0 {
+            let _ = RUN_DELAY_SEEN.remove(pid); // its pid may be reused
+        }
+    });
     0
 }
 
@@ -243,9 +230,7 @@ macro_rules! wakeup {
         /// Counts only: `sched_switch_btf` takes the wait from the scheduler's accounting.
         #[btf_tracepoint(function = $tracepoint)]
         pub fn $btf(_ctx: BtfTracePointContext) -> i32 {
-            if let Some(counters) = counters() {
-                count_wakeup(counters, $new_task);
-            }
+            with_counters(|counters| count_wakeup(counters, $new_task));
             0
         }
 
