@@ -2,7 +2,10 @@
 //! need come from the running kernel: struct members from its BTF, classic tracepoint fields
 //! from tracefs `format` files. Nothing is hard-coded; what cannot be found stays
 //! `UNKNOWN_OFFSET` and the hooks that need it are not attached.
-use std::path::{Path, PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, bail};
 use collector_common::{KernelLayout, layout::UNKNOWN_OFFSET};
@@ -237,76 +240,69 @@ fn tracepoint_parameter_count(btf: &Btf, tracepoint: &str) -> anyhow::Result<usi
 }
 
 fn fill_from_tracefs(root: &Path, layout: &mut KernelLayout) -> anyhow::Result<()> {
-    let offset = |event: &str, field: &str| -> anyhow::Result<u32> {
-        let path = root.join("events").join(event).join("format");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        field_offset(&text, field).with_context(|| format!("{}: no field {field}", path.display()))
-    };
-    // Each lookup is independent: one missing event must not hide the others.
+    // Each event's format file is read and parsed once; one missing event or field must not hide
+    // the others.
     let mut errors = Vec::new();
-    let mut set = |slot: &mut u32, result: anyhow::Result<u32>| match result {
-        Ok(value) => *slot = value,
+    let mut set = |event: &str, fields: &mut [(&mut u32, &str)]| match event_fields(root, event) {
+        Ok(offsets) => {
+            for (slot, field) in fields {
+                match offsets.get(*field) {
+                    Some(&offset) => **slot = offset,
+                    None => errors.push(format!("{event} format: no field {field}")),
+                }
+            }
+        }
         Err(e) => errors.push(format!("{e:#}")),
     };
     set(
-        &mut layout.tp_sched_switch_prev_pid,
-        offset("sched/sched_switch", "prev_pid"),
+        "sched/sched_switch",
+        &mut [
+            (&mut layout.tp_sched_switch_prev_pid, "prev_pid"),
+            (&mut layout.tp_sched_switch_prev_state, "prev_state"),
+            (&mut layout.tp_sched_switch_next_pid, "next_pid"),
+        ],
     );
     set(
-        &mut layout.tp_sched_switch_prev_state,
-        offset("sched/sched_switch", "prev_state"),
+        "sched/sched_wakeup",
+        &mut [(&mut layout.tp_sched_wakeup_pid, "pid")],
     );
     set(
-        &mut layout.tp_sched_switch_next_pid,
-        offset("sched/sched_switch", "next_pid"),
+        "sched/sched_wakeup_new",
+        &mut [(&mut layout.tp_sched_wakeup_new_pid, "pid")],
     );
     set(
-        &mut layout.tp_sched_wakeup_pid,
-        offset("sched/sched_wakeup", "pid"),
+        "sched/sched_migrate_task",
+        &mut [(&mut layout.tp_sched_migrate_task_dest_cpu, "dest_cpu")],
     );
     set(
-        &mut layout.tp_sched_wakeup_new_pid,
-        offset("sched/sched_wakeup_new", "pid"),
-    );
-    set(
-        &mut layout.tp_sched_migrate_task_dest_cpu,
-        offset("sched/sched_migrate_task", "dest_cpu"),
-    );
-    set(
-        &mut layout.tp_softirq_vec,
-        offset("irq/softirq_exit", "vec"),
+        "irq/softirq_exit",
+        &mut [(&mut layout.tp_softirq_vec, "vec")],
     );
     // block_rq_insert and block_rq_issue share the block_rq event class.
-    for (slot, event, field) in [
-        (&mut layout.tp_block_rq_dev, "block/block_rq_issue", "dev"),
-        (
-            &mut layout.tp_block_rq_sector,
-            "block/block_rq_issue",
-            "sector",
-        ),
-        (
-            &mut layout.tp_block_rq_bytes,
-            "block/block_rq_issue",
-            "bytes",
-        ),
-        (&mut layout.tp_block_rq_rwbs, "block/block_rq_issue", "rwbs"),
-        (
-            &mut layout.tp_block_rq_complete_dev,
-            "block/block_rq_complete",
-            "dev",
-        ),
-        (
-            &mut layout.tp_block_rq_complete_sector,
-            "block/block_rq_complete",
-            "sector",
-        ),
-        (&mut layout.tp_kfree_skb_reason, "skb/kfree_skb", "reason"),
-    ] {
-        set(slot, offset(event, field));
-    }
+    set(
+        "block/block_rq_issue",
+        &mut [
+            (&mut layout.tp_block_rq_dev, "dev"),
+            (&mut layout.tp_block_rq_sector, "sector"),
+            (&mut layout.tp_block_rq_bytes, "bytes"),
+            (&mut layout.tp_block_rq_rwbs, "rwbs"),
+        ],
+    );
+    set(
+        "block/block_rq_complete",
+        &mut [
+            (&mut layout.tp_block_rq_complete_dev, "dev"),
+            (&mut layout.tp_block_rq_complete_sector, "sector"),
+        ],
+    );
+    set(
+        "skb/kfree_skb",
+        &mut [(&mut layout.tp_kfree_skb_reason, "reason")],
+    );
     // Only since 6.12; its absence is normal before.
-    if let Ok(err) = offset("tcp/tcp_retransmit_skb", "err") {
+    if let Ok(offsets) = event_fields(root, "tcp/tcp_retransmit_skb")
+        && let Some(&err) = offsets.get("err")
+    {
         layout.tp_tcp_retransmit_skb_err = err;
     }
     if errors.is_empty() {
@@ -316,18 +312,26 @@ fn fill_from_tracefs(root: &Path, layout: &mut KernelLayout) -> anyhow::Result<(
     }
 }
 
-/// Offset of `field` in a tracefs event `format` file, from its
-/// `field:<type> <name>; offset:<n>; size:<n>; signed:<n>;` line (tab-separated).
-fn field_offset(format: &str, field: &str) -> Option<u32> {
-    format.lines().find_map(|line| {
+/// Field name → offset of one tracefs event (`events/<category>/<name>/format`).
+fn event_fields(root: &Path, event: &str) -> anyhow::Result<HashMap<String, u32>> {
+    let path = root.join("events").join(event).join("format");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(field_offsets(&text)
+        .map(|(name, offset)| (name.to_owned(), offset))
+        .collect())
+}
+
+/// The fields of a tracefs event `format` file and their offsets, from its
+/// `field:<type> <name>; offset:<n>; size:<n>; signed:<n>;` lines (tab-separated).
+fn field_offsets(format: &str) -> impl Iterator<Item = (&str, u32)> {
+    format.lines().filter_map(|line| {
         let mut parts = line.trim().split(';').map(str::trim);
         let declaration = parts.next()?.strip_prefix("field:")?;
         let name = declaration.rsplit(' ').next()?;
         let name = name.split('[').next()?;
-        if name != field {
-            return None;
-        }
-        parts.find_map(|part| part.strip_prefix("offset:")?.parse().ok())
+        let offset = parts.find_map(|part| part.strip_prefix("offset:")?.parse().ok())?;
+        Some((name, offset))
     })
 }
 
@@ -405,15 +409,43 @@ mod tests {
 
     #[test]
     fn parses_tracefs_format_offsets() {
-        assert_eq!(field_offset(SCHED_SWITCH_FORMAT, "prev_pid"), Some(24));
-        assert_eq!(field_offset(SCHED_SWITCH_FORMAT, "prev_state"), Some(32));
-        assert_eq!(field_offset(SCHED_SWITCH_FORMAT, "next_pid"), Some(56));
-        assert_eq!(field_offset(SCHED_SWITCH_FORMAT, "prev_comm"), Some(8));
-        assert_eq!(field_offset(SCHED_SWITCH_FORMAT, "pid"), None);
+        let fields: HashMap<_, _> = field_offsets(SCHED_SWITCH_FORMAT).collect();
+        assert_eq!(fields.get("prev_pid"), Some(&24));
+        assert_eq!(fields.get("prev_state"), Some(&32));
+        assert_eq!(fields.get("next_pid"), Some(&56));
+        assert_eq!(fields.get("prev_comm"), Some(&8));
+        assert_eq!(fields.get("common_type"), Some(&0));
+        assert_eq!(fields.len(), 5);
         assert_eq!(
-            field_offset("garbage\nfield:int x;\toffset:nope;", "x"),
-            None
+            field_offsets("garbage\nfield:int x;\toffset:nope;").count(),
+            0
         );
+    }
+
+    #[test]
+    fn reads_each_event_format_once_and_reports_what_is_missing() {
+        let root = std::env::temp_dir().join(format!("layout-tracefs-{}", std::process::id()));
+        let event = root.join("events/block/block_rq_issue");
+        std::fs::create_dir_all(&event).unwrap();
+        std::fs::write(
+            event.join("format"),
+            "format:\n\tfield:dev_t dev;\toffset:8;\tsize:4;\tsigned:0;\n\
+             \tfield:sector_t sector;\toffset:16;\tsize:8;\tsigned:0;\n",
+        )
+        .unwrap();
+        let mut layout = KernelLayout::UNKNOWN;
+        let error = fill_from_tracefs(&root, &mut layout)
+            .unwrap_err()
+            .to_string();
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!((layout.tp_block_rq_dev, layout.tp_block_rq_sector), (8, 16));
+        assert_eq!(layout.tp_block_rq_bytes, UNKNOWN_OFFSET);
+        assert!(
+            error.contains("block/block_rq_issue format: no field bytes"),
+            "{error}"
+        );
+        // One error per missing event, not per field.
+        assert_eq!(error.matches("sched_switch/format").count(), 1, "{error}");
     }
 
     #[test]
