@@ -353,10 +353,15 @@ pub fn missing_for(
             Some("task_struct.sched_info.run_delay offset unknown (no CONFIG_SCHED_INFO)")
         }
         HookType::BtfTracepoint | HookType::RawTracepoint => match hook.name {
-            "block_rq_issue" => (unknown(layout.request_cmd_flags)
-                || unknown(layout.request_data_len)
-                || block_dev_path_unknown(layout))
-            .then_some("struct request offsets unknown (no kernel BTF)"),
+            // Only issue reads the request, but the three key requests by pointer here and by
+            // (dev, sector) in the classic flavour: they fall back together, or completions
+            // would never match their issue (the block collector refuses a mix).
+            "block_rq_insert" | "block_rq_issue" | "block_rq_complete" => {
+                (unknown(layout.request_cmd_flags)
+                    || unknown(layout.request_data_len)
+                    || block_dev_path_unknown(layout))
+                .then_some("struct request offsets unknown (no kernel BTF)")
+            }
             "kfree_skb" => (layout.kfree_skb_has_reason == 0)
                 .then_some("kfree_skb has no drop reason argument (before 5.17) or no BTF"),
             _ => (needs_task_pid && unknown(layout.task_pid))
@@ -524,5 +529,39 @@ mod tests {
         assert!(missing_for(&layout, &switch, HookType::Tracepoint).is_some());
         assert!(missing_for(&layout, &softirq_entry, HookType::BtfTracepoint).is_none());
         assert!(missing_for(&layout, &softirq_entry, HookType::Tracepoint).is_none());
+    }
+
+    #[test]
+    fn block_hooks_fall_back_together_without_request_offsets() {
+        let mut layout = KernelLayout::UNKNOWN;
+        layout.tp_block_rq_dev = 8;
+        layout.tp_block_rq_sector = 16;
+        layout.tp_block_rq_bytes = 24;
+        layout.tp_block_rq_rwbs = 28;
+        layout.tp_block_rq_complete_dev = 8;
+        layout.tp_block_rq_complete_sector = 16;
+        for name in ["block_rq_insert", "block_rq_issue", "block_rq_complete"] {
+            let hook = Hook {
+                category: "block",
+                name,
+            };
+            for hook_type in [HookType::BtfTracepoint, HookType::RawTracepoint] {
+                assert!(missing_for(&layout, &hook, hook_type).is_some(), "{name}");
+            }
+            assert_eq!(missing_for(&layout, &hook, HookType::Tracepoint), None);
+        }
+
+        // With the offsets, all three may use the BTF and raw flavours.
+        layout.request_cmd_flags = 24;
+        layout.request_data_len = 48;
+        layout.request_part = 56;
+        layout.block_device_bd_dev = 4;
+        for name in ["block_rq_insert", "block_rq_issue", "block_rq_complete"] {
+            let hook = Hook {
+                category: "block",
+                name,
+            };
+            assert_eq!(missing_for(&layout, &hook, HookType::BtfTracepoint), None);
+        }
     }
 }
