@@ -72,18 +72,12 @@ impl EbpfRuntime {
             tracing::info!("kernel layout: {problem}");
         }
         tracing::debug!(?kernel_layout, "kernel layout");
-        let btf = match Btf::from_sys_fs() {
-            Ok(btf) => Some(btf),
-            Err(e) => {
-                tracing::warn!(err = %e, "kernel BTF unavailable: tp_btf hooks disabled");
-                None
-            }
-        };
-
         let possible_cpus =
             aya::util::nr_cpus().map_err(|(path, e)| anyhow!("reading {path}: {e}"))? as u32;
+        // EbpfLoader::new parses the kernel BTF itself (aya 0.14 has no way around it) and loads
+        // with that; the copy attaching needs is parsed after the loader is gone, so that two
+        // full parses never coexist at the start-up peak.
         let mut ebpf = EbpfLoader::new()
-            .btf(btf.as_ref())
             .override_global("KERNEL_LAYOUT", &kernel_layout, true)
             .map_max_entries("RUNQUEUE_ENQUEUED_AT", options.runqueue_max_tasks)
             .map_max_entries("RUN_DELAY_SEEN", options.runqueue_max_tasks)
@@ -94,6 +88,13 @@ impl EbpfRuntime {
             )
             .load(object())
             .context("loading the eBPF object (needs CAP_BPF and CAP_PERFMON, or root)")?;
+        let btf = match Btf::from_sys_fs() {
+            Ok(btf) => Some(btf),
+            Err(e) => {
+                tracing::warn!(err = %e, "kernel BTF unavailable: tp_btf hooks disabled");
+                None
+            }
+        };
 
         let stats_fd = if options.enable_stats {
             match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
