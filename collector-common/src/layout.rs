@@ -15,6 +15,9 @@ pub struct KernelLayout {
     /// `offsetof(struct task_struct, __state)` (`state` before 5.14); read only when the
     /// `sched_switch` tracepoint does not pass `prev_state` itself (before 5.18).
     pub task_state: u32,
+    /// `offsetof(struct task_struct, sched_info.run_delay)`: the run-queue wait the scheduler
+    /// accounts itself (CONFIG_SCHED_INFO), which the BTF tracepoints read instead of timing it.
+    pub task_run_delay: u32,
     /// 1 when the BTF/raw `sched_switch` tracepoint has the 4th `prev_state` argument.
     pub sched_switch_has_prev_state: u32,
     /// Classic tracepoint field offsets, from `events/<category>/<name>/format`.
@@ -67,6 +70,7 @@ impl KernelLayout {
     pub const UNKNOWN: Self = Self {
         task_pid: UNKNOWN_OFFSET,
         task_state: UNKNOWN_OFFSET,
+        task_run_delay: UNKNOWN_OFFSET,
         sched_switch_has_prev_state: 0,
         tp_sched_switch_prev_pid: UNKNOWN_OFFSET,
         tp_sched_switch_prev_state: UNKNOWN_OFFSET,

@@ -8,9 +8,9 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::bpf_ktime_get_ns,
-    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
+    macros::{map, tracepoint},
     maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap},
-    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+    programs::TracePointContext,
 };
 use collector_common::{
     BlockHistograms, BlockKey, CpuBlockCounters, InflightKey, InflightRequest,
@@ -21,7 +21,10 @@ use collector_common::{
     layout::UNKNOWN_OFFSET,
 };
 
-use crate::layout::{kernel_layout, read_kernel_field, read_tracepoint_field};
+use crate::{
+    layout::{layout, read_kernel_field, read_tracepoint_field},
+    with_slot,
+};
 
 /// Requests between insert/issue and completion. LRU: a request whose completion we miss (the
 /// programs were attached mid-flight, a partial completion) is evicted instead of leaking.
@@ -44,13 +47,6 @@ static BLOCK_HISTOGRAMS_ZERO: Array<BlockHistograms> = Array::with_max_entries(1
 static BLOCK_COUNTERS: PerCpuArray<CpuBlockCounters> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
-fn with_counters(update: impl FnOnce(&mut CpuBlockCounters)) {
-    if let Some(counters) = BLOCK_COUNTERS.get_ptr_mut(0) {
-        update(unsafe { &mut *counters });
-    }
-}
-
-#[inline(always)]
 fn on_insert(key: InflightKey) {
     let request = InflightRequest {
         inserted_ns: unsafe { bpf_ktime_get_ns() },
@@ -58,7 +54,7 @@ fn on_insert(key: InflightKey) {
     };
     // A re-inserted (requeued) request starts over.
     if BLOCK_INFLIGHT.insert(key, request, 0).is_err() {
-        with_counters(|c| c.inflight_map_full += 1);
+        with_slot(&BLOCK_COUNTERS, |c| c.inflight_map_full += 1);
     }
 }
 
@@ -83,7 +79,7 @@ fn on_issue(key: InflightKey, dev: u32, op: u32, bytes: u32) {
         _pad: 0,
     };
     if BLOCK_INFLIGHT.insert(key, request, 0).is_err() {
-        with_counters(|c| c.inflight_map_full += 1);
+        with_slot(&BLOCK_COUNTERS, |c| c.inflight_map_full += 1);
     }
 }
 
@@ -103,7 +99,7 @@ fn on_complete(key: InflightKey) {
         op: request.op,
     };
     let Some(histograms) = histograms_for(&histogram_key) else {
-        with_counters(|c| c.histogram_map_full += 1);
+        with_slot(&BLOCK_COUNTERS, |c| c.histogram_map_full += 1);
         return;
     };
     let histograms = unsafe { &mut *histograms };
@@ -151,31 +147,30 @@ fn kernel_dev(major: u32, minor: u32) -> u32 {
 /// The `dev_t` of the disk a `struct request *` is for, by the first path BTF showed to exist.
 #[inline(always)]
 fn request_dev(request: u64) -> u32 {
-    let layout = kernel_layout();
     let from_gendisk = |disk: u64| -> Option<u32> {
-        let major = read_kernel_field::<i32>(disk, layout.gendisk_major)?;
-        let minor = read_kernel_field::<i32>(disk, layout.gendisk_first_minor)?;
+        let major = read_kernel_field::<i32>(disk, layout!(gendisk_major))?;
+        let minor = read_kernel_field::<i32>(disk, layout!(gendisk_first_minor))?;
         Some(kernel_dev(major as u32, minor as u32))
     };
-    let disk = if layout.request_q != UNKNOWN_OFFSET && layout.request_queue_disk != UNKNOWN_OFFSET
-    {
-        read_kernel_field::<u64>(request, layout.request_q)
-            .and_then(|queue| read_kernel_field::<u64>(queue, layout.request_queue_disk))
-    } else if layout.request_rq_disk != UNKNOWN_OFFSET {
-        read_kernel_field::<u64>(request, layout.request_rq_disk)
-    } else {
-        None
-    };
+    let disk =
+        if layout!(request_q) != UNKNOWN_OFFSET && layout!(request_queue_disk) != UNKNOWN_OFFSET {
+            read_kernel_field::<u64>(request, layout!(request_q))
+                .and_then(|queue| read_kernel_field::<u64>(queue, layout!(request_queue_disk)))
+        } else if layout!(request_rq_disk) != UNKNOWN_OFFSET {
+            read_kernel_field::<u64>(request, layout!(request_rq_disk))
+        } else {
+            None
+        };
     if let Some(disk) = disk.filter(|d| *d != 0)
-        && layout.gendisk_major != UNKNOWN_OFFSET
+        && layout!(gendisk_major) != UNKNOWN_OFFSET
         && let Some(dev) = from_gendisk(disk)
     {
         return dev;
     }
-    if layout.request_part != UNKNOWN_OFFSET
+    if layout!(request_part) != UNKNOWN_OFFSET
         && let Some(part) =
-            read_kernel_field::<u64>(request, layout.request_part).filter(|p| *p != 0)
-        && let Some(dev) = read_kernel_field::<u32>(part, layout.block_device_bd_dev)
+            read_kernel_field::<u64>(request, layout!(request_part)).filter(|p| *p != 0)
+        && let Some(dev) = read_kernel_field::<u32>(part, layout!(block_device_bd_dev))
     {
         return dev;
     }
@@ -189,9 +184,8 @@ fn pointer_key(request: u64) -> InflightKey {
 
 #[inline(always)]
 fn issue_from_request(request: u64) {
-    let layout = kernel_layout();
-    let cmd_flags = read_kernel_field::<u32>(request, layout.request_cmd_flags).unwrap_or(0);
-    let bytes = read_kernel_field::<u32>(request, layout.request_data_len).unwrap_or(0);
+    let cmd_flags = read_kernel_field::<u32>(request, layout!(request_cmd_flags)).unwrap_or(0);
+    let bytes = read_kernel_field::<u32>(request, layout!(request_data_len)).unwrap_or(0);
     on_issue(
         pointer_key(request),
         request_dev(request),
@@ -203,22 +197,6 @@ fn issue_from_request(request: u64) {
 // ---- BTF and raw tracepoints: block_rq_insert(struct request *rq),
 // block_rq_issue(struct request *rq),
 // block_rq_complete(struct request *rq, blk_status_t error, unsigned int nr_bytes). ----
-
-macro_rules! btf_and_raw {
-    ($tracepoint:literal, $btf:ident, $raw:ident, |$ctx:ident| $body:expr) => {
-        #[btf_tracepoint(function = $tracepoint)]
-        pub fn $btf($ctx: BtfTracePointContext) -> i32 {
-            $body;
-            0
-        }
-
-        #[raw_tracepoint(tracepoint = $tracepoint)]
-        pub fn $raw($ctx: RawTracePointContext) -> i32 {
-            $body;
-            0
-        }
-    };
-}
 
 btf_and_raw!(
     "block_rq_insert",
@@ -279,8 +257,8 @@ fn tracepoint_key(
 
 #[tracepoint(category = "block", name = "block_rq_insert")]
 pub fn block_rq_insert_tp(ctx: TracePointContext) -> u32 {
-    let layout = kernel_layout();
-    if let Some((key, _)) = tracepoint_key(&ctx, layout.tp_block_rq_dev, layout.tp_block_rq_sector)
+    if let Some((key, _)) =
+        tracepoint_key(&ctx, layout!(tp_block_rq_dev), layout!(tp_block_rq_sector))
     {
         on_insert(key);
     }
@@ -289,24 +267,23 @@ pub fn block_rq_insert_tp(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "block", name = "block_rq_issue")]
 pub fn block_rq_issue_tp(ctx: TracePointContext) -> u32 {
-    let layout = kernel_layout();
-    let Some((key, dev)) = tracepoint_key(&ctx, layout.tp_block_rq_dev, layout.tp_block_rq_sector)
+    let Some((key, dev)) =
+        tracepoint_key(&ctx, layout!(tp_block_rq_dev), layout!(tp_block_rq_sector))
     else {
         return 0;
     };
-    let bytes = read_tracepoint_field::<u32>(&ctx, layout.tp_block_rq_bytes).unwrap_or(0);
-    let rwbs = read_tracepoint_field::<[u8; 2]>(&ctx, layout.tp_block_rq_rwbs).unwrap_or([0; 2]);
+    let bytes = read_tracepoint_field::<u32>(&ctx, layout!(tp_block_rq_bytes)).unwrap_or(0);
+    let rwbs = read_tracepoint_field::<[u8; 2]>(&ctx, layout!(tp_block_rq_rwbs)).unwrap_or([0; 2]);
     on_issue(key, dev, op_from_rwbs(rwbs), bytes);
     0
 }
 
 #[tracepoint(category = "block", name = "block_rq_complete")]
 pub fn block_rq_complete_tp(ctx: TracePointContext) -> u32 {
-    let layout = kernel_layout();
     if let Some((key, _)) = tracepoint_key(
         &ctx,
-        layout.tp_block_rq_complete_dev,
-        layout.tp_block_rq_complete_sector,
+        layout!(tp_block_rq_complete_dev),
+        layout!(tp_block_rq_complete_sector),
     ) {
         on_complete(key);
     }

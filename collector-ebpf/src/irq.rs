@@ -4,13 +4,16 @@
 //! not nest, and a CPU runs one softirq vector at a time, so one entry slot of each suffices.
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
-    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
+    macros::{map, tracepoint},
     maps::PerCpuArray,
-    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+    programs::TracePointContext,
 };
 use collector_common::{CpuIrqTime, NR_SOFTIRQS};
 
-use crate::layout::{kernel_layout, read_tracepoint_field};
+use crate::{
+    layout::{layout, read_tracepoint_field},
+    with_slot,
+};
 
 /// Hard IRQ time and entry timestamps, one copy per CPU (index 0).
 #[map]
@@ -20,12 +23,12 @@ static IRQ_TIME: PerCpuArray<CpuIrqTime> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static SOFTIRQ_TIME: PerCpuArray<u64> = PerCpuArray::with_max_entries(NR_SOFTIRQS as u32, 0);
 
+/// This CPU's `IRQ_TIME` and the current time.
 #[inline(always)]
 fn with_irq_time(update: impl FnOnce(&mut CpuIrqTime, u64)) {
-    if let Some(time) = IRQ_TIME.get_ptr_mut(0) {
-        let now = unsafe { bpf_ktime_get_ns() };
-        update(unsafe { &mut *time }, now);
-    }
+    with_slot(&IRQ_TIME, |time| {
+        update(time, unsafe { bpf_ktime_get_ns() })
+    });
 }
 
 #[inline(always)]
@@ -65,17 +68,12 @@ fn softirq_exit(vector: u32) {
 // irq_handler_exit(int irq, struct irqaction *action, int ret)
 // softirq_entry(unsigned int vec_nr), softirq_exit(unsigned int vec_nr)
 
-#[btf_tracepoint(function = "irq_handler_entry")]
-pub fn irq_handler_entry_btf(_ctx: BtfTracePointContext) -> i32 {
-    hardirq_entry();
-    0
-}
-
-#[raw_tracepoint(tracepoint = "irq_handler_entry")]
-pub fn irq_handler_entry_raw(_ctx: RawTracePointContext) -> i32 {
-    hardirq_entry();
-    0
-}
+btf_and_raw!(
+    "irq_handler_entry",
+    irq_handler_entry_btf,
+    irq_handler_entry_raw,
+    |_ctx| { hardirq_entry() }
+);
 
 #[tracepoint(category = "irq", name = "irq_handler_entry")]
 pub fn irq_handler_entry_tp(_ctx: TracePointContext) -> u32 {
@@ -83,17 +81,12 @@ pub fn irq_handler_entry_tp(_ctx: TracePointContext) -> u32 {
     0
 }
 
-#[btf_tracepoint(function = "irq_handler_exit")]
-pub fn irq_handler_exit_btf(_ctx: BtfTracePointContext) -> i32 {
-    hardirq_exit();
-    0
-}
-
-#[raw_tracepoint(tracepoint = "irq_handler_exit")]
-pub fn irq_handler_exit_raw(_ctx: RawTracePointContext) -> i32 {
-    hardirq_exit();
-    0
-}
+btf_and_raw!(
+    "irq_handler_exit",
+    irq_handler_exit_btf,
+    irq_handler_exit_raw,
+    |_ctx| { hardirq_exit() }
+);
 
 #[tracepoint(category = "irq", name = "irq_handler_exit")]
 pub fn irq_handler_exit_tp(_ctx: TracePointContext) -> u32 {
@@ -101,17 +94,12 @@ pub fn irq_handler_exit_tp(_ctx: TracePointContext) -> u32 {
     0
 }
 
-#[btf_tracepoint(function = "softirq_entry")]
-pub fn softirq_entry_btf(_ctx: BtfTracePointContext) -> i32 {
-    softirq_entry();
-    0
-}
-
-#[raw_tracepoint(tracepoint = "softirq_entry")]
-pub fn softirq_entry_raw(_ctx: RawTracePointContext) -> i32 {
-    softirq_entry();
-    0
-}
+btf_and_raw!(
+    "softirq_entry",
+    softirq_entry_btf,
+    softirq_entry_raw,
+    |_ctx| { softirq_entry() }
+);
 
 #[tracepoint(category = "irq", name = "softirq_entry")]
 pub fn softirq_entry_tp(_ctx: TracePointContext) -> u32 {
@@ -119,22 +107,14 @@ pub fn softirq_entry_tp(_ctx: TracePointContext) -> u32 {
     0
 }
 
-#[btf_tracepoint(function = "softirq_exit")]
-pub fn softirq_exit_btf(ctx: BtfTracePointContext) -> i32 {
-    softirq_exit(ctx.arg::<u64>(0) as u32);
-    0
-}
-
-#[raw_tracepoint(tracepoint = "softirq_exit")]
-pub fn softirq_exit_raw(ctx: RawTracePointContext) -> i32 {
-    softirq_exit(ctx.arg::<u64>(0) as u32);
-    0
-}
+btf_and_raw!("softirq_exit", softirq_exit_btf, softirq_exit_raw, |ctx| {
+    softirq_exit(ctx.arg::<u64>(0) as u32)
+});
 
 #[tracepoint(category = "irq", name = "softirq_exit")]
 pub fn softirq_exit_tp(ctx: TracePointContext) -> u32 {
     // softirq_exit shares softirq_entry's event class, hence its `vec` field offset.
-    if let Some(vector) = read_tracepoint_field::<u32>(&ctx, kernel_layout().tp_softirq_vec) {
+    if let Some(vector) = read_tracepoint_field::<u32>(&ctx, layout!(tp_softirq_vec)) {
         softirq_exit(vector);
     }
     0

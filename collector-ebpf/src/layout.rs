@@ -5,12 +5,21 @@ use collector_common::KernelLayout;
 /// Written by the daemon (`EbpfLoader::override_global`) before the programs are verified;
 /// read-only afterwards, so the verifier sees its fields as constants.
 #[unsafe(no_mangle)]
-static KERNEL_LAYOUT: KernelLayout = KernelLayout::UNKNOWN;
+pub(crate) static KERNEL_LAYOUT: KernelLayout = KernelLayout::UNKNOWN;
 
+/// One field of `KERNEL_LAYOUT`. Volatile so the compiler does not fold in the compiled-in
+/// placeholder; one load per field, as a volatile read of the whole struct loads every field.
+macro_rules! layout {
+    ($field:ident) => {
+        $crate::layout::read_field(&raw const $crate::layout::KERNEL_LAYOUT.$field)
+    };
+}
+pub(crate) use layout;
+
+/// The load behind `layout!`.
 #[inline(always)]
-pub fn kernel_layout() -> KernelLayout {
-    // Volatile so the compiler does not fold in the compiled-in placeholder.
-    unsafe { core::ptr::read_volatile(&KERNEL_LAYOUT) }
+pub fn read_field(field: *const u32) -> u32 {
+    unsafe { core::ptr::read_volatile(field) }
 }
 
 /// Reads a `T` at `offset` bytes into a kernel object (a `task_struct`, say).
@@ -18,6 +27,20 @@ pub fn kernel_layout() -> KernelLayout {
 pub fn read_kernel_field<T>(object: u64, offset: u32) -> Option<T> {
     let address = object.checked_add(offset as u64)? as *const T;
     unsafe { bpf_probe_read_kernel(address) }.ok()
+}
+
+/// Reads a `T` at `offset` bytes into a kernel object the verifier trusts (a BTF tracepoint
+/// argument) with a plain load: the verifier checks it against the kernel's BTF and the JIT makes
+/// it fault-safe, so it costs one instruction instead of a `bpf_probe_read_kernel` call.
+///
+/// # Safety
+///
+/// `object` must be a trusted BTF pointer and `offset` a constant the verifier knows (a
+/// `KERNEL_LAYOUT` field: read-only, so the verifier sees its value).
+#[inline(always)]
+pub unsafe fn read_trusted_field<T>(object: u64, offset: u32) -> T {
+    let address = (object as *const u8).wrapping_add(offset as usize) as *const T;
+    unsafe { address.read() }
 }
 
 /// Reads a classic tracepoint field at the offset found in its tracefs `format` file.

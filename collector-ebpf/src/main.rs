@@ -6,12 +6,41 @@
 #![no_main]
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
+use aya_ebpf::maps::PerCpuArray;
+
+/// One body as two programs, a BTF and a raw tracepoint (both receive the raw tracepoint
+/// arguments), for the subsystem modules below.
+macro_rules! btf_and_raw {
+    ($tracepoint:literal, $btf:ident, $raw:ident, |$ctx:ident| $body:expr) => {
+        #[::aya_ebpf::macros::btf_tracepoint(function = $tracepoint)]
+        pub fn $btf($ctx: ::aya_ebpf::programs::BtfTracePointContext) -> i32 {
+            $body;
+            0
+        }
+
+        #[::aya_ebpf::macros::raw_tracepoint(tracepoint = $tracepoint)]
+        pub fn $raw($ctx: ::aya_ebpf::programs::RawTracePointContext) -> i32 {
+            $body;
+            0
+        }
+    };
+}
+
 mod atomic;
 mod block;
 mod irq;
 mod layout;
 mod net;
 mod sched;
+
+/// Updates this CPU's copy of slot 0 of `map`, if the lookup succeeds. Per-CPU and run with
+/// preemption off, so plain read-modify-writes are safe.
+#[inline(always)]
+fn with_slot<T>(map: &PerCpuArray<T>, f: impl FnOnce(&mut T)) {
+    if let Some(value) = map.get_ptr_mut(0) {
+        f(unsafe { &mut *value });
+    }
+}
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -4,13 +4,16 @@
 //! `kfree_skb` fires at packet rate during a drop storm (and, before 5.x moved consumed packets
 //! to `consume_skb`, for every packet), so no event takes a shared cache line.
 use aya_ebpf::{
-    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
+    macros::{map, tracepoint},
     maps::PerCpuArray,
-    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+    programs::TracePointContext,
 };
 use collector_common::{CpuNetCounters, layout::UNKNOWN_OFFSET, net::SKB_FIRST_DROP_REASON};
 
-use crate::layout::{kernel_layout, read_tracepoint_field};
+use crate::{
+    layout::{layout, read_tracepoint_field},
+    with_slot,
+};
 
 #[map]
 static NET_COUNTERS: PerCpuArray<CpuNetCounters> = PerCpuArray::with_max_entries(1, 0);
@@ -21,15 +24,8 @@ static NET_COUNTERS: PerCpuArray<CpuNetCounters> = PerCpuArray::with_max_entries
 static SKB_DROP_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
-fn with_counters(update: impl FnOnce(&mut CpuNetCounters)) {
-    if let Some(counters) = NET_COUNTERS.get_ptr_mut(0) {
-        update(unsafe { &mut *counters });
-    }
-}
-
-#[inline(always)]
 fn on_retransmit(err: i32) {
-    with_counters(|c| {
+    with_slot(&NET_COUNTERS, |c| {
         if err == 0 {
             c.retransmits += 1;
         } else {
@@ -45,24 +41,8 @@ fn on_drop(reason: u32) {
     }
     match SKB_DROP_REASONS.get_ptr_mut(reason) {
         Some(count) => unsafe { *count += 1 },
-        None => with_counters(|c| c.drops_other_reason += 1),
+        None => with_slot(&NET_COUNTERS, |c| c.drops_other_reason += 1),
     }
-}
-
-macro_rules! btf_and_raw {
-    ($tracepoint:literal, $btf:ident, $raw:ident, |$ctx:ident| $body:expr) => {
-        #[btf_tracepoint(function = $tracepoint)]
-        pub fn $btf($ctx: BtfTracePointContext) -> i32 {
-            $body;
-            0
-        }
-
-        #[raw_tracepoint(tracepoint = $tracepoint)]
-        pub fn $raw($ctx: RawTracePointContext) -> i32 {
-            $body;
-            0
-        }
-    };
 }
 
 // ---- BTF and raw tracepoints ----
@@ -77,7 +57,7 @@ btf_and_raw!(
     tcp_retransmit_skb_btf,
     tcp_retransmit_skb_raw,
     |ctx| {
-        let err = if kernel_layout().tcp_retransmit_skb_has_err != 0 {
+        let err = if layout!(tcp_retransmit_skb_has_err) != 0 {
             ctx.arg::<u64>(2) as i32
         } else {
             0
@@ -90,21 +70,21 @@ btf_and_raw!(
     "tcp_retransmit_synack",
     tcp_retransmit_synack_btf,
     tcp_retransmit_synack_raw,
-    |_ctx| { with_counters(|c| c.synack_retransmits += 1) }
+    |_ctx| { with_slot(&NET_COUNTERS, |c| c.synack_retransmits += 1) }
 );
 
 btf_and_raw!(
     "tcp_send_reset",
     tcp_send_reset_btf,
     tcp_send_reset_raw,
-    |_ctx| { with_counters(|c| c.resets_sent += 1) }
+    |_ctx| { with_slot(&NET_COUNTERS, |c| c.resets_sent += 1) }
 );
 
 btf_and_raw!(
     "tcp_receive_reset",
     tcp_receive_reset_btf,
     tcp_receive_reset_raw,
-    |_ctx| { with_counters(|c| c.resets_received += 1) }
+    |_ctx| { with_slot(&NET_COUNTERS, |c| c.resets_received += 1) }
 );
 
 btf_and_raw!("kfree_skb", kfree_skb_btf, kfree_skb_raw, |ctx| {
@@ -116,7 +96,7 @@ btf_and_raw!("kfree_skb", kfree_skb_btf, kfree_skb_raw, |ctx| {
 
 #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb_tp(ctx: TracePointContext) -> u32 {
-    let offset = kernel_layout().tp_tcp_retransmit_skb_err;
+    let offset = layout!(tp_tcp_retransmit_skb_err);
     let err = if offset == UNKNOWN_OFFSET {
         0 // before 6.12 the event fires only for segments sent
     } else {
@@ -128,25 +108,25 @@ pub fn tcp_retransmit_skb_tp(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "tcp", name = "tcp_retransmit_synack")]
 pub fn tcp_retransmit_synack_tp(_ctx: TracePointContext) -> u32 {
-    with_counters(|c| c.synack_retransmits += 1);
+    with_slot(&NET_COUNTERS, |c| c.synack_retransmits += 1);
     0
 }
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn tcp_send_reset_tp(_ctx: TracePointContext) -> u32 {
-    with_counters(|c| c.resets_sent += 1);
+    with_slot(&NET_COUNTERS, |c| c.resets_sent += 1);
     0
 }
 
 #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
 pub fn tcp_receive_reset_tp(_ctx: TracePointContext) -> u32 {
-    with_counters(|c| c.resets_received += 1);
+    with_slot(&NET_COUNTERS, |c| c.resets_received += 1);
     0
 }
 
 #[tracepoint(category = "skb", name = "kfree_skb")]
 pub fn kfree_skb_tp(ctx: TracePointContext) -> u32 {
-    if let Some(reason) = read_tracepoint_field::<u32>(&ctx, kernel_layout().tp_kfree_skb_reason) {
+    if let Some(reason) = read_tracepoint_field::<u32>(&ctx, layout!(tp_kfree_skb_reason)) {
         on_drop(reason);
     }
     0

@@ -1,9 +1,12 @@
 //! Scheduler: context switches, wake-ups, migrations and run-queue latency.
 //!
 //! Run-queue latency is the time from a task becoming runnable (woken, newly forked, or preempted
-//! while still runnable) to it being switched in. The enqueue time is kept per pid in an LRU hash
-//! map shared by all CPUs (wake-up and switch-in usually happen on different CPUs); everything
-//! else is counted in per-CPU maps, so the hot path takes no lock of ours.
+//! while still runnable) to it being switched in. The raw and classic tracepoints time it
+//! themselves: the enqueue time is kept per pid in an LRU hash map shared by all CPUs (wake-up and
+//! switch-in usually happen on different CPUs). The BTF tracepoints read what the scheduler
+//! already accounts (`task->sched_info.run_delay`), which saves a clock read on every wake-up and
+//! switch (the clock costs more than the rest of a program in a VM). Everything else is counted in
+//! per-CPU maps, so the hot path takes no lock of ours.
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
@@ -14,11 +17,21 @@ use collector_common::{
     CpuSchedCounters, Log2Histogram, layout::TP_TASK_REPORT_MASK, layout::UNKNOWN_OFFSET,
 };
 
-use crate::layout::{kernel_layout, read_kernel_field, read_tracepoint_field};
+use crate::{
+    layout::{layout, read_kernel_field, read_tracepoint_field, read_trusted_field},
+    with_slot,
+};
 
-/// pid → time it became runnable (ns, `bpf_ktime_get_ns`). Sized by the daemon at load time.
+/// pid → time it became runnable (ns, `bpf_ktime_get_ns`), for the raw and classic tracepoints.
+/// Sized by the daemon at load time.
 #[map]
 static RUNQUEUE_ENQUEUED_AT: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// pid → its `sched_info.run_delay` when it was last switched out, for the BTF tracepoints. Written
+/// in place after the first sighting, so the hot path is a lock-free lookup; an exiting task's
+/// entry is removed, and the LRU evicts any other stale one. Sized by the daemon at load time.
+#[map]
+static RUN_DELAY_SEEN: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
 
 /// Run-queue latency histogram in nanoseconds, one copy per CPU (index 0).
 #[map]
@@ -34,66 +47,84 @@ static MIGRATIONS_TO_CPU: Array<u64> = Array::with_max_entries(1, 0);
 
 /// `TASK_RUNNING`: a task switched out in this state stays on the run queue.
 const TASK_RUNNING: u64 = 0;
+/// `TASK_DEAD`: the task is switched out for the last time.
+const TASK_DEAD: u64 = 0x80;
 
+/// Updates this CPU's counters.
 #[inline(always)]
 fn with_counters(update: impl FnOnce(&mut CpuSchedCounters)) {
-    if let Some(counters) = SCHED_COUNTERS.get_ptr_mut(0) {
-        update(unsafe { &mut *counters });
+    with_slot(&SCHED_COUNTERS, update);
+}
+
+#[inline(always)]
+fn record_latency(ns: u64) {
+    with_slot(&RUNQUEUE_LATENCY, |histogram| histogram.record(ns));
+}
+
+#[inline(always)]
+fn count_wakeup(counters: &mut CpuSchedCounters, new_task: bool) {
+    if new_task {
+        counters.wakeups_new += 1;
+    } else {
+        counters.wakeups += 1;
     }
 }
 
 #[inline(always)]
-fn mark_enqueued(pid: u32) {
+fn count_switch(counters: &mut CpuSchedCounters, still_runnable: bool) {
+    if still_runnable {
+        counters.involuntary_switches += 1;
+    } else {
+        counters.voluntary_switches += 1;
+    }
+}
+
+/// Records that `pid` became runnable at `now` (raw and classic tracepoints).
+#[inline(always)]
+fn mark_enqueued(counters: &mut CpuSchedCounters, pid: u32, now: u64) {
     if pid == 0 {
         return; // the idle task is never queued
     }
-    let now = unsafe { bpf_ktime_get_ns() };
     if RUNQUEUE_ENQUEUED_AT.insert(pid, now, 0).is_err() {
-        with_counters(|c| c.runqueue_map_full += 1);
+        counters.runqueue_map_full += 1;
     }
 }
 
 #[inline(always)]
 fn on_wakeup(pid: u32, new_task: bool) {
-    with_counters(|c| {
-        if new_task {
-            c.wakeups_new += 1;
-        } else {
-            c.wakeups += 1;
-        }
+    with_counters(|counters| {
+        count_wakeup(counters, new_task);
+        mark_enqueued(counters, pid, unsafe { bpf_ktime_get_ns() });
     });
-    mark_enqueued(pid);
 }
 
 /// `still_runnable`: the previous task was preempted (or switched out while runnable) and so
 /// goes straight back onto the run queue.
 #[inline(always)]
 fn on_switch(prev_pid: u32, next_pid: u32, still_runnable: bool) {
-    with_counters(|c| {
-        if still_runnable {
-            c.involuntary_switches += 1;
-        } else {
-            c.voluntary_switches += 1;
-        }
-    });
-    if still_runnable {
-        mark_enqueued(prev_pid);
-    }
-    if next_pid == 0 {
-        return;
-    }
-    let Some(enqueued_at) = RUNQUEUE_ENQUEUED_AT.get_ptr(next_pid) else {
-        return;
-    };
-    let enqueued_at = unsafe { *enqueued_at };
-    let _ = RUNQUEUE_ENQUEUED_AT.remove(next_pid);
-    let now = unsafe { bpf_ktime_get_ns() };
-    if now < enqueued_at {
-        return;
-    }
-    if let Some(histogram) = RUNQUEUE_LATENCY.get_ptr_mut(0) {
-        unsafe { &mut *histogram }.record(now - enqueued_at);
-    }
+    // Two programs share this body: without the attribute LLVM makes it a BPF-to-BPF call.
+    with_counters(
+        #[inline(always)]
+        |counters| {
+            count_switch(counters, still_runnable);
+            // One clock read serves both the enqueue of `prev` and the latency of `next`.
+            let now = unsafe { bpf_ktime_get_ns() };
+            if still_runnable {
+                mark_enqueued(counters, prev_pid, now);
+            }
+            if next_pid == 0 {
+                return;
+            }
+            let Some(enqueued_at) = RUNQUEUE_ENQUEUED_AT.get_ptr(next_pid) else {
+                return;
+            };
+            let enqueued_at = unsafe { *enqueued_at };
+            let _ = RUNQUEUE_ENQUEUED_AT.remove(next_pid);
+            if now >= enqueued_at {
+                record_latency(now - enqueued_at);
+            }
+        },
+    );
 }
 
 #[inline(always)]
@@ -104,10 +135,10 @@ fn on_migrate(dest_cpu: u32) {
     }
 }
 
-/// Pid of a `struct task_struct *` passed as a tracepoint argument.
+/// Pid of an untrusted `struct task_struct *` (raw tracepoint argument).
 #[inline(always)]
 fn task_pid(task: u64) -> Option<u32> {
-    let offset = kernel_layout().task_pid;
+    let offset = layout!(task_pid);
     if offset == UNKNOWN_OFFSET {
         return None;
     }
@@ -121,59 +152,104 @@ fn task_pid(task: u64) -> Option<u32> {
 // sched_wakeup(struct task_struct *p), sched_wakeup_new(struct task_struct *p)
 // sched_migrate_task(struct task_struct *p, int dest_cpu)
 
+/// `prev_state` from the 4th argument since 5.18, else from the task (`read_state`), else
+/// assumed running.
 #[inline(always)]
-fn switch_from_args(preempt: u64, prev: u64, next: u64, prev_state_arg: u64) {
-    let layout = kernel_layout();
-    let prev_state = if layout.sched_switch_has_prev_state != 0 {
-        prev_state_arg & 0xffff_ffff
-    } else if layout.task_state != UNKNOWN_OFFSET {
-        // Before 5.18 the state is read from the task; the low 32 bits hold it on LE targets.
-        read_kernel_field::<u32>(prev, layout.task_state).unwrap_or(0) as u64
+fn switched_out_state(
+    prev_state_arg: impl FnOnce() -> u64,
+    read_state: impl FnOnce(u32) -> u64,
+) -> u64 {
+    if layout!(sched_switch_has_prev_state) != 0 {
+        prev_state_arg() & 0xffff_ffff
+    } else if layout!(task_state) != UNKNOWN_OFFSET {
+        // The low 32 bits of `state` (a long before 5.14) hold it on LE targets.
+        read_state(layout!(task_state))
     } else {
         TASK_RUNNING
-    };
-    let still_runnable = (preempt & 0xff) != 0 || prev_state == TASK_RUNNING;
-    let (Some(prev_pid), Some(next_pid)) = (task_pid(prev), task_pid(next)) else {
-        return;
-    };
-    on_switch(prev_pid, next_pid, still_runnable);
+    }
 }
 
-macro_rules! btf_and_raw {
-    ($tracepoint:literal, $btf:ident, $raw:ident, |$ctx:ident| $body:expr) => {
+/// Latency from the scheduler's own accounting: when a task leaves the CPU, its
+/// `sched_info.run_delay` has grown by the wait before the run that just ended (the scheduler adds
+/// it at switch-in, and when a waiting task is moved to another CPU). The sample is so recorded
+/// one run late, and a task's first switch-out after start-up only sets its baseline.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
+    if layout!(task_pid) == UNKNOWN_OFFSET || layout!(task_run_delay) == UNKNOWN_OFFSET {
+        return 0;
+    }
+    with_counters(|counters| {
+        let prev: u64 = ctx.arg(1);
+        let prev_state = switched_out_state(
+            || ctx.arg(3),
+            |offset| unsafe { read_trusted_field::<u32>(prev, offset) } as u64,
+        );
+        count_switch(
+            counters,
+            (ctx.arg::<u64>(0) & 0xff) != 0 || prev_state == TASK_RUNNING,
+        );
+        let pid = unsafe { read_trusted_field::<i32>(prev, layout!(task_pid)) } as u32;
+        if pid == 0 {
+            return; // the idle task is never queued
+        }
+        let run_delay = unsafe { read_trusted_field::<u64>(prev, layout!(task_run_delay)) };
+        let Some(seen) = RUN_DELAY_SEEN.get_ptr_mut(pid) else {
+            // First sighting: only the baseline.
+            if RUN_DELAY_SEEN.insert(pid, run_delay, 0).is_err() {
+                counters.runqueue_map_full += 1;
+            }
+            return;
+        };
+        let previous = unsafe { core::mem::replace(&mut *seen, run_delay) };
+        if run_delay >= previous {
+            record_latency(run_delay - previous);
+        }
+        if prev_state & TASK_DEAD != 0 {
+            let _ = RUN_DELAY_SEEN.remove(pid); // its pid may be reused
+        }
+    });
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch_raw(ctx: RawTracePointContext) -> i32 {
+    let prev: u64 = ctx.arg(1);
+    let prev_state = switched_out_state(
+        || ctx.arg(3),
+        |offset| read_kernel_field::<u32>(prev, offset).unwrap_or(0) as u64,
+    );
+    let still_runnable = (ctx.arg::<u64>(0) & 0xff) != 0 || prev_state == TASK_RUNNING;
+    if let (Some(prev_pid), Some(next_pid)) = (task_pid(prev), task_pid(ctx.arg(2))) {
+        on_switch(prev_pid, next_pid, still_runnable);
+    }
+    0
+}
+
+macro_rules! wakeup {
+    ($tracepoint:literal, $btf:ident, $raw:ident, $new_task:expr) => {
+        /// Counts only: `sched_switch_btf` takes the wait from the scheduler's accounting.
         #[btf_tracepoint(function = $tracepoint)]
-        pub fn $btf($ctx: BtfTracePointContext) -> i32 {
-            $body;
+        pub fn $btf(_ctx: BtfTracePointContext) -> i32 {
+            with_counters(|counters| count_wakeup(counters, $new_task));
             0
         }
 
         #[raw_tracepoint(tracepoint = $tracepoint)]
-        pub fn $raw($ctx: RawTracePointContext) -> i32 {
-            $body;
+        pub fn $raw(ctx: RawTracePointContext) -> i32 {
+            if let Some(pid) = task_pid(ctx.arg(0)) {
+                on_wakeup(pid, $new_task);
+            }
             0
         }
     };
 }
 
-btf_and_raw!("sched_switch", sched_switch_btf, sched_switch_raw, |ctx| {
-    switch_from_args(ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(3))
-});
-
-btf_and_raw!("sched_wakeup", sched_wakeup_btf, sched_wakeup_raw, |ctx| {
-    if let Some(pid) = task_pid(ctx.arg(0)) {
-        on_wakeup(pid, false)
-    }
-});
-
-btf_and_raw!(
+wakeup!("sched_wakeup", sched_wakeup_btf, sched_wakeup_raw, false);
+wakeup!(
     "sched_wakeup_new",
     sched_wakeup_new_btf,
     sched_wakeup_new_raw,
-    |ctx| {
-        if let Some(pid) = task_pid(ctx.arg(0)) {
-            on_wakeup(pid, true)
-        }
-    }
+    true
 );
 
 btf_and_raw!(
@@ -187,10 +263,9 @@ btf_and_raw!(
 
 #[tracepoint(category = "sched", name = "sched_switch")]
 pub fn sched_switch_tp(ctx: TracePointContext) -> u32 {
-    let layout = kernel_layout();
-    let prev_pid = read_tracepoint_field::<i32>(&ctx, layout.tp_sched_switch_prev_pid);
-    let next_pid = read_tracepoint_field::<i32>(&ctx, layout.tp_sched_switch_next_pid);
-    let prev_state = read_tracepoint_field::<i64>(&ctx, layout.tp_sched_switch_prev_state);
+    let prev_pid = read_tracepoint_field::<i32>(&ctx, layout!(tp_sched_switch_prev_pid));
+    let next_pid = read_tracepoint_field::<i32>(&ctx, layout!(tp_sched_switch_next_pid));
+    let prev_state = read_tracepoint_field::<i64>(&ctx, layout!(tp_sched_switch_prev_state));
     if let (Some(prev_pid), Some(next_pid), Some(prev_state)) = (prev_pid, next_pid, prev_state) {
         let still_runnable = (prev_state as u64 & TP_TASK_REPORT_MASK) == TASK_RUNNING;
         on_switch(prev_pid as u32, next_pid as u32, still_runnable);
@@ -200,7 +275,7 @@ pub fn sched_switch_tp(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "sched", name = "sched_wakeup")]
 pub fn sched_wakeup_tp(ctx: TracePointContext) -> u32 {
-    if let Some(pid) = read_tracepoint_field::<i32>(&ctx, kernel_layout().tp_sched_wakeup_pid) {
+    if let Some(pid) = read_tracepoint_field::<i32>(&ctx, layout!(tp_sched_wakeup_pid)) {
         on_wakeup(pid as u32, false);
     }
     0
@@ -208,7 +283,7 @@ pub fn sched_wakeup_tp(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "sched", name = "sched_wakeup_new")]
 pub fn sched_wakeup_new_tp(ctx: TracePointContext) -> u32 {
-    let offset = kernel_layout().tp_sched_wakeup_new_pid;
+    let offset = layout!(tp_sched_wakeup_new_pid);
     if let Some(pid) = read_tracepoint_field::<i32>(&ctx, offset) {
         on_wakeup(pid as u32, true);
     }
@@ -217,7 +292,7 @@ pub fn sched_wakeup_new_tp(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "sched", name = "sched_migrate_task")]
 pub fn sched_migrate_task_tp(ctx: TracePointContext) -> u32 {
-    let offset = kernel_layout().tp_sched_migrate_task_dest_cpu;
+    let offset = layout!(tp_sched_migrate_task_dest_cpu);
     if let Some(dest_cpu) = read_tracepoint_field::<i32>(&ctx, offset) {
         on_migrate(dest_cpu as u32);
     }

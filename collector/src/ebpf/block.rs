@@ -97,6 +97,8 @@ impl Collector for BlockCollector {
         let issue = hook_type("block_rq_issue");
         let timed = issue.is_some() && issue == hook_type("block_rq_complete");
         let queued = timed && issue == hook_type("block_rq_insert");
+        // Backstop: missing_for keeps the three on one flavour when the request offsets are
+        // unknown, but a kernel may still refuse one program's flavour and not the other's.
         if !timed && issue.is_some() && hook_type("block_rq_complete").is_some() {
             anyhow::bail!(
                 "block_rq_issue and block_rq_complete attached with different hook types; their requests cannot be matched"

@@ -2,13 +2,18 @@
 //! need come from the running kernel: struct members from its BTF, classic tracepoint fields
 //! from tracefs `format` files. Nothing is hard-coded; what cannot be found stays
 //! `UNKNOWN_OFFSET` and the hooks that need it are not attached.
-use std::path::{Path, PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, bail};
-use btf_rs::{Btf, Type};
 use collector_common::{KernelLayout, layout::UNKNOWN_OFFSET};
 
-use super::{Hook, HookType};
+use super::{
+    Hook, HookType,
+    btf::{Btf, KIND_PTR, KIND_STRUCT, KIND_TYPEDEF, KIND_UNION, Type},
+};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -21,10 +26,20 @@ pub fn tracefs_root() -> Option<PathBuf> {
         .find(|path| path.join("events").is_dir())
 }
 
-/// Fills in a layout from the kernel's BTF and tracefs; returns what could not be read, one line
-/// each, for the log.
-pub fn discover(btf_path: &Path, tracefs: Option<&Path>) -> (KernelLayout, Vec<String>) {
+/// What start-up learns about the running kernel, from one read of its BTF and tracefs.
+#[derive(Debug)]
+pub struct Discovery {
+    pub layout: KernelLayout,
+    /// `None` without kernel BTF or without `enum skb_drop_reason` (before 5.17).
+    pub drop_reasons: Option<DropReasons>,
+    /// What could not be read, one line each, for the log.
+    pub problems: Vec<String>,
+}
+
+/// Fills in a layout and the drop reasons from the kernel's BTF (read once, here) and tracefs.
+pub fn discover(btf_path: &Path, tracefs: Option<&Path>) -> Discovery {
     let mut layout = KernelLayout::UNKNOWN;
+    let mut drop_reasons = None;
     let mut problems = Vec::new();
     match Btf::from_file(btf_path) {
         Ok(btf) => {
@@ -36,6 +51,13 @@ pub fn discover(btf_path: &Path, tracefs: Option<&Path>) -> (KernelLayout, Vec<S
                 problems.push(format!("kernel BTF {} (block): {e:#}", btf_path.display()));
             }
             fill_net_from_btf(&btf, &mut layout);
+            match skb_drop_reasons(&btf) {
+                Ok(reasons) => drop_reasons = Some(reasons),
+                Err(e) => problems.push(format!(
+                    "kernel BTF {}: drop reasons unknown: {e:#}",
+                    btf_path.display()
+                )),
+            }
         }
         Err(e) => problems.push(format!(
             "kernel BTF unavailable at {} ({e}): tp_btf and raw_tp scheduler hooks need it",
@@ -54,16 +76,27 @@ pub fn discover(btf_path: &Path, tracefs: Option<&Path>) -> (KernelLayout, Vec<S
                 .to_owned(),
         ),
     }
-    (layout, problems)
+    Discovery {
+        layout,
+        drop_reasons,
+        problems,
+    }
 }
 
 fn fill_from_btf(btf: &Btf, layout: &mut KernelLayout) -> anyhow::Result<()> {
-    let task = find_struct(btf, "task_struct")?;
+    let task = btf.find("task_struct", KIND_STRUCT)?;
     layout.task_pid = member_offset(btf, &task, "pid")?.context("task_struct has no pid")?;
     // `__state` since 5.14, `state` before.
     layout.task_state = match member_offset(btf, &task, "__state")? {
         Some(offset) => offset,
         None => member_offset(btf, &task, "state")?.unwrap_or(UNKNOWN_OFFSET),
+    };
+    layout.task_run_delay = match member_offset(btf, &task, "sched_info")? {
+        Some(sched_info) => {
+            let info = btf.find("sched_info", KIND_STRUCT)?;
+            member_offset(btf, &info, "run_delay")?.map_or(UNKNOWN_OFFSET, |o| sched_info + o)
+        }
+        None => UNKNOWN_OFFSET, // CONFIG_SCHED_INFO off
     };
     // btf_trace_sched_switch is `void (*)(void *, bool, struct task_struct *, struct
     // task_struct *[, unsigned int prev_state])`.
@@ -75,20 +108,19 @@ fn fill_from_btf(btf: &Btf, layout: &mut KernelLayout) -> anyhow::Result<()> {
 /// `struct request` and the path from it to its disk's device number. Each path is kept only if
 /// every member on it exists; the programs take the first complete one.
 fn fill_block_from_btf(btf: &Btf, layout: &mut KernelLayout) -> anyhow::Result<()> {
-    let request = find_struct(btf, "request")?;
-    let member =
-        |parent: &btf_rs::Struct, name: &str| member_offset(btf, parent, name).ok().flatten();
+    let request = btf.find("request", KIND_STRUCT)?;
+    let member = |parent: &Type, name: &str| member_offset(btf, parent, name).ok().flatten();
     layout.request_cmd_flags = member(&request, "cmd_flags").context("request has no cmd_flags")?;
     layout.request_data_len =
         member(&request, "__data_len").context("request has no __data_len")?;
-    if let Ok(gendisk) = find_struct(btf, "gendisk")
+    if let Ok(gendisk) = btf.find("gendisk", KIND_STRUCT)
         && let (Some(major), Some(first_minor)) =
             (member(&gendisk, "major"), member(&gendisk, "first_minor"))
     {
         layout.gendisk_major = major;
         layout.gendisk_first_minor = first_minor;
         // 5.15+: request->q->disk.
-        if let Ok(queue) = find_struct(btf, "request_queue")
+        if let Ok(queue) = btf.find("request_queue", KIND_STRUCT)
             && let (Some(q), Some(disk)) = (member(&request, "q"), member(&queue, "disk"))
         {
             layout.request_q = q;
@@ -99,7 +131,7 @@ fn fill_block_from_btf(btf: &Btf, layout: &mut KernelLayout) -> anyhow::Result<(
             layout.request_rq_disk = rq_disk;
         }
     }
-    if let Ok(block_device) = find_struct(btf, "block_device")
+    if let Ok(block_device) = btf.find("block_device", KIND_STRUCT)
         && let (Some(part), Some(bd_dev)) =
             (member(&request, "part"), member(&block_device, "bd_dev"))
     {
@@ -144,21 +176,15 @@ pub struct DropReasons {
 /// Drop reasons of this kernel, `enum skb_drop_reason` from its BTF: value → label (the name
 /// without `SKB_DROP_REASON_`, lower-cased), without `SKB_NOT_DROPPED_YET`/`SKB_CONSUMED` and the
 /// `_MAX`/mask markers.
-pub fn skb_drop_reasons(btf: &Btf) -> anyhow::Result<DropReasons> {
-    let reasons = btf
-        .resolve_types_by_name("skb_drop_reason")
-        .context("no type skb_drop_reason")?
-        .into_iter()
-        .find_map(|t| match t {
-            Type::Enum(e) => Some(e),
-            _ => None,
-        })
-        .context("skb_drop_reason is not an enum")?;
+fn skb_drop_reasons(btf: &Btf) -> anyhow::Result<DropReasons> {
+    let reasons = btf.find_enum("skb_drop_reason")?;
     let mut names = Vec::new();
     let mut max = None;
-    for member in &reasons.members {
-        let name = btf.resolve_name(member)?;
-        let value = member.val();
+    for enumerator in btf.enumerators(&reasons)? {
+        let (name, value) = enumerator?;
+        let Ok(value) = u32::try_from(value) else {
+            continue; // no reason of the core enum is negative or that large
+        };
         if name == "SKB_DROP_REASON_MAX" {
             max = Some(value);
             continue;
@@ -180,46 +206,23 @@ pub fn skb_drop_reasons(btf: &Btf) -> anyhow::Result<DropReasons> {
     })
 }
 
-/// [`skb_drop_reasons`] of the running kernel, read once: the loader sizes the per-reason array
-/// with it and the net collector names the reasons. `None` without kernel BTF.
-pub fn kernel_skb_drop_reasons() -> Option<&'static DropReasons> {
-    static REASONS: std::sync::OnceLock<Option<DropReasons>> = std::sync::OnceLock::new();
-    REASONS
-        .get_or_init(|| {
-            let btf = Btf::from_file(Path::new(VMLINUX_BTF)).ok()?;
-            skb_drop_reasons(&btf)
-                .inspect_err(|e| tracing::info!("kernel BTF: drop reasons unknown: {e:#}"))
-                .ok()
-        })
-        .as_ref()
-}
-
-fn find_struct(btf: &Btf, name: &str) -> anyhow::Result<btf_rs::Struct> {
-    btf.resolve_types_by_name(name)
-        .with_context(|| format!("no type {name}"))?
-        .into_iter()
-        .find_map(|t| match t {
-            Type::Struct(s) => Some(s),
-            _ => None,
-        })
-        .with_context(|| format!("{name} is not a struct"))
-}
-
 /// Byte offset of member `name`, looking through anonymous structs and unions.
-fn member_offset(btf: &Btf, parent: &btf_rs::Struct, name: &str) -> anyhow::Result<Option<u32>> {
-    for member in &parent.members {
-        let member_name = btf.resolve_name(member).unwrap_or_default();
-        if member_name == name {
-            if member.bitfield_size().is_some_and(|bits| bits != 0) {
+fn member_offset(btf: &Btf, parent: &Type, name: &str) -> anyhow::Result<Option<u32>> {
+    for member in btf.members(parent)? {
+        let member = member?;
+        if member.name == name {
+            if member.bitfield_size != 0 {
                 bail!("{name} is a bitfield");
             }
-            return Ok(Some(member.bit_offset() / 8));
+            return Ok(Some(member.bit_offset / 8));
         }
-        if member_name.is_empty()
-            && let Ok(Type::Struct(inner) | Type::Union(inner)) = btf.resolve_chained_type(member)
-            && let Some(offset) = member_offset(btf, &inner, name)?
-        {
-            return Ok(Some(member.bit_offset() / 8 + offset));
+        if member.name.is_empty() {
+            let inner = btf.resolve(member.type_id)?;
+            if matches!(inner.kind, KIND_STRUCT | KIND_UNION)
+                && let Some(offset) = member_offset(btf, &inner, name)?
+            {
+                return Ok(Some(member.bit_offset / 8 + offset));
+            }
         }
     }
     Ok(None)
@@ -227,95 +230,79 @@ fn member_offset(btf: &Btf, parent: &btf_rs::Struct, name: &str) -> anyhow::Resu
 
 fn tracepoint_parameter_count(btf: &Btf, tracepoint: &str) -> anyhow::Result<usize> {
     let typedef = format!("btf_trace_{tracepoint}");
-    let mut t = btf
-        .resolve_types_by_name(&typedef)
-        .with_context(|| format!("no type {typedef}"))?
-        .into_iter()
-        .next()
-        .with_context(|| format!("no type {typedef}"))?;
     // typedef -> pointer -> function prototype
-    for _ in 0..4 {
-        t = match t {
-            Type::FuncProto(proto) => return Ok(proto.parameters.len()),
-            Type::Typedef(ref inner) => btf.resolve_chained_type(inner)?,
-            Type::Ptr(ref inner) => btf.resolve_chained_type(inner)?,
-            other => bail!("{typedef} is a {}, not a function pointer", other.name()),
-        };
+    let pointer = btf.referenced(&btf.find(&typedef, KIND_TYPEDEF)?)?;
+    if pointer.kind != KIND_PTR {
+        bail!("{typedef} is not a function pointer");
     }
-    bail!("{typedef} does not lead to a function prototype")
+    btf.parameter_count(&btf.referenced(&pointer)?)
+        .with_context(|| format!("{typedef} does not lead to a function prototype"))
 }
 
 fn fill_from_tracefs(root: &Path, layout: &mut KernelLayout) -> anyhow::Result<()> {
-    let offset = |event: &str, field: &str| -> anyhow::Result<u32> {
-        let path = root.join("events").join(event).join("format");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        field_offset(&text, field).with_context(|| format!("{}: no field {field}", path.display()))
-    };
-    // Each lookup is independent: one missing event must not hide the others.
+    // Each event's format file is read and parsed once; one missing event or field must not hide
+    // the others.
     let mut errors = Vec::new();
-    let mut set = |slot: &mut u32, result: anyhow::Result<u32>| match result {
-        Ok(value) => *slot = value,
+    let mut set = |event: &str, fields: &mut [(&mut u32, &str)]| match event_fields(root, event) {
+        Ok(offsets) => {
+            for (slot, field) in fields {
+                match offsets.get(*field) {
+                    Some(&offset) => **slot = offset,
+                    None => errors.push(format!("{event} format: no field {field}")),
+                }
+            }
+        }
         Err(e) => errors.push(format!("{e:#}")),
     };
     set(
-        &mut layout.tp_sched_switch_prev_pid,
-        offset("sched/sched_switch", "prev_pid"),
+        "sched/sched_switch",
+        &mut [
+            (&mut layout.tp_sched_switch_prev_pid, "prev_pid"),
+            (&mut layout.tp_sched_switch_prev_state, "prev_state"),
+            (&mut layout.tp_sched_switch_next_pid, "next_pid"),
+        ],
     );
     set(
-        &mut layout.tp_sched_switch_prev_state,
-        offset("sched/sched_switch", "prev_state"),
+        "sched/sched_wakeup",
+        &mut [(&mut layout.tp_sched_wakeup_pid, "pid")],
     );
     set(
-        &mut layout.tp_sched_switch_next_pid,
-        offset("sched/sched_switch", "next_pid"),
+        "sched/sched_wakeup_new",
+        &mut [(&mut layout.tp_sched_wakeup_new_pid, "pid")],
     );
     set(
-        &mut layout.tp_sched_wakeup_pid,
-        offset("sched/sched_wakeup", "pid"),
+        "sched/sched_migrate_task",
+        &mut [(&mut layout.tp_sched_migrate_task_dest_cpu, "dest_cpu")],
     );
     set(
-        &mut layout.tp_sched_wakeup_new_pid,
-        offset("sched/sched_wakeup_new", "pid"),
-    );
-    set(
-        &mut layout.tp_sched_migrate_task_dest_cpu,
-        offset("sched/sched_migrate_task", "dest_cpu"),
-    );
-    set(
-        &mut layout.tp_softirq_vec,
-        offset("irq/softirq_exit", "vec"),
+        "irq/softirq_exit",
+        &mut [(&mut layout.tp_softirq_vec, "vec")],
     );
     // block_rq_insert and block_rq_issue share the block_rq event class.
-    for (slot, event, field) in [
-        (&mut layout.tp_block_rq_dev, "block/block_rq_issue", "dev"),
-        (
-            &mut layout.tp_block_rq_sector,
-            "block/block_rq_issue",
-            "sector",
-        ),
-        (
-            &mut layout.tp_block_rq_bytes,
-            "block/block_rq_issue",
-            "bytes",
-        ),
-        (&mut layout.tp_block_rq_rwbs, "block/block_rq_issue", "rwbs"),
-        (
-            &mut layout.tp_block_rq_complete_dev,
-            "block/block_rq_complete",
-            "dev",
-        ),
-        (
-            &mut layout.tp_block_rq_complete_sector,
-            "block/block_rq_complete",
-            "sector",
-        ),
-        (&mut layout.tp_kfree_skb_reason, "skb/kfree_skb", "reason"),
-    ] {
-        set(slot, offset(event, field));
-    }
+    set(
+        "block/block_rq_issue",
+        &mut [
+            (&mut layout.tp_block_rq_dev, "dev"),
+            (&mut layout.tp_block_rq_sector, "sector"),
+            (&mut layout.tp_block_rq_bytes, "bytes"),
+            (&mut layout.tp_block_rq_rwbs, "rwbs"),
+        ],
+    );
+    set(
+        "block/block_rq_complete",
+        &mut [
+            (&mut layout.tp_block_rq_complete_dev, "dev"),
+            (&mut layout.tp_block_rq_complete_sector, "sector"),
+        ],
+    );
+    set(
+        "skb/kfree_skb",
+        &mut [(&mut layout.tp_kfree_skb_reason, "reason")],
+    );
     // Only since 6.12; its absence is normal before.
-    if let Ok(err) = offset("tcp/tcp_retransmit_skb", "err") {
+    if let Ok(offsets) = event_fields(root, "tcp/tcp_retransmit_skb")
+        && let Some(&err) = offsets.get("err")
+    {
         layout.tp_tcp_retransmit_skb_err = err;
     }
     if errors.is_empty() {
@@ -325,18 +312,26 @@ fn fill_from_tracefs(root: &Path, layout: &mut KernelLayout) -> anyhow::Result<(
     }
 }
 
-/// Offset of `field` in a tracefs event `format` file, from its
-/// `field:<type> <name>; offset:<n>; size:<n>; signed:<n>;` line (tab-separated).
-fn field_offset(format: &str, field: &str) -> Option<u32> {
-    format.lines().find_map(|line| {
+/// Field name → offset of one tracefs event (`events/<category>/<name>/format`).
+fn event_fields(root: &Path, event: &str) -> anyhow::Result<HashMap<String, u32>> {
+    let path = root.join("events").join(event).join("format");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(field_offsets(&text)
+        .map(|(name, offset)| (name.to_owned(), offset))
+        .collect())
+}
+
+/// The fields of a tracefs event `format` file and their offsets, from its
+/// `field:<type> <name>; offset:<n>; size:<n>; signed:<n>;` lines (tab-separated).
+fn field_offsets(format: &str) -> impl Iterator<Item = (&str, u32)> {
+    format.lines().filter_map(|line| {
         let mut parts = line.trim().split(';').map(str::trim);
         let declaration = parts.next()?.strip_prefix("field:")?;
         let name = declaration.rsplit(' ').next()?;
         let name = name.split('[').next()?;
-        if name != field {
-            return None;
-        }
-        parts.find_map(|part| part.strip_prefix("offset:")?.parse().ok())
+        let offset = parts.find_map(|part| part.strip_prefix("offset:")?.parse().ok())?;
+        Some((name, offset))
     })
 }
 
@@ -352,11 +347,21 @@ pub fn missing_for(
         "sched_switch" | "sched_wakeup" | "sched_wakeup_new"
     );
     match hook_type {
+        // The three run-queue hooks go together: the raw and classic tracepoint flavours time the
+        // wait from wake-up to switch-in, the BTF one reads the scheduler's accounting.
+        HookType::BtfTracepoint if needs_task_pid && unknown(layout.task_run_delay) => {
+            Some("task_struct.sched_info.run_delay offset unknown (no CONFIG_SCHED_INFO)")
+        }
         HookType::BtfTracepoint | HookType::RawTracepoint => match hook.name {
-            "block_rq_issue" => (unknown(layout.request_cmd_flags)
-                || unknown(layout.request_data_len)
-                || block_dev_path_unknown(layout))
-            .then_some("struct request offsets unknown (no kernel BTF)"),
+            // Only issue reads the request, but the three key requests by pointer here and by
+            // (dev, sector) in the classic flavour: they fall back together, or completions
+            // would never match their issue (the block collector refuses a mix).
+            "block_rq_insert" | "block_rq_issue" | "block_rq_complete" => {
+                (unknown(layout.request_cmd_flags)
+                    || unknown(layout.request_data_len)
+                    || block_dev_path_unknown(layout))
+                .then_some("struct request offsets unknown (no kernel BTF)")
+            }
             "kfree_skb" => (layout.kfree_skb_has_reason == 0)
                 .then_some("kfree_skb has no drop reason argument (before 5.17) or no BTF"),
             _ => (needs_task_pid && unknown(layout.task_pid))
@@ -409,15 +414,43 @@ mod tests {
 
     #[test]
     fn parses_tracefs_format_offsets() {
-        assert_eq!(field_offset(SCHED_SWITCH_FORMAT, "prev_pid"), Some(24));
-        assert_eq!(field_offset(SCHED_SWITCH_FORMAT, "prev_state"), Some(32));
-        assert_eq!(field_offset(SCHED_SWITCH_FORMAT, "next_pid"), Some(56));
-        assert_eq!(field_offset(SCHED_SWITCH_FORMAT, "prev_comm"), Some(8));
-        assert_eq!(field_offset(SCHED_SWITCH_FORMAT, "pid"), None);
+        let fields: HashMap<_, _> = field_offsets(SCHED_SWITCH_FORMAT).collect();
+        assert_eq!(fields.get("prev_pid"), Some(&24));
+        assert_eq!(fields.get("prev_state"), Some(&32));
+        assert_eq!(fields.get("next_pid"), Some(&56));
+        assert_eq!(fields.get("prev_comm"), Some(&8));
+        assert_eq!(fields.get("common_type"), Some(&0));
+        assert_eq!(fields.len(), 5);
         assert_eq!(
-            field_offset("garbage\nfield:int x;\toffset:nope;", "x"),
-            None
+            field_offsets("garbage\nfield:int x;\toffset:nope;").count(),
+            0
         );
+    }
+
+    #[test]
+    fn reads_each_event_format_once_and_reports_what_is_missing() {
+        let root = std::env::temp_dir().join(format!("layout-tracefs-{}", std::process::id()));
+        let event = root.join("events/block/block_rq_issue");
+        std::fs::create_dir_all(&event).unwrap();
+        std::fs::write(
+            event.join("format"),
+            "format:\n\tfield:dev_t dev;\toffset:8;\tsize:4;\tsigned:0;\n\
+             \tfield:sector_t sector;\toffset:16;\tsize:8;\tsigned:0;\n",
+        )
+        .unwrap();
+        let mut layout = KernelLayout::UNKNOWN;
+        let error = fill_from_tracefs(&root, &mut layout)
+            .unwrap_err()
+            .to_string();
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!((layout.tp_block_rq_dev, layout.tp_block_rq_sector), (8, 16));
+        assert_eq!(layout.tp_block_rq_bytes, UNKNOWN_OFFSET);
+        assert!(
+            error.contains("block/block_rq_issue format: no field bytes"),
+            "{error}"
+        );
+        // One error per missing event, not per field.
+        assert_eq!(error.matches("sched_switch/format").count(), 1, "{error}");
     }
 
     #[test]
@@ -426,11 +459,12 @@ mod tests {
             eprintln!("skipped: this kernel has no BTF at {VMLINUX_BTF}");
             return;
         }
-        let btf = Btf::from_file(VMLINUX_BTF).unwrap();
+        let btf = Btf::from_file(Path::new(VMLINUX_BTF)).unwrap();
         let mut layout = KernelLayout::UNKNOWN;
         fill_from_btf(&btf, &mut layout).unwrap();
         assert_ne!(layout.task_pid, UNKNOWN_OFFSET);
         assert_ne!(layout.task_state, UNKNOWN_OFFSET);
+        assert_ne!(layout.task_run_delay, UNKNOWN_OFFSET);
         assert!(
             layout.task_pid > layout.task_state,
             "pid comes after __state in task_struct"
@@ -449,17 +483,21 @@ mod tests {
             eprintln!("skipped: this kernel has no BTF at {VMLINUX_BTF}");
             return;
         }
-        let btf = Btf::from_file(VMLINUX_BTF).unwrap();
-        let mut layout = KernelLayout::UNKNOWN;
-        fill_block_from_btf(&btf, &mut layout).unwrap();
+        // One pass over the BTF gives the block and net offsets and the drop reasons.
+        let Discovery {
+            layout,
+            drop_reasons,
+            problems,
+        } = discover(Path::new(VMLINUX_BTF), None);
+        assert_eq!(problems.len(), 1, "only tracefs is missing: {problems:?}");
         assert_ne!(layout.request_cmd_flags, UNKNOWN_OFFSET);
         assert_ne!(layout.request_data_len, UNKNOWN_OFFSET);
         assert!(!block_dev_path_unknown(&layout), "{layout:?}");
-        fill_net_from_btf(&btf, &mut layout);
+        assert_eq!(layout.kfree_skb_has_reason, 1);
         let DropReasons {
             names: reasons,
             array_size: size,
-        } = skb_drop_reasons(&btf).unwrap();
+        } = drop_reasons.unwrap();
         assert!(
             reasons.iter().any(|(_, name)| name == "no_socket"),
             "{reasons:?}"
@@ -491,5 +529,39 @@ mod tests {
         assert!(missing_for(&layout, &switch, HookType::Tracepoint).is_some());
         assert!(missing_for(&layout, &softirq_entry, HookType::BtfTracepoint).is_none());
         assert!(missing_for(&layout, &softirq_entry, HookType::Tracepoint).is_none());
+    }
+
+    #[test]
+    fn block_hooks_fall_back_together_without_request_offsets() {
+        let mut layout = KernelLayout::UNKNOWN;
+        layout.tp_block_rq_dev = 8;
+        layout.tp_block_rq_sector = 16;
+        layout.tp_block_rq_bytes = 24;
+        layout.tp_block_rq_rwbs = 28;
+        layout.tp_block_rq_complete_dev = 8;
+        layout.tp_block_rq_complete_sector = 16;
+        for name in ["block_rq_insert", "block_rq_issue", "block_rq_complete"] {
+            let hook = Hook {
+                category: "block",
+                name,
+            };
+            for hook_type in [HookType::BtfTracepoint, HookType::RawTracepoint] {
+                assert!(missing_for(&layout, &hook, hook_type).is_some(), "{name}");
+            }
+            assert_eq!(missing_for(&layout, &hook, HookType::Tracepoint), None);
+        }
+
+        // With the offsets, all three may use the BTF and raw flavours.
+        layout.request_cmd_flags = 24;
+        layout.request_data_len = 48;
+        layout.request_part = 56;
+        layout.block_device_bd_dev = 4;
+        for name in ["block_rq_insert", "block_rq_issue", "block_rq_complete"] {
+            let hook = Hook {
+                category: "block",
+                name,
+            };
+            assert_eq!(missing_for(&layout, &hook, HookType::BtfTracepoint), None);
+        }
     }
 }

@@ -45,6 +45,8 @@ pub struct EbpfRuntime {
     attached: HashMap<&'static str, HookType>,
     /// Keeps `kernel.bpf_stats_enabled` on while we run (`--ebpf.enable-stats`).
     stats_fd: Option<OwnedFd>,
+    /// This kernel's drop reasons, found with the layout: the per-reason array was sized by them.
+    drop_reasons: Option<layout::DropReasons>,
 }
 
 /// Run time and run count of one program, from the kernel's BPF statistics.
@@ -59,14 +61,33 @@ impl EbpfRuntime {
     pub fn start(hooks: &[&'static Hook], options: &LoaderOptions) -> anyhow::Result<Self> {
         raise_memlock_limit();
         let tracefs = layout::tracefs_root();
-        let (kernel_layout, problems) =
-            layout::discover(Path::new(layout::VMLINUX_BTF), tracefs.as_deref());
+        let layout::Discovery {
+            layout: kernel_layout,
+            drop_reasons,
+            problems,
+        } = layout::discover(Path::new(layout::VMLINUX_BTF), tracefs.as_deref());
         // Informational: what a missing fact costs is logged per hook, as a warning, if it
         // ends up mattering.
         for problem in &problems {
             tracing::info!("kernel layout: {problem}");
         }
         tracing::debug!(?kernel_layout, "kernel layout");
+        let possible_cpus =
+            aya::util::nr_cpus().map_err(|(path, e)| anyhow!("reading {path}: {e}"))? as u32;
+        // EbpfLoader::new parses the kernel BTF itself (aya 0.14 has no way around it) and loads
+        // with that; the copy attaching needs is parsed after the loader is gone, so that two
+        // full parses never coexist at the start-up peak.
+        let mut ebpf = EbpfLoader::new()
+            .override_global("KERNEL_LAYOUT", &kernel_layout, true)
+            .map_max_entries("RUNQUEUE_ENQUEUED_AT", options.runqueue_max_tasks)
+            .map_max_entries("RUN_DELAY_SEEN", options.runqueue_max_tasks)
+            .map_max_entries("MIGRATIONS_TO_CPU", possible_cpus)
+            .map_max_entries(
+                "SKB_DROP_REASONS",
+                drop_reasons.as_ref().map_or(1, |r| r.array_size),
+            )
+            .load(object())
+            .context("loading the eBPF object (needs CAP_BPF and CAP_PERFMON, or root)")?;
         let btf = match Btf::from_sys_fs() {
             Ok(btf) => Some(btf),
             Err(e) => {
@@ -74,20 +95,6 @@ impl EbpfRuntime {
                 None
             }
         };
-
-        let possible_cpus =
-            aya::util::nr_cpus().map_err(|(path, e)| anyhow!("reading {path}: {e}"))? as u32;
-        let mut ebpf = EbpfLoader::new()
-            .btf(btf.as_ref())
-            .override_global("KERNEL_LAYOUT", &kernel_layout, true)
-            .map_max_entries("RUNQUEUE_ENQUEUED_AT", options.runqueue_max_tasks)
-            .map_max_entries("MIGRATIONS_TO_CPU", possible_cpus)
-            .map_max_entries(
-                "SKB_DROP_REASONS",
-                layout::kernel_skb_drop_reasons().map_or(1, |r| r.array_size),
-            )
-            .load(object())
-            .context("loading the eBPF object (needs CAP_BPF and CAP_PERFMON, or root)")?;
 
         let stats_fd = if options.enable_stats {
             match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
@@ -123,6 +130,7 @@ impl EbpfRuntime {
             ebpf: Mutex::new(ebpf),
             attached,
             stats_fd,
+            drop_reasons,
         })
     }
 
@@ -138,6 +146,11 @@ impl EbpfRuntime {
     /// The hook type `hook` is attached with, if it is.
     pub fn attached(&self, hook: &Hook) -> Option<HookType> {
         self.attached.get(hook.name).copied()
+    }
+
+    /// `enum skb_drop_reason` of the running kernel, as the `SKB_DROP_REASONS` map was sized.
+    pub fn drop_reasons(&self) -> Option<&layout::DropReasons> {
+        self.drop_reasons.as_ref()
     }
 
     /// Whether run-time statistics are being collected (by us or by someone else's sysctl).

@@ -1,6 +1,8 @@
 //! The eBPF side of the daemon: loading and attaching the kernel programs (`loader`), the kernel
-//! layout facts they need (`layout`), and one collector per subsystem reading its maps.
+//! layout facts they need (`layout`, from the kernel's BTF read by `btf`), and one collector per
+//! subsystem reading its maps.
 pub mod block;
+pub mod btf;
 pub mod histogram;
 pub mod irq;
 pub mod layout;

@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuArray};
 use collector_common::CpuNetCounters;
 
-use super::{EbpfRuntime, Hook, layout, programs};
+use super::{EbpfRuntime, Hook, programs};
 use crate::{
     collectors::{BuildContext, CollectorSpec},
     metrics::MetricFamily,
@@ -63,7 +63,10 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
         }),
         None => None,
     };
-    let reasons = layout::kernel_skb_drop_reasons()
+    let reasons = context
+        .ebpf
+        .as_ref()
+        .and_then(|runtime| runtime.drop_reasons())
         .map(|r| r.names.clone())
         .unwrap_or_default();
     Ok(Arc::new(NetCollector {
