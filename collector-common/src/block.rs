@@ -50,6 +50,9 @@ pub struct InflightRequest {
     pub dev: u32,
     pub op: u32,
     pub _pad: u32,
+    /// cgroup v2 id of the task that submitted it (current at insert, or at a direct issue), to
+    /// charge the I/O to; 0 when per-cgroup accounting is off.
+    pub cgroup_id: u64,
 }
 
 /// The three histograms of one (disk, operation), one copy per CPU. Latency and queue time in

@@ -5,12 +5,14 @@
 #![no_std]
 
 pub mod block;
+pub mod cgroup;
 pub mod histogram;
 pub mod layout;
 pub mod net;
 pub mod sched;
 
 pub use block::{BlockHistograms, BlockKey, CpuBlockCounters, InflightKey, InflightRequest};
+pub use cgroup::{CgroupCounters, RunningTask, TaskSeen};
 pub use histogram::Log2Histogram;
 pub use layout::KernelLayout;
 pub use net::CpuNetCounters;

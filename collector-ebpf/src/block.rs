@@ -18,10 +18,13 @@ use collector_common::{
         BLOCK_OP_DISCARD, BLOCK_OP_FLUSH, BLOCK_OP_OTHER, BLOCK_OP_READ, BLOCK_OP_WRITE,
         REQ_OP_MASK,
     },
+    cgroup::{CGROUP_IO_READ, CGROUP_IO_WRITE},
     layout::UNKNOWN_OFFSET,
 };
 
 use crate::{
+    atomic::add,
+    cgroup,
     layout::{layout, read_kernel_field, read_tracepoint_field},
     with_slot,
 };
@@ -50,6 +53,7 @@ static BLOCK_COUNTERS: PerCpuArray<CpuBlockCounters> = PerCpuArray::with_max_ent
 fn on_insert(key: InflightKey) {
     let request = InflightRequest {
         inserted_ns: unsafe { bpf_ktime_get_ns() },
+        cgroup_id: submitter_cgroup(),
         ..InflightRequest::default()
     };
     // A re-inserted (requeued) request starts over.
@@ -77,6 +81,7 @@ fn on_issue(key: InflightKey, dev: u32, op: u32, bytes: u32) {
         dev,
         op,
         _pad: 0,
+        cgroup_id: submitter_cgroup(),
     };
     if BLOCK_INFLIGHT.insert(key, request, 0).is_err() {
         with_slot(&BLOCK_COUNTERS, |c| c.inflight_map_full += 1);
@@ -112,6 +117,43 @@ fn on_complete(key: InflightKey) {
             .record(request.issued_ns - request.inserted_ns);
     }
     histograms.size.record(request.bytes as u64);
+    if now >= request.issued_ns {
+        charge_cgroup(&request, now - request.issued_ns);
+    }
+}
+
+/// The cgroup to charge a request to: the task submitting it, when it is inserted into a queue
+/// or issued directly (both run in the submitter's context; a later dispatch may run in a
+/// kernel worker).
+#[inline(always)]
+fn submitter_cgroup() -> u64 {
+    if cgroup::accounting_on() {
+        cgroup::current_cgroup_id()
+    } else {
+        0
+    }
+}
+
+/// Charges a completed read or write to the cgroup that submitted it.
+#[inline(always)]
+fn charge_cgroup(request: &InflightRequest, latency_ns: u64) {
+    let index = match request.op {
+        BLOCK_OP_READ => CGROUP_IO_READ,
+        BLOCK_OP_WRITE => CGROUP_IO_WRITE,
+        _ => return,
+    };
+    let bytes = request.bytes as u64;
+    cgroup::charge(request.cgroup_id, |c| {
+        if let (Some(requests), Some(total_bytes), Some(time)) = (
+            c.io_requests.get_mut(index),
+            c.io_bytes.get_mut(index),
+            c.io_time_ns.get_mut(index),
+        ) {
+            add(requests, 1);
+            add(total_bytes, bytes);
+            add(time, latency_ns);
+        }
+    });
 }
 
 /// This CPU's histograms of `key`, creating the entry (zeroed) on first use.

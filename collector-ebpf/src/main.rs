@@ -28,6 +28,7 @@ macro_rules! btf_and_raw {
 
 mod atomic;
 mod block;
+mod cgroup;
 mod irq;
 mod layout;
 mod net;

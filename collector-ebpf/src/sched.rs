@@ -14,10 +14,12 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use collector_common::{
-    CpuSchedCounters, Log2Histogram, layout::TP_TASK_REPORT_MASK, layout::UNKNOWN_OFFSET,
+    CpuSchedCounters, Log2Histogram, RunningTask, TaskSeen, layout::TP_TASK_REPORT_MASK,
+    layout::UNKNOWN_OFFSET,
 };
 
 use crate::{
+    cgroup,
     layout::{layout, read_kernel_field, read_tracepoint_field, read_trusted_field},
     with_slot,
 };
@@ -27,11 +29,21 @@ use crate::{
 #[map]
 static RUNQUEUE_ENQUEUED_AT: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
 
-/// pid → its `sched_info.run_delay` when it was last switched out, for the BTF tracepoints. Written
+/// pid → its `sched_info.run_delay` (and CPU time) when it was last switched out, for the BTF tracepoints. Written
 /// in place after the first sighting, so the hot path is a lock-free lookup; an exiting task's
 /// entry is removed, and the LRU evicts any other stale one. Sized by the daemon at load time.
 #[map]
-static RUN_DELAY_SEEN: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+static RUN_DELAY_SEEN: LruHashMap<u32, TaskSeen> = LruHashMap::with_max_entries(16384, 0);
+
+/// The task running on each CPU, for charging runs to cgroups from the raw and classic
+/// `sched_switch` (they time runs themselves).
+#[map]
+static RUNNING_TASK: PerCpuArray<RunningTask> = PerCpuArray::with_max_entries(1, 0);
+
+/// `bpf_ktime_get_ns` when the daemon loaded the programs: a task started later has no history
+/// before them, so its first switch-out counts in full. Set by the daemon.
+#[unsafe(no_mangle)]
+static LOADED_AT_NS: u64 = 0;
 
 /// Run-queue latency histogram in nanoseconds, one copy per CPU (index 0).
 #[map]
@@ -107,24 +119,52 @@ fn on_switch(prev_pid: u32, next_pid: u32, still_runnable: bool) {
         #[inline(always)]
         |counters| {
             count_switch(counters, still_runnable);
-            // One clock read serves both the enqueue of `prev` and the latency of `next`.
+            // One clock read serves the enqueue of `prev`, the latency of `next` and the run
+            // that just ended.
             let now = unsafe { bpf_ktime_get_ns() };
             if still_runnable {
                 mark_enqueued(counters, prev_pid, now);
             }
-            if next_pid == 0 {
-                return;
+            let next_wait = take_wait(next_pid, now);
+            if let Some(wait) = next_wait {
+                record_latency(wait);
             }
-            let Some(enqueued_at) = RUNQUEUE_ENQUEUED_AT.get_ptr(next_pid) else {
-                return;
-            };
-            let enqueued_at = unsafe { *enqueued_at };
-            let _ = RUNQUEUE_ENQUEUED_AT.remove(next_pid);
-            if now >= enqueued_at {
-                record_latency(now - enqueued_at);
+            if cgroup::accounting_on() {
+                switch_running_task(prev_pid, next_pid, next_wait, now);
             }
         },
     );
+}
+
+/// How long `pid` waited on the run queue, if its enqueue was seen; forgets the enqueue.
+#[inline(always)]
+fn take_wait(pid: u32, now: u64) -> Option<u64> {
+    if pid == 0 {
+        return None;
+    }
+    let enqueued_at = unsafe { *RUNQUEUE_ENQUEUED_AT.get_ptr(pid)? };
+    let _ = RUNQUEUE_ENQUEUED_AT.remove(pid);
+    now.checked_sub(enqueued_at)
+}
+
+/// Charges the run that ends now to `prev`'s cgroup (it is still `current`), with the wait that
+/// preceded it, and starts timing `next`'s run.
+#[inline(always)]
+fn switch_running_task(prev_pid: u32, next_pid: u32, next_wait: Option<u64>, now: u64) {
+    with_slot(&RUNNING_TASK, |running| {
+        if prev_pid != 0 && running.switched_in_ns != 0 && now >= running.switched_in_ns {
+            cgroup::charge_run(
+                now - running.switched_in_ns,
+                running.wait_ns,
+                running.waited,
+            );
+        }
+        *running = RunningTask {
+            switched_in_ns: if next_pid != 0 { now } else { 0 },
+            wait_ns: next_wait.unwrap_or(0),
+            waited: u64::from(next_wait.is_some()),
+        };
+    });
 }
 
 #[inline(always)]
@@ -172,7 +212,8 @@ fn switched_out_state(
 /// Latency from the scheduler's own accounting: when a task leaves the CPU, its
 /// `sched_info.run_delay` has grown by the wait before the run that just ended (the scheduler adds
 /// it at switch-in, and when a waiting task is moved to another CPU). The sample is so recorded
-/// one run late, and a task's first switch-out after start-up only sets its baseline.
+/// one run late. A task's first switch-out only sets its baseline, unless it was born after the
+/// programs were loaded: then all of its totals are new.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
     if layout!(task_pid) == UNKNOWN_OFFSET || layout!(task_run_delay) == UNKNOWN_OFFSET {
@@ -192,23 +233,53 @@ pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
         if pid == 0 {
             return; // the idle task is never queued
         }
-        let run_delay = unsafe { read_trusted_field::<u64>(prev, layout!(task_run_delay)) };
-        let Some(seen) = RUN_DELAY_SEEN.get_ptr_mut(pid) else {
-            // First sighting: only the baseline.
-            if RUN_DELAY_SEEN.insert(pid, run_delay, 0).is_err() {
-                counters.runqueue_map_full += 1;
-            }
-            return;
+        let charge_cgroup = cgroup::accounting_on() && layout!(task_exec_runtime) != UNKNOWN_OFFSET;
+        let now_seen = TaskSeen {
+            run_delay: unsafe { read_trusted_field::<u64>(prev, layout!(task_run_delay)) },
+            exec_runtime: if charge_cgroup {
+                unsafe { read_trusted_field::<u64>(prev, layout!(task_exec_runtime)) }
+            } else {
+                0
+            },
         };
-        let previous = unsafe { core::mem::replace(&mut *seen, run_delay) };
-        if run_delay >= previous {
-            record_latency(run_delay - previous);
+        let previous = match RUN_DELAY_SEEN.get_ptr_mut(pid) {
+            Some(seen) => unsafe { core::mem::replace(&mut *seen, now_seen) },
+            None => {
+                if RUN_DELAY_SEEN.insert(pid, now_seen, 0).is_err() {
+                    counters.runqueue_map_full += 1;
+                }
+                if !born_since_loaded(prev) {
+                    return; // only the baseline
+                }
+                TaskSeen::default()
+            }
+        };
+        let wait = now_seen.run_delay.wrapping_sub(previous.run_delay);
+        if now_seen.run_delay >= previous.run_delay {
+            record_latency(wait);
+        }
+        if charge_cgroup {
+            let cpu = now_seen.exec_runtime.saturating_sub(previous.exec_runtime);
+            let waits = u64::from(now_seen.run_delay >= previous.run_delay);
+            cgroup::charge_run(cpu, if waits != 0 { wait } else { 0 }, waits);
         }
         if prev_state & TASK_DEAD != 0 {
             let _ = RUN_DELAY_SEEN.remove(pid); // its pid may be reused
         }
     });
     0
+}
+
+/// Whether the task (a trusted BTF pointer) started after the daemon loaded the programs.
+#[inline(always)]
+fn born_since_loaded(task: u64) -> bool {
+    let offset = layout!(task_start_time);
+    if offset == UNKNOWN_OFFSET {
+        return false;
+    }
+    let loaded_at = unsafe { core::ptr::read_volatile(&raw const LOADED_AT_NS) };
+    let started_at = unsafe { read_trusted_field::<u64>(task, offset) };
+    started_at >= loaded_at
 }
 
 #[raw_tracepoint(tracepoint = "sched_switch")]

@@ -8,7 +8,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::{
     cli::{self, Cli},
     collectors::{self, BuildContext},
-    ebpf::{EbpfRuntime, Hook, loader::LoaderOptions},
+    ebpf::{self, EbpfRuntime, Hook, loader::LoaderOptions},
     exporter::ExporterMetrics,
     logging,
     scrape::Scraper,
@@ -71,7 +71,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let listeners = server::bind(&addresses).await?;
 
-    let hooks: Vec<&'static Hook> = specs.iter().flat_map(|spec| spec.hooks).collect();
+    // Collectors may share a hook (ebpf.cgroup charges from the scheduler and block hooks).
+    let mut hooks: Vec<&'static Hook> = Vec::new();
+    for hook in specs.iter().flat_map(|spec| spec.hooks) {
+        if !hooks.iter().any(|h| h.name == hook.name) {
+            hooks.push(hook);
+        }
+    }
+    let cgroup_map_entries = if cli.enabled_collectors.contains(&ebpf::cgroup::SPEC.name) {
+        Some(ebpf::cgroup::kernel_map_entries(&cli.collector_flags)?)
+    } else {
+        None
+    };
     let ebpf = if hooks.is_empty() {
         None
     } else {
@@ -79,6 +90,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             hook_types: options.hook_types.clone(),
             enable_stats: options.enable_bpf_stats,
             runqueue_max_tasks: options.runqueue_max_tasks,
+            cgroup_map_entries,
         };
         match tokio::task::spawn_blocking(move || EbpfRuntime::start(&hooks, &loader_options))
             .await

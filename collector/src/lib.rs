@@ -1,6 +1,7 @@
 //! eBPF-based kernel metrics collector: node_exporter's metrics from /proc and /sys, plus
 //! scheduler, CPU, block I/O and network metrics counted in the kernel by eBPF programs, served
 //! in the Prometheus text format.
+pub mod cgroups;
 pub mod cli;
 pub mod collectors;
 pub mod ebpf;

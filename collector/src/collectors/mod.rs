@@ -123,6 +123,7 @@ pub const ALL: &[CollectorSpec] = &[
     uname::SPEC,
     vmstat::SPEC,
     ebpf::block::SPEC,
+    ebpf::cgroup::SPEC,
     ebpf::irq::SPEC,
     ebpf::net::SPEC,
     ebpf::sched::SPEC,

@@ -82,7 +82,7 @@ fn add(total: &mut Option<Log2Histogram>, histogram: &Log2Histogram) {
 
 impl Collector for BlockCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        programs::push_status(self.runtime.as_deref(), &HOOKS, out);
+        programs::push_status(self.runtime.as_deref(), &HOOKS.each_ref(), out);
         let runtime = programs::require_any_attached(self.runtime.as_deref(), &HOOKS)?;
         let maps = self.maps.as_ref().context("block maps unavailable")?;
         let hook_type = |name: &str| {

@@ -98,6 +98,14 @@ fn fill_from_btf(btf: &Btf, layout: &mut KernelLayout) -> anyhow::Result<()> {
         }
         None => UNKNOWN_OFFSET, // CONFIG_SCHED_INFO off
     };
+    layout.task_exec_runtime = match member_offset(btf, &task, "se")? {
+        Some(se) => {
+            let entity = btf.find("sched_entity", KIND_STRUCT)?;
+            member_offset(btf, &entity, "sum_exec_runtime")?.map_or(UNKNOWN_OFFSET, |o| se + o)
+        }
+        None => UNKNOWN_OFFSET,
+    };
+    layout.task_start_time = member_offset(btf, &task, "start_time")?.unwrap_or(UNKNOWN_OFFSET);
     // btf_trace_sched_switch is `void (*)(void *, bool, struct task_struct *, struct
     // task_struct *[, unsigned int prev_state])`.
     let parameters = tracepoint_parameter_count(btf, "sched_switch")?;
@@ -465,6 +473,8 @@ mod tests {
         assert_ne!(layout.task_pid, UNKNOWN_OFFSET);
         assert_ne!(layout.task_state, UNKNOWN_OFFSET);
         assert_ne!(layout.task_run_delay, UNKNOWN_OFFSET);
+        assert_ne!(layout.task_exec_runtime, UNKNOWN_OFFSET);
+        assert_ne!(layout.task_start_time, UNKNOWN_OFFSET);
         assert!(
             layout.task_pid > layout.task_state,
             "pid comes after __state in task_struct"

@@ -9,7 +9,9 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::Map,
-    programs::{BtfTracePoint, RawTracePoint, TracePoint},
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, RawTracePoint, TracePoint,
+    },
 };
 
 use super::{Hook, HookType, layout};
@@ -37,7 +39,15 @@ pub struct LoaderOptions {
     pub hook_types: Vec<HookType>,
     pub enable_stats: bool,
     pub runqueue_max_tasks: u32,
+    /// Size of the per-cgroup counter map when per-cgroup accounting is on (`ebpf.cgroup`).
+    pub cgroup_map_entries: Option<u32>,
 }
+
+/// The cgroup_skb programs counting each cgroup's socket traffic, attached to the cgroup v2 root.
+pub const CGROUP_SKB_PROGRAMS: [(&str, CgroupSkbAttachType); 2] = [
+    ("cgroup_skb_ingress", CgroupSkbAttachType::Ingress),
+    ("cgroup_skb_egress", CgroupSkbAttachType::Egress),
+];
 
 pub struct EbpfRuntime {
     /// Held for program info (statistics) at scrape time; maps are taken out at start-up.
@@ -77,8 +87,13 @@ impl EbpfRuntime {
         // EbpfLoader::new parses the kernel BTF itself (aya 0.14 has no way around it) and loads
         // with that; the copy attaching needs is parsed after the loader is gone, so that two
         // full parses never coexist at the start-up peak.
+        let cgroup_accounting = u32::from(options.cgroup_map_entries.is_some());
+        let loaded_at_ns = monotonic_now_ns();
         let mut ebpf = EbpfLoader::new()
             .override_global("KERNEL_LAYOUT", &kernel_layout, true)
+            .override_global("CGROUP_ACCOUNTING", &cgroup_accounting, true)
+            .override_global("LOADED_AT_NS", &loaded_at_ns, true)
+            .map_max_entries("CGROUP_STATS", options.cgroup_map_entries.unwrap_or(1))
             .map_max_entries("RUNQUEUE_ENQUEUED_AT", options.runqueue_max_tasks)
             .map_max_entries("RUN_DELAY_SEEN", options.runqueue_max_tasks)
             .map_max_entries("MIGRATIONS_TO_CPU", possible_cpus)
@@ -141,6 +156,45 @@ impl EbpfRuntime {
             .expect("ebpf lock poisoned")
             .take_map(name)
             .with_context(|| format!("map {name} missing from the eBPF object"))
+    }
+
+    /// Attaches the cgroup_skb programs to `cgroup` (the cgroup v2 root: they then see every
+    /// socket's packets), alongside any other programs there. Both or neither.
+    pub fn attach_cgroup_skb(&self, cgroup: &std::fs::File) -> anyhow::Result<()> {
+        // From 5.7 aya attaches through a BPF link, which always coexists with other programs
+        // and takes no flags (BPF_F_ALLOW_MULTI there is EINVAL); before, through
+        // BPF_PROG_ATTACH, where allowing others must be asked for.
+        use aya::util::KernelVersion;
+        let mode = if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 7, 0)) {
+            CgroupAttachMode::Single
+        } else {
+            CgroupAttachMode::AllowMultiple
+        };
+        let mut ebpf = self.ebpf.lock().expect("ebpf lock poisoned");
+        let mut attached = Vec::new();
+        for (name, attach_type) in CGROUP_SKB_PROGRAMS {
+            let result = (|| -> anyhow::Result<()> {
+                let program: &mut CgroupSkb = ebpf
+                    .program_mut(name)
+                    .with_context(|| format!("program {name} missing from the eBPF object"))?
+                    .try_into()?;
+                program.load()?;
+                program.attach(cgroup, attach_type, mode)?;
+                Ok(())
+            })();
+            if let Err(e) = result {
+                for name in attached {
+                    let program: Option<&mut CgroupSkb> =
+                        ebpf.program_mut(name).and_then(|p| p.try_into().ok());
+                    if let Some(program) = program {
+                        let _ = program.unload();
+                    }
+                }
+                return Err(e).with_context(|| format!("attaching {name}"));
+            }
+            attached.push(name);
+        }
+        Ok(())
     }
 
     /// The hook type `hook` is attached with, if it is.
@@ -245,6 +299,17 @@ fn attach(
 /// Verifier logs run to pages; the warning keeps their first line, debug has the rest.
 fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or(text)
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns` and `task->start_time`.
+fn monotonic_now_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones ignore it.

@@ -3,6 +3,7 @@
 //! subsystem reading its maps.
 pub mod block;
 pub mod btf;
+pub mod cgroup;
 pub mod histogram;
 pub mod irq;
 pub mod layout;

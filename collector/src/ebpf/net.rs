@@ -78,7 +78,7 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
 
 impl Collector for NetCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        programs::push_status(self.runtime.as_deref(), &HOOKS, out);
+        programs::push_status(self.runtime.as_deref(), &HOOKS.each_ref(), out);
         let runtime = programs::require_any_attached(self.runtime.as_deref(), &HOOKS)?;
         let maps = self.maps.as_ref().context("network maps unavailable")?;
         let attached = |name: &str| {

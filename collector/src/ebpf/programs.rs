@@ -5,7 +5,7 @@ use crate::metrics::MetricFamily;
 
 /// Pushes `ebpf_program_attached` for every hook, and run time / run count where statistics are
 /// on. `runtime` is `None` when nothing could be loaded.
-pub fn push_status(runtime: Option<&EbpfRuntime>, hooks: &[Hook], out: &mut Vec<MetricFamily>) {
+pub fn push_status(runtime: Option<&EbpfRuntime>, hooks: &[&Hook], out: &mut Vec<MetricFamily>) {
     let mut attached = MetricFamily::gauge(
         "ebpf_program_attached",
         "Whether the eBPF program for a kernel hook is attached (1) or not (0, hook_type=\"none\"), by hook type.",

@@ -68,7 +68,7 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
 
 impl Collector for SchedCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        programs::push_status(self.runtime.as_deref(), &HOOKS, out);
+        programs::push_status(self.runtime.as_deref(), &HOOKS.each_ref(), out);
         programs::require_any_attached(self.runtime.as_deref(), &HOOKS)?;
         let maps = self.maps.as_ref().context("scheduler maps unavailable")?;
         let online = super::online_cpus()?;

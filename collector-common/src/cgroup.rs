@@ -1,0 +1,58 @@
+//! Per-cgroup accounting: what the tasks and sockets of one cgroup v2 cgroup used, keyed by the
+//! cgroup's id (its kernfs inode number, as `bpf_get_current_cgroup_id` returns it).
+
+/// Counters of one cgroup, in an LRU hash shared by all CPUs (updated with atomic adds): a
+/// per-CPU copy for thousands of cgroups would cost `cgroups × CPUs` of kernel memory.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupCounters {
+    /// Time its tasks ran on a CPU, in nanoseconds.
+    pub cpu_ns: u64,
+    /// Time its tasks waited on a run queue while runnable, and the number of such waits.
+    pub runqueue_wait_ns: u64,
+    pub runqueue_waits: u64,
+    /// Block I/O requests it submitted, completed: count, bytes and issue → completion time,
+    /// indexed by [`CGROUP_IO_READ`] / [`CGROUP_IO_WRITE`].
+    pub io_requests: [u64; 2],
+    pub io_bytes: [u64; 2],
+    pub io_time_ns: [u64; 2],
+    /// Bytes and packets its sockets received and sent (cgroup_skb ingress/egress).
+    pub net_receive_bytes: u64,
+    pub net_receive_packets: u64,
+    pub net_transmit_bytes: u64,
+    pub net_transmit_packets: u64,
+}
+
+pub const CGROUP_IO_READ: usize = 0;
+pub const CGROUP_IO_WRITE: usize = 1;
+
+/// What the BTF `sched_switch` program last read of a task when it left the CPU: the
+/// scheduler's own totals, so the next switch-out charges only what accrued since.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskSeen {
+    /// `task->sched_info.run_delay`: total time spent waiting on a run queue.
+    pub run_delay: u64,
+    /// `task->se.sum_exec_runtime`: total time on a CPU.
+    pub exec_runtime: u64,
+}
+
+/// The task running on one CPU, for the raw and classic `sched_switch` programs, which time
+/// runs themselves: charged to its cgroup when it is switched out (it is `current` then).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunningTask {
+    /// `bpf_ktime_get_ns` when it was switched in; 0 when unknown (idle, or just attached).
+    pub switched_in_ns: u64,
+    /// The run-queue wait that ended with that switch-in; `waited` is 0 when none was timed.
+    pub wait_ns: u64,
+    pub waited: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: `repr(C)` structs of `u64` fields and arrays, no padding; any bit pattern is valid.
+    unsafe impl aya::Pod for super::CgroupCounters {}
+    unsafe impl aya::Pod for super::TaskSeen {}
+    unsafe impl aya::Pod for super::RunningTask {}
+}

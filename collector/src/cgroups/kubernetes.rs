@@ -1,0 +1,254 @@
+//! Pod namespace, pod name and container name from the Kubernetes API, for the pod UIDs and
+//! container IDs the cgroup paths give. Only this node's pods are watched (field selector on
+//! `spec.nodeName`), kept in a reflector cache without their managed fields, annotations and
+//! spec; a scrape reads the cache and never waits on the API.
+use std::{path::Path, sync::Arc};
+
+use anyhow::Context as _;
+use futures_util::StreamExt as _;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use kube::{
+    Api, Client, Config,
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{
+        WatchStreamExt as _,
+        reflector::{self, Store},
+        watcher,
+    },
+};
+
+use super::identity::Identity;
+
+/// What the API adds to a cgroup's identity.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodMetadata {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    /// From the container ID's scheme (`containerd://…`), for paths that do not say.
+    pub container_runtime: String,
+}
+
+/// The watched pods of this node.
+pub struct Pods {
+    store: Store<Pod>,
+    /// Ends the watch when the collector is dropped.
+    _watch: tokio::task::JoinHandle<()>,
+}
+
+impl Pods {
+    /// Starts watching per the flags: `mode` is `auto` (on when in a cluster or given a
+    /// kubeconfig), `on` or `off`. Must be called within the tokio runtime.
+    pub fn from_flags(
+        mode: &str,
+        kubeconfig: Option<&str>,
+        node_name: Option<&str>,
+    ) -> anyhow::Result<Option<Self>> {
+        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+        let enabled = match mode {
+            "auto" => in_cluster || kubeconfig.is_some(),
+            "on" => true,
+            "off" => false,
+            other => anyhow::bail!(
+                "--collector.ebpf.cgroup.kubernetes={other}: expected auto, on or off"
+            ),
+        };
+        if !enabled {
+            return Ok(None);
+        }
+        let node = match node_name {
+            Some(name) => name.to_owned(),
+            None => default_node_name()?,
+        };
+        let source = match kubeconfig {
+            Some(path) => ConfigSource::Kubeconfig(Box::new(
+                Kubeconfig::read_from(Path::new(path))
+                    .with_context(|| format!("reading kubeconfig {path}"))?,
+            )),
+            None => ConfigSource::InCluster(Box::new(Config::incluster().context(
+                "no in-cluster Kubernetes configuration (service account token and \
+                 KUBERNETES_SERVICE_HOST); pass --collector.ebpf.cgroup.kubeconfig or \
+                 --collector.ebpf.cgroup.kubernetes=off",
+            )?)),
+        };
+        tracing::info!(node = %node, "watching this node's pods in the Kubernetes API");
+        let (store, writer) = reflector::store();
+        let watch = tokio::spawn(async move {
+            let client = match source.client().await {
+                Ok(client) => client,
+                Err(e) => {
+                    tracing::error!(
+                        err = format!("{e:#}"),
+                        "Kubernetes API client: pod names unavailable"
+                    );
+                    return;
+                }
+            };
+            let selector = format!("spec.nodeName={node}");
+            let pods = watcher(
+                Api::<Pod>::all(client),
+                watcher::Config::default().fields(&selector),
+            )
+            .default_backoff()
+            .modify(|pod| {
+                // Keep what the labels need: ~1 KiB of metadata and status per pod.
+                pod.metadata.managed_fields = None;
+                pod.metadata.annotations = None;
+                pod.metadata.labels = None;
+                pod.spec = None;
+            });
+            let mut events = std::pin::pin!(reflector::reflector(writer, pods));
+            while let Some(event) = events.next().await {
+                if let Err(e) = event {
+                    tracing::warn!(err = %e, "watching pods (retrying with back-off)");
+                }
+            }
+        });
+        Ok(Some(Self {
+            store,
+            _watch: watch,
+        }))
+    }
+
+    /// The pod and container of `identity`, if the pod is known.
+    pub fn lookup(&self, identity: &Identity) -> Option<PodMetadata> {
+        if identity.pod_uid.is_empty() {
+            return None;
+        }
+        let pod = self
+            .store
+            .find(|pod| pod.metadata.uid.as_deref() == Some(identity.pod_uid.as_str()))?;
+        Some(metadata_of(&pod, &identity.container_id))
+    }
+}
+
+impl Drop for Pods {
+    fn drop(&mut self) {
+        self._watch.abort();
+    }
+}
+
+enum ConfigSource {
+    Kubeconfig(Box<Kubeconfig>),
+    InCluster(Box<Config>),
+}
+
+impl ConfigSource {
+    async fn client(self) -> anyhow::Result<Client> {
+        let config = match self {
+            Self::Kubeconfig(kubeconfig) => {
+                Config::from_custom_kubeconfig(*kubeconfig, &KubeConfigOptions::default())
+                    .await
+                    .context("kubeconfig")?
+            }
+            Self::InCluster(config) => *config,
+        };
+        Client::try_from(config).context("creating the client")
+    }
+}
+
+/// `$NODE_NAME` (the DaemonSet sets it from `spec.nodeName`), else the host name, which is the
+/// node name kubelet registers by default.
+fn default_node_name() -> anyhow::Result<String> {
+    if let Some(name) = std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()) {
+        return Ok(name);
+    }
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("no --collector.ebpf.cgroup.node-name nor $NODE_NAME, and no host name")?;
+    Ok(hostname.trim().to_owned())
+}
+
+fn metadata_of(pod: &Arc<Pod>, container_id: &str) -> PodMetadata {
+    let mut metadata = PodMetadata {
+        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+        pod: pod.metadata.name.clone().unwrap_or_default(),
+        ..PodMetadata::default()
+    };
+    if container_id.is_empty() {
+        return metadata;
+    }
+    let Some(status) = &pod.status else {
+        return metadata;
+    };
+    let all = [
+        &status.container_statuses,
+        &status.init_container_statuses,
+        &status.ephemeral_container_statuses,
+    ];
+    let found = all
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find_map(|c: &ContainerStatus| {
+            let (scheme, id) = c.container_id.as_deref()?.split_once("://")?;
+            (id == container_id).then(|| (c.name.clone(), scheme))
+        });
+    if let Some((name, scheme)) = found {
+        metadata.container = name;
+        metadata.container_runtime = match scheme {
+            "cri-o" | "crio" => "cri-o",
+            other => other,
+        }
+        .to_owned();
+    }
+    metadata
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_names_and_runtime_from_statuses() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-0", "namespace": "shop", "uid": "u1"},
+            "status": {
+                "containerStatuses": [{
+                    "name": "app", "image": "i", "imageID": "", "ready": true, "restartCount": 0,
+                    "containerID": "containerd://aaa"
+                }],
+                "initContainerStatuses": [{
+                    "name": "init", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                    "containerID": "cri-o://bbb"
+                }]
+            }
+        }))
+        .unwrap();
+        let pod = Arc::new(pod);
+        let app = metadata_of(&pod, "aaa");
+        assert_eq!(
+            (
+                app.namespace.as_str(),
+                app.pod.as_str(),
+                app.container.as_str(),
+                app.container_runtime.as_str()
+            ),
+            ("shop", "web-0", "app", "containerd")
+        );
+        let init = metadata_of(&pod, "bbb");
+        assert_eq!(
+            (init.container.as_str(), init.container_runtime.as_str()),
+            ("init", "cri-o")
+        );
+        // The pod's own cgroup, or a container not (yet) in the status.
+        assert_eq!(metadata_of(&pod, "").container, "");
+        assert_eq!(metadata_of(&pod, "ccc").pod, "web-0");
+    }
+
+    #[test]
+    fn mode_flag() {
+        assert!(Pods::from_flags("off", None, None).unwrap().is_none());
+        let err = Pods::from_flags("sometimes", None, None).err().unwrap();
+        assert!(
+            err.to_string().contains("expected auto, on or off"),
+            "{err}"
+        );
+        let err = Pods::from_flags("on", Some("/nonexistent/kubeconfig"), Some("n"))
+            .err()
+            .unwrap();
+        assert!(
+            format!("{err:#}").contains("reading kubeconfig /nonexistent/kubeconfig"),
+            "{err:#}"
+        );
+    }
+}

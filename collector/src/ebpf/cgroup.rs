@@ -1,0 +1,402 @@
+//! `ebpf.cgroup`: CPU time, run-queue waits, block I/O and network traffic per cgroup v2 cgroup,
+//! labelled with the Kubernetes pod and container the cgroup belongs to.
+//!
+//! The kernel counts per cgroup id (`CGROUP_STATS`, charged by the scheduler and block programs
+//! and by cgroup_skb programs on the cgroup v2 root). At scrape time the ids are turned into
+//! paths, paths into pods and containers (`cgroups::identity`, and the Kubernetes API when in a
+//! cluster), and `cgroups::tracker` bounds how many are exported.
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use collector_common::{
+    CgroupCounters,
+    cgroup::{CGROUP_IO_READ, CGROUP_IO_WRITE},
+};
+
+use super::{EbpfRuntime, Hook, loader::CGROUP_SKB_PROGRAMS, programs};
+use crate::{
+    cgroups::{
+        fs::{self, CgroupFs},
+        kubernetes::Pods,
+        tracker::{Limits, Tracker},
+    },
+    collectors::{BuildContext, CollectorSpec},
+    flags::{CollectorFlags, FlagSpec},
+    metrics::MetricFamily,
+    scrape::Collector,
+};
+
+/// The hooks that charge cgroups (shared with `ebpf.sched` and `ebpf.block`).
+pub static HOOKS: [Hook; 4] = [
+    Hook {
+        category: "sched",
+        name: "sched_switch",
+    },
+    Hook {
+        category: "block",
+        name: "block_rq_insert",
+    },
+    Hook {
+        category: "block",
+        name: "block_rq_issue",
+    },
+    Hook {
+        category: "block",
+        name: "block_rq_complete",
+    },
+];
+
+const MAX_CGROUPS: &str = "collector.ebpf.cgroup.max-cgroups";
+const GRACE_PERIOD: &str = "collector.ebpf.cgroup.grace-period";
+const ROOT: &str = "collector.ebpf.cgroup.root";
+const KUBERNETES: &str = "collector.ebpf.cgroup.kubernetes";
+const KUBECONFIG: &str = "collector.ebpf.cgroup.kubeconfig";
+const NODE_NAME: &str = "collector.ebpf.cgroup.node-name";
+
+pub const SPEC: CollectorSpec = CollectorSpec {
+    name: "ebpf.cgroup",
+    default_enabled: true,
+    flags: &[
+        FlagSpec::value(
+            MAX_CGROUPS,
+            Some("1000"),
+            "Most cgroups exported at once; further ones wait for a place (ebpf_cgroups_dropped_total{reason=\"limit\"}).",
+        ),
+        FlagSpec::value(
+            GRACE_PERIOD,
+            Some("5m"),
+            "How long the series of a removed cgroup are still exported.",
+        ),
+        FlagSpec::value(
+            ROOT,
+            None,
+            "cgroup v2 mount point (default: found in the mount table, preferring one under --path.sysfs).",
+        ),
+        FlagSpec::value(
+            KUBERNETES,
+            Some("auto"),
+            "Pod namespace, name and container names from the Kubernetes API: auto (when running in a cluster, or with --collector.ebpf.cgroup.kubeconfig), on or off.",
+        ),
+        FlagSpec::value(
+            KUBECONFIG,
+            None,
+            "kubeconfig file for the Kubernetes API (default: the in-cluster service account).",
+        ),
+        FlagSpec::value(
+            NODE_NAME,
+            None,
+            "This node's name in Kubernetes, whose pods are watched (default: $NODE_NAME, else the host name).",
+        ),
+    ],
+    hooks: &HOOKS,
+    build,
+};
+
+/// Kernel map entries for the cgroups flags: room for the exported cgroups plus the churn of
+/// short-lived ones between two scrapes.
+pub fn kernel_map_entries(flags: &CollectorFlags) -> anyhow::Result<u32> {
+    let max = max_cgroups(flags)?;
+    Ok(u32::try_from(max.saturating_mul(4))
+        .unwrap_or(u32::MAX)
+        .max(1024))
+}
+
+fn max_cgroups(flags: &CollectorFlags) -> anyhow::Result<usize> {
+    let value = flags.string(MAX_CGROUPS).unwrap_or("1000");
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|&n| n > 0)
+        .with_context(|| format!("--{MAX_CGROUPS}={value}: expected a positive number of cgroups"))
+}
+
+fn grace_period(flags: &CollectorFlags) -> anyhow::Result<Duration> {
+    let value = flags.string(GRACE_PERIOD).unwrap_or("5m");
+    humantime::parse_duration(value)
+        .with_context(|| format!("--{GRACE_PERIOD}={value}: expected a duration such as 5m or 30s"))
+}
+
+struct State {
+    counters: BpfHashMap<MapData, u64, CgroupCounters>,
+    tracker: Tracker,
+}
+
+pub struct CgroupCollector {
+    runtime: Option<Arc<EbpfRuntime>>,
+    state: Option<Mutex<State>>,
+    hierarchy: CgroupFs,
+    /// Whether the cgroup_skb programs are attached (network traffic is counted).
+    network_attached: bool,
+    /// The hooks whose status this collector reports: those no other enabled collector uses.
+    status_hooks: Vec<&'static Hook>,
+    pods: Option<Pods>,
+}
+
+fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
+    let flags = &context.flags;
+    let limits = Limits {
+        max_cgroups: max_cgroups(flags)?,
+        grace_period: grace_period(flags)?,
+    };
+    let root = fs::find_root(flags.string(ROOT).map(std::path::Path::new), &context.sysfs)?;
+    let hierarchy = CgroupFs::open(&root)?;
+    tracing::info!(root = %root.display(), "cgroup v2 hierarchy");
+    let pods = Pods::from_flags(
+        flags.string(KUBERNETES).unwrap_or("auto"),
+        flags.string(KUBECONFIG),
+        flags.string(NODE_NAME),
+    )?;
+
+    let mut network_attached = false;
+    let state = match &context.ebpf {
+        Some(runtime) => {
+            match std::fs::File::open(&root)
+                .map_err(anyhow::Error::from)
+                .and_then(|dir| runtime.attach_cgroup_skb(&dir))
+            {
+                Ok(()) => network_attached = true,
+                Err(e) => tracing::warn!(
+                    err = format!("{e:#}"),
+                    "per-cgroup network traffic unavailable (cgroup_skb refused)"
+                ),
+            }
+            Some(Mutex::new(State {
+                counters: runtime.take_map("CGROUP_STATS")?.try_into()?,
+                tracker: Tracker::new(limits),
+            }))
+        }
+        None => None,
+    };
+    let status_hooks = HOOKS
+        .iter()
+        .filter(|hook| {
+            !crate::collectors::ALL.iter().any(|spec| {
+                spec.name != SPEC.name
+                    && context.is_enabled(spec.name)
+                    && spec.hooks.iter().any(|h| h.name == hook.name)
+            })
+        })
+        .collect();
+    Ok(Arc::new(CgroupCollector {
+        runtime: context.ebpf.clone(),
+        state,
+        hierarchy,
+        network_attached,
+        status_hooks,
+        pods,
+    }))
+}
+
+/// Labels of one cgroup's series, in order.
+const LABELS: [&str; 8] = [
+    "cgroup",
+    "container",
+    "container_id",
+    "container_runtime",
+    "namespace",
+    "pod",
+    "pod_uid",
+    "qos_class",
+];
+
+impl Collector for CgroupCollector {
+    fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
+        programs::push_status(self.runtime.as_deref(), &self.status_hooks, out);
+        self.push_network_status(out);
+        programs::require_any_attached(self.runtime.as_deref(), &HOOKS)?;
+        let state = self.state.as_ref().context("cgroup map unavailable")?;
+        let mut state = state.lock().expect("cgroup state lock poisoned");
+        let State { counters, tracker } = &mut *state;
+
+        let mut entries = Vec::new();
+        for entry in counters.iter() {
+            match entry {
+                Ok(entry) => entries.push(entry),
+                // Removed between listing and lookup (the LRU evicted it): skip it.
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context("reading CGROUP_STATS"),
+            }
+        }
+        let ids: Vec<u64> = entries.iter().map(|(id, _)| *id).collect();
+        for id in tracker.update(&ids, Instant::now(), &self.hierarchy)? {
+            // Already gone (evicted) is fine too.
+            let _ = counters.remove(&id);
+        }
+        let entries: std::collections::HashMap<u64, CgroupCounters> = entries.into_iter().collect();
+
+        let mut families = Families::new(self.network_attached);
+        let mut exported = 0;
+        for (id, cgroup) in tracker.exported() {
+            let Some(c) = entries.get(&id) else { continue };
+            let metadata = self
+                .pods
+                .as_ref()
+                .and_then(|pods| pods.lookup(&cgroup.identity))
+                .unwrap_or_default();
+            let identity = &cgroup.identity;
+            let runtime = if identity.container_runtime.is_empty() {
+                metadata.container_runtime.as_str()
+            } else {
+                identity.container_runtime.as_str()
+            };
+            let labels = [
+                cgroup.path.as_str(),
+                metadata.container.as_str(),
+                identity.container_id.as_str(),
+                runtime,
+                metadata.namespace.as_str(),
+                metadata.pod.as_str(),
+                identity.pod_uid.as_str(),
+                identity.qos_class.as_str(),
+            ];
+            families.push(&labels, c);
+            exported += 1;
+        }
+        families.append_to(out);
+
+        out.push(
+            MetricFamily::gauge(
+                "ebpf_cgroups_exported",
+                "cgroups whose series are exported (at most --collector.ebpf.cgroup.max-cgroups).",
+            )
+            .with_value(exported as f64),
+        );
+        let dropped = tracker.dropped();
+        let mut family = MetricFamily::counter(
+            "ebpf_cgroups_dropped_total",
+            "cgroups not exported: refused a place because the limit was reached (reason=\"limit\"), or removed and dropped after the grace period (reason=\"removed\").",
+        );
+        family.push([("reason", "limit")], dropped.over_limit as f64);
+        family.push([("reason", "removed")], dropped.removed as f64);
+        out.push(family);
+        Ok(())
+    }
+}
+
+impl CgroupCollector {
+    fn push_network_status(&self, out: &mut Vec<MetricFamily>) {
+        let mut attached = MetricFamily::gauge(
+            "ebpf_program_attached",
+            "Whether the eBPF program for a kernel hook is attached (1) or not (0, hook_type=\"none\"), by hook type.",
+        );
+        for (name, _) in CGROUP_SKB_PROGRAMS {
+            let (hook_type, value) = if self.network_attached {
+                ("cgroup_skb", 1.0)
+            } else {
+                ("none", 0.0)
+            };
+            attached.push([("program", name), ("hook_type", hook_type)], value);
+        }
+        out.push(attached);
+    }
+}
+
+/// The per-cgroup families of one scrape.
+struct Families {
+    network: bool,
+    cpu: MetricFamily,
+    wait: MetricFamily,
+    waits: MetricFamily,
+    io_requests: MetricFamily,
+    io_bytes: MetricFamily,
+    io_time: MetricFamily,
+    receive_bytes: MetricFamily,
+    receive_packets: MetricFamily,
+    transmit_bytes: MetricFamily,
+    transmit_packets: MetricFamily,
+}
+
+impl Families {
+    fn new(network: bool) -> Self {
+        Self {
+            network,
+            cpu: MetricFamily::counter(
+                "ebpf_cgroup_cpu_seconds_total",
+                "Time the cgroup's tasks ran on a CPU.",
+            ),
+            wait: MetricFamily::counter(
+                "ebpf_cgroup_runqueue_wait_seconds_total",
+                "Time the cgroup's tasks waited on a CPU run queue while runnable.",
+            ),
+            waits: MetricFamily::counter(
+                "ebpf_cgroup_runqueue_waits_total",
+                "Run-queue waits of the cgroup's tasks (runs after a wait), the count for ebpf_cgroup_runqueue_wait_seconds_total.",
+            ),
+            io_requests: MetricFamily::counter(
+                "ebpf_cgroup_block_io_requests_total",
+                "Block I/O requests the cgroup's tasks submitted that completed, by operation.",
+            ),
+            io_bytes: MetricFamily::counter(
+                "ebpf_cgroup_block_io_bytes_total",
+                "Bytes of the cgroup's completed block I/O requests, by operation.",
+            ),
+            io_time: MetricFamily::counter(
+                "ebpf_cgroup_block_io_time_seconds_total",
+                "Sum of the issue-to-completion latency of the cgroup's block I/O requests, by operation.",
+            ),
+            receive_bytes: MetricFamily::counter(
+                "ebpf_cgroup_network_receive_bytes_total",
+                "Bytes received by the cgroup's sockets.",
+            ),
+            receive_packets: MetricFamily::counter(
+                "ebpf_cgroup_network_receive_packets_total",
+                "Packets received by the cgroup's sockets (GRO/GSO segments counted one by one).",
+            ),
+            transmit_bytes: MetricFamily::counter(
+                "ebpf_cgroup_network_transmit_bytes_total",
+                "Bytes sent by the cgroup's sockets.",
+            ),
+            transmit_packets: MetricFamily::counter(
+                "ebpf_cgroup_network_transmit_packets_total",
+                "Packets sent by the cgroup's sockets (GSO segments counted one by one).",
+            ),
+        }
+    }
+
+    fn push(&mut self, labels: &[&str; 8], c: &CgroupCounters) {
+        let base = || LABELS.iter().copied().zip(labels.iter().copied());
+        let seconds = |ns: u64| ns as f64 / 1e9;
+        self.cpu.push(base(), seconds(c.cpu_ns));
+        self.wait.push(base(), seconds(c.runqueue_wait_ns));
+        self.waits.push(base(), c.runqueue_waits as f64);
+        for (index, operation) in [(CGROUP_IO_READ, "read"), (CGROUP_IO_WRITE, "write")] {
+            let with_op = || base().chain([("operation", operation)]);
+            self.io_requests
+                .push(with_op(), c.io_requests[index] as f64);
+            self.io_bytes.push(with_op(), c.io_bytes[index] as f64);
+            self.io_time.push(with_op(), seconds(c.io_time_ns[index]));
+        }
+        if self.network {
+            self.receive_bytes.push(base(), c.net_receive_bytes as f64);
+            self.receive_packets
+                .push(base(), c.net_receive_packets as f64);
+            self.transmit_bytes
+                .push(base(), c.net_transmit_bytes as f64);
+            self.transmit_packets
+                .push(base(), c.net_transmit_packets as f64);
+        }
+    }
+
+    fn append_to(self, out: &mut Vec<MetricFamily>) {
+        out.extend([
+            self.cpu,
+            self.wait,
+            self.waits,
+            self.io_requests,
+            self.io_bytes,
+            self.io_time,
+        ]);
+        if self.network {
+            out.extend([
+                self.receive_bytes,
+                self.receive_packets,
+                self.transmit_bytes,
+                self.transmit_packets,
+            ]);
+        }
+    }
+}

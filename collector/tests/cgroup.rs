@@ -1,0 +1,471 @@
+//! Root: per-cgroup accounting. A workload the test runs in a kubepods-style cgroup hierarchy
+//! (CPU, direct I/O, loopback TCP) shows up under its pod UID and container ID, with each hook
+//! type; its series go once the cgroup is removed and the grace period has passed; a storm of
+//! short-lived cgroups never exports more than the bound; pod and container names come from a
+//! Kubernetes API server (a fake one serving a pod list and an idle watch) for this node only.
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use common::{Daemon, Scrape};
+
+const WRITES: usize = 200;
+const SENT_BYTES: usize = 1 << 20;
+
+/// The cgroup v2 mount (EKS nodes: /sys/fs/cgroup; hybrid hosts: /sys/fs/cgroup/unified).
+fn cgroup2_root() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let (mount, filesystem) = line.split_once(" - ")?;
+        let mount_point = mount.split(' ').nth(4)?;
+        (filesystem.split(' ').next() == Some("cgroup2")).then(|| PathBuf::from(mount_point))
+    })
+}
+
+/// A pod's container cgroup as kubelet (systemd driver) and containerd lay it out; removed,
+/// deepest first, on drop.
+struct PodCgroup {
+    /// Created directories, outermost first.
+    created: Vec<PathBuf>,
+    uid: String,
+    container_id: String,
+}
+
+impl PodCgroup {
+    fn create(root: &Path, tag: u8) -> Self {
+        let uid = format!("6f1d3a2c-8b7e-4c1a-9d2e-3f4a5b6c7d{tag:02x}");
+        let container_id = format!("{tag:02x}").repeat(32);
+        let relative = format!(
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{container_id}.scope",
+            uid.replace('-', "_")
+        );
+        let mut created = Vec::new();
+        let mut path = root.to_path_buf();
+        for component in relative.split('/') {
+            path.push(component);
+            if !path.exists() {
+                std::fs::create_dir(&path)
+                    .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", path.display()));
+                created.push(path.clone());
+            }
+        }
+        Self {
+            created,
+            uid,
+            container_id,
+        }
+    }
+
+    fn container(&self) -> &Path {
+        self.created.last().expect("the container cgroup")
+    }
+
+    /// Runs `script` with bash inside the container cgroup, to completion.
+    fn run(&self, script: &str) {
+        let procs = self.container().join("cgroup.procs");
+        let status = Command::new("bash")
+            .arg("-c")
+            .arg(format!("echo $$ > '{}' && {script}", procs.display()))
+            .status()
+            .expect("running bash");
+        assert!(status.success(), "workload failed: {script}");
+    }
+
+    /// CPU time of the container cgroup by the kernel's own accounting (`cpu.stat`, present
+    /// whether or not the cpu controller is enabled).
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(self.container().join("cpu.stat")).expect("cpu.stat");
+        let usage = stat
+            .lines()
+            .find_map(|line| line.strip_prefix("usage_usec "))
+            .expect("usage_usec in cpu.stat");
+        usage.parse::<f64>().unwrap() / 1e6
+    }
+
+    /// Removes the container's cgroup (its processes have exited), keeping the pod's.
+    fn remove_container(&mut self) {
+        let container = self.created.pop().expect("the container cgroup");
+        std::fs::remove_dir(&container)
+            .unwrap_or_else(|e| panic!("removing {}: {e}", container.display()));
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        for dir in self.created.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// Accepts one connection and reads it to the end; returns the bytes read.
+fn sink() -> (u16, std::thread::JoinHandle<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding the sink");
+    let port = listener.local_addr().unwrap().port();
+    let reader = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accepting");
+        let mut total = 0;
+        let mut buffer = [0u8; 65536];
+        loop {
+            match stream.read(&mut buffer) {
+                Ok(0) | Err(_) => return total,
+                Ok(n) => total += n,
+            }
+        }
+    });
+    (port, reader)
+}
+
+fn attributes_a_pods_workload_with(hook_type: &str, tag: u8) {
+    require_root!();
+    let Some(root) = cgroup2_root() else {
+        eprintln!("skipped: no cgroup v2 hierarchy mounted");
+        return;
+    };
+    if hook_type == "tracepoint" {
+        common::ensure_tracefs();
+    }
+    let daemon = Daemon::start(&[
+        "--collector.disable-defaults",
+        "--collector.ebpf.cgroup",
+        "--collector.ebpf.cgroup.grace-period=2s",
+        &format!("--ebpf.hook-types={hook_type}"),
+    ]);
+    let scrape = daemon.scrape();
+    common::assert_attached(&scrape, &["sched_switch"], hook_type);
+    common::assert_attached(
+        &scrape,
+        &["cgroup_skb_ingress", "cgroup_skb_egress"],
+        "cgroup_skb",
+    );
+
+    let mut pod = PodCgroup::create(&root, tag);
+    let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("cgroup-test-{}-{hook_type}", std::process::id()));
+    let (port, received) = sink();
+    // One second of CPU, 200 direct 4 KiB writes (each waits for its request), 1 MiB sent over
+    // loopback TCP.
+    pod.run(&format!(
+        "timeout 1 sh -c 'while :; do :; done'; \
+         dd if=/dev/zero of='{file}' bs=4k count={WRITES} oflag=direct,dsync status=none && \
+         exec 3<>/dev/tcp/127.0.0.1/{port} && head -c {SENT_BYTES} /dev/zero >&3",
+        file = file.display()
+    ));
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(received.join().unwrap(), SENT_BYTES);
+
+    let (uid, container_id) = (pod.uid.clone(), pod.container_id.clone());
+    let labels = [
+        ("pod_uid", uid.as_str()),
+        ("container_id", container_id.as_str()),
+        ("qos_class", "burstable"),
+        ("container_runtime", "containerd"),
+    ];
+    let after = daemon.scrape();
+    let value = |name: &str, extra: &[(&str, &str)]| {
+        let mut all = labels.to_vec();
+        all.extend_from_slice(extra);
+        let found: Vec<_> = after.matching(name, &all).collect();
+        assert_eq!(found.len(), 1, "one {name}{all:?}; scrape:\n{}", after.text);
+        found[0].value
+    };
+    let cpu = value("ebpf_cgroup_cpu_seconds_total", &[]);
+    let kernel_cpu = pod.cpu_seconds();
+    assert!(
+        (cpu - kernel_cpu).abs() <= 0.05 * kernel_cpu + 0.02,
+        "{cpu} s of CPU counted, {kernel_cpu} s by the cgroup's cpu.stat"
+    );
+    assert!(kernel_cpu > 0.2, "the busy loop ran: {kernel_cpu} s");
+    assert!(value("ebpf_cgroup_runqueue_waits_total", &[]) > 0.0);
+    let writes = value(
+        "ebpf_cgroup_block_io_requests_total",
+        &[("operation", "write")],
+    );
+    assert!(
+        writes >= WRITES as f64,
+        "{writes} write requests for {WRITES} direct writes"
+    );
+    let written = value(
+        "ebpf_cgroup_block_io_bytes_total",
+        &[("operation", "write")],
+    );
+    assert!(written >= (WRITES * 4096) as f64, "{written} bytes written");
+    assert!(
+        value(
+            "ebpf_cgroup_block_io_time_seconds_total",
+            &[("operation", "write")]
+        ) > 0.0
+    );
+    let sent = value("ebpf_cgroup_network_transmit_bytes_total", &[]);
+    assert!(
+        sent >= SENT_BYTES as f64,
+        "{sent} bytes sent for {SENT_BYTES}"
+    );
+    assert!(value("ebpf_cgroup_network_transmit_packets_total", &[]) > 0.0);
+    eprintln!(
+        "{hook_type}: cpu {cpu:.3} s (cpu.stat {kernel_cpu:.3} s), {writes} writes ({written} bytes), {sent} bytes sent"
+    );
+
+    // Removed: still exported through the grace period (from the scrape that notices), then gone.
+    pod.remove_container();
+    let noticed = daemon.scrape();
+    assert_eq!(
+        noticed
+            .matching("ebpf_cgroup_cpu_seconds_total", &labels)
+            .count(),
+        1
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let later = daemon.scrape();
+    assert_eq!(
+        later
+            .matching("ebpf_cgroup_cpu_seconds_total", &labels)
+            .count(),
+        0,
+        "series of the removed cgroup still exported after the grace period"
+    );
+    assert!(
+        later.value("ebpf_cgroups_dropped_total", &[("reason", "removed")])
+            >= noticed.value("ebpf_cgroups_dropped_total", &[("reason", "removed")]) + 1.0
+    );
+}
+
+#[test]
+fn attributes_a_pods_workload_tp_btf() {
+    attributes_a_pods_workload_with("tp_btf", 0x01);
+}
+
+#[test]
+fn attributes_a_pods_workload_raw_tp() {
+    attributes_a_pods_workload_with("raw_tp", 0x02);
+}
+
+#[test]
+fn attributes_a_pods_workload_tracepoint() {
+    attributes_a_pods_workload_with("tracepoint", 0x03);
+}
+
+/// Distinct cgroups with series in `scrape`.
+fn exported_cgroups(scrape: &Scrape) -> BTreeSet<String> {
+    scrape
+        .matching("ebpf_cgroup_cpu_seconds_total", &[])
+        .map(|s| s.labels["cgroup"].clone())
+        .collect()
+}
+
+#[test]
+fn a_storm_of_cgroups_stays_within_the_bound() {
+    require_root!();
+    let Some(root) = cgroup2_root() else {
+        eprintln!("skipped: no cgroup v2 hierarchy mounted");
+        return;
+    };
+    const BOUND: usize = 5;
+    let daemon = Daemon::start(&[
+        "--collector.disable-defaults",
+        "--collector.ebpf.cgroup",
+        &format!("--collector.ebpf.cgroup.max-cgroups={BOUND}"),
+        "--collector.ebpf.cgroup.grace-period=1s",
+    ]);
+    let storm = root.join(format!("storm-{}", std::process::id()));
+    std::fs::create_dir(&storm).expect("creating the storm's parent cgroup");
+    let mut largest = 0;
+    for round in 0..6 {
+        // 20 cgroups alive at the scrape, each having run a process, then all removed.
+        let cgroups: Vec<PathBuf> = (0..20)
+            .map(|i| storm.join(format!("c{round}-{i}")))
+            .collect();
+        for cgroup in &cgroups {
+            std::fs::create_dir(cgroup).unwrap();
+            let status = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "echo $$ > '{}/cgroup.procs' && true",
+                    cgroup.display()
+                ))
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let scrape = daemon.scrape();
+        let exported = exported_cgroups(&scrape);
+        largest = largest.max(exported.len());
+        assert!(
+            exported.len() <= BOUND,
+            "{} cgroups exported: {exported:?}",
+            exported.len()
+        );
+        assert!(scrape.value("ebpf_cgroups_exported", &[]) <= BOUND as f64);
+        for cgroup in &cgroups {
+            std::fs::remove_dir(cgroup).unwrap();
+        }
+    }
+    assert_eq!(largest, BOUND, "the storm filled every place");
+    std::thread::sleep(Duration::from_millis(1500));
+    daemon.scrape(); // notices the last removals
+    std::thread::sleep(Duration::from_millis(1500));
+    let end = daemon.scrape();
+    std::fs::remove_dir(&storm).unwrap();
+    let storm_name = storm.file_name().unwrap().to_str().unwrap();
+    let left: Vec<_> = exported_cgroups(&end)
+        .into_iter()
+        .filter(|c| c.contains(storm_name))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "removed storm cgroups still exported: {left:?}"
+    );
+    let over_limit = end.value("ebpf_cgroups_dropped_total", &[("reason", "limit")]);
+    let removed = end.value("ebpf_cgroups_dropped_total", &[("reason", "removed")]);
+    assert!(over_limit >= 20.0, "{over_limit} cgroups refused a place");
+    assert!(removed >= 20.0, "{removed} removed cgroups dropped");
+    eprintln!(
+        "storm: at most {largest} exported of bound {BOUND}; dropped {over_limit} over the limit, {removed} removed"
+    );
+}
+
+/// A Kubernetes API server that knows one pod: serves it to list requests, and holds watch
+/// requests open without events. Records the request lines.
+fn fake_api_server(pod: serde_json::Value) -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding the fake API server");
+    let port = listener.local_addr().unwrap().port();
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&requests);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let seen = Arc::clone(&seen);
+            let pod = pod.clone();
+            std::thread::spawn(move || serve_api(stream, &pod, &seen));
+        }
+    });
+    (port, requests)
+}
+
+fn serve_api(stream: TcpStream, pod: &serde_json::Value, seen: &Mutex<Vec<String>>) {
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+                break;
+            }
+        }
+        seen.lock().unwrap().push(request_line.trim().to_owned());
+        if request_line.contains("watch=true") {
+            let _ = writer.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+            );
+            std::thread::sleep(Duration::from_secs(120));
+            return;
+        }
+        let body = serde_json::json!({
+            "apiVersion": "v1", "kind": "PodList",
+            "metadata": {"resourceVersion": "1"},
+            "items": [pod],
+        })
+        .to_string();
+        let _ = write!(
+            writer,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+    }
+}
+
+#[test]
+fn names_pods_and_containers_from_the_kubernetes_api() {
+    require_root!();
+    let Some(root) = cgroup2_root() else {
+        eprintln!("skipped: no cgroup v2 hierarchy mounted");
+        return;
+    };
+    let pod = PodCgroup::create(&root, 0x04);
+    let (port, requests) = fake_api_server(serde_json::json!({
+        "metadata": {"name": "web-0", "namespace": "shop", "uid": pod.uid, "resourceVersion": "1"},
+        "spec": {"nodeName": "test-node", "containers": [{"name": "app"}]},
+        "status": {"containerStatuses": [{
+            "name": "app", "image": "app:1", "imageID": "", "ready": true, "restartCount": 0,
+            "containerID": format!("containerd://{}", pod.container_id)
+        }]}
+    }));
+    let dir = common::prometheus::TempDir::new("kubeconfig");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: test\n\
+             clusters: [{{name: test, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\n\
+             users: [{{name: test, user: {{token: test-token}}}}]\n\
+             contexts: [{{name: test, context: {{cluster: test, user: test}}}}]\n"
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&[
+        "--collector.disable-defaults",
+        "--collector.ebpf.cgroup",
+        &format!(
+            "--collector.ebpf.cgroup.kubeconfig={}",
+            kubeconfig.display()
+        ),
+        "--collector.ebpf.cgroup.node-name=test-node",
+    ]);
+    // Served once the programs are attached: the workload is counted.
+    let attached = daemon
+        .scrape()
+        .sum("ebpf_program_attached", &[("program", "sched_switch")]);
+    assert_eq!(attached, 1.0, "sched_switch attached");
+    pod.run("timeout 0.2 sh -c 'while :; do :; done' || true");
+
+    let labels = [
+        ("namespace", "shop"),
+        ("pod", "web-0"),
+        ("container", "app"),
+        ("pod_uid", pod.uid.as_str()),
+        ("container_id", pod.container_id.as_str()),
+    ];
+    let mut named = 0;
+    for _ in 0..50 {
+        named = daemon
+            .scrape()
+            .matching("ebpf_cgroup_cpu_seconds_total", &labels)
+            .count();
+        if named == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let requests = requests.lock().unwrap().clone();
+    let unnamed: Vec<_> = daemon
+        .scrape()
+        .matching(
+            "ebpf_cgroup_cpu_seconds_total",
+            &[("pod_uid", pod.uid.as_str())],
+        )
+        .cloned()
+        .collect();
+    assert_eq!(
+        named,
+        1,
+        "no series named by the API: {unnamed:?}; requests: {requests:?}; log:\n{}",
+        daemon.log()
+    );
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.contains("fieldSelector=spec.nodeName%3Dtest-node")),
+        "every request selects this node's pods: {requests:?}"
+    );
+}
