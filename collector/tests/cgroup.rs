@@ -9,102 +9,19 @@ use std::{
     collections::BTreeSet,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Command,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use common::{Daemon, Scrape};
+use common::{
+    Daemon, Scrape,
+    cgroup::{PodCgroup, cgroup2_root},
+};
 
 const WRITES: usize = 200;
 const SENT_BYTES: usize = 1 << 20;
-
-/// The cgroup v2 mount (EKS nodes: /sys/fs/cgroup; hybrid hosts: /sys/fs/cgroup/unified).
-fn cgroup2_root() -> Option<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mountinfo.lines().find_map(|line| {
-        let (mount, filesystem) = line.split_once(" - ")?;
-        let mount_point = mount.split(' ').nth(4)?;
-        (filesystem.split(' ').next() == Some("cgroup2")).then(|| PathBuf::from(mount_point))
-    })
-}
-
-/// A pod's container cgroup as kubelet (systemd driver) and containerd lay it out; removed,
-/// deepest first, on drop.
-struct PodCgroup {
-    /// Created directories, outermost first.
-    created: Vec<PathBuf>,
-    uid: String,
-    container_id: String,
-}
-
-impl PodCgroup {
-    fn create(root: &Path, tag: u8) -> Self {
-        let uid = format!("6f1d3a2c-8b7e-4c1a-9d2e-3f4a5b6c7d{tag:02x}");
-        let container_id = format!("{tag:02x}").repeat(32);
-        let relative = format!(
-            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{container_id}.scope",
-            uid.replace('-', "_")
-        );
-        let mut created = Vec::new();
-        let mut path = root.to_path_buf();
-        for component in relative.split('/') {
-            path.push(component);
-            if !path.exists() {
-                std::fs::create_dir(&path)
-                    .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", path.display()));
-                created.push(path.clone());
-            }
-        }
-        Self {
-            created,
-            uid,
-            container_id,
-        }
-    }
-
-    fn container(&self) -> &Path {
-        self.created.last().expect("the container cgroup")
-    }
-
-    /// Runs `script` with bash inside the container cgroup, to completion.
-    fn run(&self, script: &str) {
-        let procs = self.container().join("cgroup.procs");
-        let status = Command::new("bash")
-            .arg("-c")
-            .arg(format!("echo $$ > '{}' && {script}", procs.display()))
-            .status()
-            .expect("running bash");
-        assert!(status.success(), "workload failed: {script}");
-    }
-
-    /// CPU time of the container cgroup by the kernel's own accounting (`cpu.stat`, present
-    /// whether or not the cpu controller is enabled).
-    fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(self.container().join("cpu.stat")).expect("cpu.stat");
-        let usage = stat
-            .lines()
-            .find_map(|line| line.strip_prefix("usage_usec "))
-            .expect("usage_usec in cpu.stat");
-        usage.parse::<f64>().unwrap() / 1e6
-    }
-
-    /// Removes the container's cgroup (its processes have exited), keeping the pod's.
-    fn remove_container(&mut self) {
-        let container = self.created.pop().expect("the container cgroup");
-        std::fs::remove_dir(&container)
-            .unwrap_or_else(|e| panic!("removing {}: {e}", container.display()));
-    }
-}
-
-impl Drop for PodCgroup {
-    fn drop(&mut self) {
-        for dir in self.created.iter().rev() {
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
-}
 
 /// Accepts one connection and reads it to the end; returns the bytes read.
 fn sink() -> (u16, std::thread::JoinHandle<usize>) {
@@ -166,7 +83,7 @@ fn attributes_a_pods_workload_with(hook_type: &str, tag: u8) {
     let labels = [
         ("pod_uid", uid.as_str()),
         ("container_id", container_id.as_str()),
-        ("qos_class", "burstable"),
+        ("qos_class", "Burstable"),
         ("container_runtime", "containerd"),
     ];
     let after = daemon.scrape();
@@ -430,9 +347,9 @@ fn names_pods_and_containers_from_the_kubernetes_api() {
     pod.run("timeout 0.2 sh -c 'while :; do :; done' || true");
 
     let labels = [
-        ("namespace", "shop"),
-        ("pod", "web-0"),
-        ("container", "app"),
+        ("pod_namespace", "shop"),
+        ("pod_name", "web-0"),
+        ("container_name", "app"),
         ("pod_uid", pod.uid.as_str()),
         ("container_id", pod.container_id.as_str()),
     ];

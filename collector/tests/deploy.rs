@@ -695,6 +695,10 @@ fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<
 fn prometheus_with_the_scraper_relabeling_evaluates_every_dashboard_and_rule_expression() {
     require_root!();
     let collector = Daemon::start(&["--ebpf.enable-stats"]);
+    // A pod's container, waking every 50 ms, for the per-pod expressions.
+    let root = common::cgroup::cgroup2_root().expect("a cgroup v2 mount");
+    let pod = common::cgroup::PodCgroup::create(&root, 0x10);
+    let _workload = KillOnDrop(pod.spawn("while :; do sleep 0.05; done"));
 
     let mut config = with_static_targets(
         scrape_config("scraper.yaml"),
@@ -860,4 +864,14 @@ fn prometheus_with_the_scraper_relabeling_evaluates_every_dashboard_and_rule_exp
         "most expressions must be checked for data here: {with_data} of {}",
         expressions.len()
     );
+}
+
+/// Kills and reaps a background workload when the test ends, passed or failed.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

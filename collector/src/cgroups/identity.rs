@@ -15,7 +15,8 @@ use regex::Regex;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Identity {
     pub pod_uid: String,
-    /// `guaranteed`, `burstable` or `besteffort`, as kubelet names the QoS cgroups.
+    /// `Guaranteed`, `Burstable` or `BestEffort`, as the pod's `status.qosClass` (and
+    /// kube-state-metrics) spell it.
     pub qos_class: String,
     pub container_id: String,
     /// `containerd`, `cri-o`, `docker` or `podman`; empty when the path does not say.
@@ -50,10 +51,11 @@ impl Identity {
             if in_kubepods && let Some(pod) = POD.captures(component) {
                 identity.pod_uid = pod[2].replace('_', "-").to_ascii_lowercase();
                 identity.qos_class = match pod.get(1) {
-                    Some(qos) => qos.as_str().to_owned(),
+                    Some(qos) => qos_class(qos.as_str()),
                     // cgroupfs names the QoS in the parent directory.
                     None => qos_from_cgroupfs_parent(path, component),
-                };
+                }
+                .to_owned();
                 is_pod = true;
             } else if let Some(container) = CONTAINER_SCOPE.captures(component) {
                 identity.container_id = container[2].to_owned();
@@ -73,21 +75,27 @@ impl Identity {
     }
 }
 
-/// `burstable`/`besteffort` when the pod directory's parent says so, else `guaranteed` (its pods
-/// sit directly in the kubepods cgroup).
-fn qos_from_cgroupfs_parent(path: &str, pod_component: &str) -> String {
-    let before = path.split(pod_component).next().unwrap_or("");
-    let parent = before
-        .trim_end_matches('/')
-        .rsplit('/')
-        .next()
-        .unwrap_or("");
-    match parent {
-        "burstable" | "kubepods-burstable.slice" => "burstable",
-        "besteffort" | "kubepods-besteffort.slice" => "besteffort",
-        _ => "guaranteed",
+/// The QoS class kubelet's cgroup name `burstable`/`besteffort` stands for; Guaranteed pods sit
+/// directly in the kubepods cgroup, without a QoS level.
+fn qos_class(cgroup_name: &str) -> &'static str {
+    match cgroup_name {
+        "burstable" | "kubepods-burstable.slice" => "Burstable",
+        "besteffort" | "kubepods-besteffort.slice" => "BestEffort",
+        _ => "Guaranteed",
     }
-    .to_owned()
+}
+
+/// The QoS class from the pod directory's parent (cgroupfs driver; the systemd driver's
+/// Guaranteed pods too).
+fn qos_from_cgroupfs_parent(path: &str, pod_component: &str) -> &'static str {
+    let before = path.split(pod_component).next().unwrap_or("");
+    qos_class(
+        before
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or(""),
+    )
 }
 
 #[cfg(test)]
@@ -119,7 +127,7 @@ mod tests {
             );
             assert_eq!(
                 Identity::from_path(&path),
-                identity(UID, "burstable", ID, runtime),
+                identity(UID, "Burstable", ID, runtime),
                 "{path}"
             );
         }
@@ -128,18 +136,18 @@ mod tests {
         );
         assert_eq!(
             Identity::from_path(&besteffort),
-            identity(UID, "besteffort", ID, "containerd")
+            identity(UID, "BestEffort", ID, "containerd")
         );
         let guaranteed = format!("/kubepods.slice/kubepods-pod{uid_}.slice/crio-{ID}.scope");
         assert_eq!(
             Identity::from_path(&guaranteed),
-            identity(UID, "guaranteed", ID, "cri-o")
+            identity(UID, "Guaranteed", ID, "cri-o")
         );
         // The pod's own cgroup: no container.
         let pod = format!("/kubepods.slice/kubepods-pod{uid_}.slice");
         assert_eq!(
             Identity::from_path(&pod),
-            identity(UID, "guaranteed", "", "")
+            identity(UID, "Guaranteed", "", "")
         );
     }
 
@@ -147,19 +155,19 @@ mod tests {
     fn cgroupfs_driver() {
         assert_eq!(
             Identity::from_path(&format!("/kubepods/burstable/pod{UID}/{ID}")),
-            identity(UID, "burstable", ID, "")
+            identity(UID, "Burstable", ID, "")
         );
         assert_eq!(
             Identity::from_path(&format!("/kubepods/besteffort/pod{UID}/{ID}")),
-            identity(UID, "besteffort", ID, "")
+            identity(UID, "BestEffort", ID, "")
         );
         assert_eq!(
             Identity::from_path(&format!("/kubepods/pod{UID}/{ID}")),
-            identity(UID, "guaranteed", ID, "")
+            identity(UID, "Guaranteed", ID, "")
         );
         assert_eq!(
             Identity::from_path(&format!("/kubepods/burstable/pod{UID}/crio-{ID}")),
-            identity(UID, "burstable", ID, "cri-o")
+            identity(UID, "Burstable", ID, "cri-o")
         );
     }
 
@@ -172,7 +180,7 @@ mod tests {
         );
         assert_eq!(
             Identity::from_path(&nested),
-            identity(UID, "burstable", ID, "containerd")
+            identity(UID, "Burstable", ID, "containerd")
         );
         // Docker outside Kubernetes: a container, no pod.
         assert_eq!(

@@ -191,14 +191,16 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     }))
 }
 
-/// Labels of one cgroup's series, in order.
+/// Labels of one cgroup's series, in order. `pod_namespace`, `pod_name` and `container_name`
+/// rather than Kubernetes' `namespace`, `pod` and `container`: scrape configs set those target
+/// labels to the collector's own pod, which would rename ours to `exported_*`.
 const LABELS: [&str; 8] = [
     "cgroup",
-    "container",
     "container_id",
+    "container_name",
     "container_runtime",
-    "namespace",
-    "pod",
+    "pod_name",
+    "pod_namespace",
     "pod_uid",
     "qos_class",
 ];
@@ -245,11 +247,11 @@ impl Collector for CgroupCollector {
             };
             let labels = [
                 cgroup.path.as_str(),
-                metadata.container.as_str(),
                 identity.container_id.as_str(),
+                metadata.container.as_str(),
                 runtime,
-                metadata.namespace.as_str(),
                 metadata.pod.as_str(),
+                metadata.namespace.as_str(),
                 identity.pod_uid.as_str(),
                 identity.qos_class.as_str(),
             ];

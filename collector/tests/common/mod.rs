@@ -2,6 +2,7 @@
 //! serves, and workloads of a size the tests know.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod cgroup;
 pub mod daemon;
 pub mod exposition;
 pub mod node_exporter;
