@@ -170,6 +170,81 @@ fn attributes_a_pods_workload_tracepoint() {
     attributes_a_pods_workload_with("tracepoint", 0x03);
 }
 
+/// The capabilities of the Kubernetes `capabilities` overlay and the systemd unit, with their
+/// numbers, as far as the test itself holds them (a sandbox may lack CAP_SYS_RESOURCE, only
+/// needed before 5.11 anyway): "+bpf,+perfmon,...".
+fn deployment_capabilities() -> String {
+    const CAPABILITIES: [(&str, u32); 6] = [
+        ("bpf", 39),
+        ("perfmon", 38),
+        ("sys_resource", 24),
+        ("dac_read_search", 2),
+        ("sys_ptrace", 19),
+        ("net_admin", 12),
+    ];
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let bounding = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapBnd:"))
+        .map(|hex| u64::from_str_radix(hex.trim(), 16).unwrap())
+        .unwrap();
+    CAPABILITIES
+        .iter()
+        .filter(|(_, bit)| bounding & (1 << bit) != 0)
+        .map(|(name, _)| format!("+{name}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn attributes_with_only_the_deployments_capabilities() {
+    require_root!();
+    let Some(root) = cgroup2_root() else {
+        eprintln!("skipped: no cgroup v2 hierarchy mounted");
+        return;
+    };
+    // Root whose capability bounding set is just those (setpriv cannot keep capabilities across
+    // a change of user): every capability check the collector meets is made against them.
+    let capabilities = deployment_capabilities();
+    let mut command = Command::new(common::tool("setpriv"));
+    command.args([
+        &format!("--inh-caps=-all,{capabilities}"),
+        &format!("--bounding-set=-all,{capabilities}"),
+        common::daemon::BINARY,
+        "--collector.disable-defaults",
+        "--collector.ebpf.cgroup",
+    ]);
+    let daemon = Daemon::spawn(command);
+    let scrape = daemon.scrape();
+    assert_eq!(
+        scrape.sum("ebpf_program_attached", &[("program", "sched_switch")]),
+        1.0,
+        "log:\n{}",
+        daemon.log()
+    );
+    common::assert_attached(
+        &scrape,
+        &["cgroup_skb_ingress", "cgroup_skb_egress"],
+        "cgroup_skb",
+    );
+    let pod = PodCgroup::create(&root, 0x05);
+    pod.run("timeout 0.2 sh -c 'while :; do :; done' || true");
+    // The id resolved to its path (open_by_handle_at needs CAP_DAC_READ_SEARCH).
+    let labels = [
+        ("pod_uid", pod.uid.as_str()),
+        ("container_id", pod.container_id.as_str()),
+    ];
+    let cpu = daemon
+        .scrape()
+        .value("ebpf_cgroup_cpu_seconds_total", &labels);
+    assert!(cpu > 0.1, "{cpu} s of CPU");
+    assert!(
+        !daemon.log().contains("walking the hierarchy"),
+        "{}",
+        daemon.log()
+    );
+}
+
 /// Distinct cgroups with series in `scrape`.
 fn exported_cgroups(scrape: &Scrape) -> BTreeSet<String> {
     scrape

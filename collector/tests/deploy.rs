@@ -180,7 +180,13 @@ fn every_kustomization_renders_and_validates_against_kubernetes_schemas() {
             assert_eq!(security["allowPrivilegeEscalation"], false);
             assert_eq!(security["capabilities"]["drop"], json!(["ALL"]));
             let added = security["capabilities"]["add"].as_array().unwrap();
-            for capability in ["BPF", "PERFMON", "SYS_RESOURCE"] {
+            for capability in [
+                "BPF",
+                "PERFMON",
+                "SYS_RESOURCE",
+                "NET_ADMIN",
+                "DAC_READ_SEARCH",
+            ] {
                 assert!(added.contains(&json!(capability)), "adds CAP_{capability}");
             }
             assert!(!added.contains(&json!("SYS_ADMIN")), "no CAP_SYS_ADMIN");

@@ -294,6 +294,10 @@ impl CgroupCollector {
             attached.push([("program", name), ("hook_type", hook_type)], value);
         }
         out.push(attached);
+        if let (Some(runtime), true) = (self.runtime.as_deref(), self.network_attached) {
+            let programs = CGROUP_SKB_PROGRAMS.map(|(name, _)| (name, name));
+            programs::push_run_statistics(runtime, programs, out);
+        }
     }
 }
 

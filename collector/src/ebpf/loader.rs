@@ -214,10 +214,10 @@ impl EbpfRuntime {
                 .is_ok_and(|v| v.trim() == "1")
     }
 
-    pub fn program_stats(&self, hook: &Hook) -> Option<ProgramStats> {
-        let hook_type = self.attached(hook)?;
+    /// Statistics of the loaded program `name` (as named in collector-ebpf).
+    pub fn program_stats(&self, name: &str) -> Option<ProgramStats> {
         let ebpf = self.ebpf.lock().expect("ebpf lock poisoned");
-        let info = ebpf.program(&hook.program_name(hook_type))?.info().ok()?;
+        let info = ebpf.program(name)?.info().ok()?;
         Some(ProgramStats {
             run_time: info.run_time(),
             run_count: info.run_count(),

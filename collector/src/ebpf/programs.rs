@@ -18,9 +18,33 @@ pub fn push_status(runtime: Option<&EbpfRuntime>, hooks: &[&Hook], out: &mut Vec
     }
     out.push(attached);
 
-    let Some(runtime) = runtime.filter(|r| r.stats_enabled()) else {
+    let Some(runtime) = runtime else {
         return;
     };
+    let attached: Vec<(&str, String)> = hooks
+        .iter()
+        .filter_map(|hook| {
+            let hook_type = runtime.attached(hook)?;
+            Some((hook.name, hook.program_name(hook_type)))
+        })
+        .collect();
+    push_run_statistics(
+        runtime,
+        attached.iter().map(|(label, name)| (*label, name.as_str())),
+        out,
+    );
+}
+
+/// Pushes run time and run count, where statistics are on, of `programs`: (`program` label,
+/// program name in the object).
+pub fn push_run_statistics<'a>(
+    runtime: &EbpfRuntime,
+    programs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    out: &mut Vec<MetricFamily>,
+) {
+    if !runtime.stats_enabled() {
+        return;
+    }
     let mut run_time = MetricFamily::counter(
         "ebpf_program_run_seconds_total",
         "CPU time spent running the eBPF program, from the kernel's BPF statistics (--ebpf.enable-stats).",
@@ -29,10 +53,10 @@ pub fn push_status(runtime: Option<&EbpfRuntime>, hooks: &[&Hook], out: &mut Vec
         "ebpf_program_runs_total",
         "Times the eBPF program ran, from the kernel's BPF statistics (--ebpf.enable-stats).",
     );
-    for hook in hooks {
-        if let Some(stats) = runtime.program_stats(hook) {
-            run_time.push([("program", hook.name)], stats.run_time.as_secs_f64());
-            runs.push([("program", hook.name)], stats.run_count as f64);
+    for (label, name) in programs {
+        if let Some(stats) = runtime.program_stats(name) {
+            run_time.push([("program", label)], stats.run_time.as_secs_f64());
+            runs.push([("program", label)], stats.run_count as f64);
         }
     }
     out.push(run_time);
