@@ -25,7 +25,7 @@ use collector_common::{
 use crate::{
     atomic::add,
     cgroup,
-    layout::{layout, read_kernel_field, read_tracepoint_field},
+    layout::{KernelMemory, layout, read_tracepoint_field},
     with_slot,
 };
 
@@ -188,18 +188,19 @@ fn kernel_dev(major: u32, minor: u32) -> u32 {
 
 /// The `dev_t` of the disk a `struct request *` is for, by the first path BTF showed to exist.
 #[inline(always)]
-fn request_dev(request: u64) -> u32 {
+fn request_dev<M: KernelMemory>(request: u64) -> u32 {
     let from_gendisk = |disk: u64| -> Option<u32> {
-        let major = read_kernel_field::<i32>(disk, layout!(gendisk_major))?;
-        let minor = read_kernel_field::<i32>(disk, layout!(gendisk_first_minor))?;
+        let major = M::read::<i32>(disk, layout!(gendisk_major))?;
+        let minor = M::read::<i32>(disk, layout!(gendisk_first_minor))?;
         Some(kernel_dev(major as u32, minor as u32))
     };
     let disk =
         if layout!(request_q) != UNKNOWN_OFFSET && layout!(request_queue_disk) != UNKNOWN_OFFSET {
-            read_kernel_field::<u64>(request, layout!(request_q))
-                .and_then(|queue| read_kernel_field::<u64>(queue, layout!(request_queue_disk)))
+            M::read::<u64>(request, layout!(request_q))
+                .filter(|queue| *queue != 0)
+                .and_then(|queue| M::read::<u64>(queue, layout!(request_queue_disk)))
         } else if layout!(request_rq_disk) != UNKNOWN_OFFSET {
-            read_kernel_field::<u64>(request, layout!(request_rq_disk))
+            M::read::<u64>(request, layout!(request_rq_disk))
         } else {
             None
         };
@@ -210,9 +211,8 @@ fn request_dev(request: u64) -> u32 {
         return dev;
     }
     if layout!(request_part) != UNKNOWN_OFFSET
-        && let Some(part) =
-            read_kernel_field::<u64>(request, layout!(request_part)).filter(|p| *p != 0)
-        && let Some(dev) = read_kernel_field::<u32>(part, layout!(block_device_bd_dev))
+        && let Some(part) = M::read::<u64>(request, layout!(request_part)).filter(|p| *p != 0)
+        && let Some(dev) = M::read::<u32>(part, layout!(block_device_bd_dev))
     {
         return dev;
     }
@@ -225,12 +225,12 @@ fn pointer_key(request: u64) -> InflightKey {
 }
 
 #[inline(always)]
-fn issue_from_request(request: u64) {
-    let cmd_flags = read_kernel_field::<u32>(request, layout!(request_cmd_flags)).unwrap_or(0);
-    let bytes = read_kernel_field::<u32>(request, layout!(request_data_len)).unwrap_or(0);
+fn issue_from_request<M: KernelMemory>(request: u64) {
+    let cmd_flags = M::read::<u32>(request, layout!(request_cmd_flags)).unwrap_or(0);
+    let bytes = M::read::<u32>(request, layout!(request_data_len)).unwrap_or(0);
     on_issue(
         pointer_key(request),
-        request_dev(request),
+        request_dev::<M>(request),
         op_from_cmd_flags(cmd_flags),
         bytes,
     );
@@ -251,7 +251,7 @@ btf_and_raw!(
     "block_rq_issue",
     block_rq_issue_btf,
     block_rq_issue_raw,
-    |ctx| { issue_from_request(ctx.arg(0)) }
+    |ctx, Memory| { issue_from_request::<Memory>(ctx.arg(0)) }
 );
 
 btf_and_raw!(

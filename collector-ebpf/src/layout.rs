@@ -48,3 +48,34 @@ pub unsafe fn read_trusted_field<T>(object: u64, offset: u32) -> T {
 pub fn read_tracepoint_field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
     unsafe { ctx.read_at::<T>(offset as usize) }.ok()
 }
+
+/// How a program reads fields of kernel objects, so one body serves both program flavours: BTF
+/// programs load directly through the typed pointers the verifier tracks ([`Trusted`]), raw
+/// ones copy with `bpf_probe_read_kernel` ([`Probed`]).
+pub trait KernelMemory {
+    /// The `T` at `offset` bytes into `object`; `offset` must be a `KERNEL_LAYOUT` field.
+    fn read<T: Copy>(object: u64, offset: u32) -> Option<T>;
+}
+
+/// Direct loads through BTF pointers: a tracepoint argument and pointers loaded from it. The
+/// JIT turns a fault (a NULL pointer on the way) into a zero, so nothing is checked here.
+pub struct Trusted;
+
+impl KernelMemory for Trusted {
+    #[inline(always)]
+    fn read<T: Copy>(object: u64, offset: u32) -> Option<T> {
+        // SAFETY: BTF programs only pass their arguments and pointers read from them, at
+        // offsets from KERNEL_LAYOUT (see `read_trusted_field`).
+        Some(unsafe { read_trusted_field(object, offset) })
+    }
+}
+
+/// `bpf_probe_read_kernel`, for raw tracepoints whose arguments are plain integers.
+pub struct Probed;
+
+impl KernelMemory for Probed {
+    #[inline(always)]
+    fn read<T: Copy>(object: u64, offset: u32) -> Option<T> {
+        read_kernel_field(object, offset)
+    }
+}

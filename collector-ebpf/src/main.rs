@@ -9,8 +9,25 @@
 use aya_ebpf::maps::PerCpuArray;
 
 /// One body as two programs, a BTF and a raw tracepoint (both receive the raw tracepoint
-/// arguments), for the subsystem modules below.
+/// arguments), for the subsystem modules below. A body that reads kernel objects names a type
+/// after the context (`|ctx, Memory|`) and reads through it: direct loads in the BTF program,
+/// `bpf_probe_read_kernel` in the raw one.
 macro_rules! btf_and_raw {
+    ($tracepoint:literal, $btf:ident, $raw:ident, |$ctx:ident, $memory:ident| $body:expr) => {
+        #[::aya_ebpf::macros::btf_tracepoint(function = $tracepoint)]
+        pub fn $btf($ctx: ::aya_ebpf::programs::BtfTracePointContext) -> i32 {
+            type $memory = $crate::layout::Trusted;
+            $body;
+            0
+        }
+
+        #[::aya_ebpf::macros::raw_tracepoint(tracepoint = $tracepoint)]
+        pub fn $raw($ctx: ::aya_ebpf::programs::RawTracePointContext) -> i32 {
+            type $memory = $crate::layout::Probed;
+            $body;
+            0
+        }
+    };
     ($tracepoint:literal, $btf:ident, $raw:ident, |$ctx:ident| $body:expr) => {
         #[::aya_ebpf::macros::btf_tracepoint(function = $tracepoint)]
         pub fn $btf($ctx: ::aya_ebpf::programs::BtfTracePointContext) -> i32 {
