@@ -114,9 +114,6 @@ fn direct_writes(path: &Path, count: usize) {
 const BLOCK_PROGRAMS: &[&str] = &["block_rq_insert", "block_rq_issue", "block_rq_complete"];
 
 fn times_writes_with(hook_type: &str) {
-    if hook_type == "tracepoint" {
-        common::ensure_tracefs();
-    }
     let target = target(hook_type);
     let daemon = Daemon::start(&[
         &format!("--ebpf.hook-types={hook_type}"),
@@ -209,24 +206,9 @@ fn histogram_is_consistent(scrape: &Scrape, name: &str, labels: &[(&str, &str)])
     assert_eq!(last_count, scrape.value(&format!("{name}_count"), labels));
 }
 
-#[test]
-fn tp_btf_hooks_time_direct_writes() {
-    require_root!();
-    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        eprintln!("skipped: this kernel has no BTF, so no tp_btf hooks");
-        return;
-    }
-    times_writes_with("tp_btf");
-}
-
-#[test]
-fn raw_tracepoint_fallback_times_direct_writes() {
-    require_root!();
-    times_writes_with("raw_tp");
-}
-
-#[test]
-fn classic_tracepoint_fallback_times_direct_writes() {
-    require_root!();
-    times_writes_with("tracepoint");
-}
+test_each_hook_type!(
+    times_writes_with =>
+    tp_btf_hooks_time_direct_writes,
+    raw_tracepoint_fallback_times_direct_writes,
+    classic_tracepoint_fallback_times_direct_writes
+);

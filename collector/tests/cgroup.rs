@@ -41,15 +41,17 @@ fn sink() -> (u16, std::thread::JoinHandle<usize>) {
     (port, reader)
 }
 
-fn attributes_a_pods_workload_with(hook_type: &str, tag: u8) {
-    require_root!();
+fn attributes_a_pods_workload_with(hook_type: &str) {
     let Some(root) = cgroup2_root() else {
         eprintln!("skipped: no cgroup v2 hierarchy mounted");
         return;
     };
-    if hook_type == "tracepoint" {
-        common::ensure_tracefs();
-    }
+    // Each hook type's test has a pod of its own: they run at the same time.
+    let tag = match hook_type {
+        "tp_btf" => 0x01,
+        "raw_tp" => 0x02,
+        _ => 0x03,
+    };
     let daemon = Daemon::start(&[
         "--collector.disable-defaults",
         "--collector.ebpf.cgroup",
@@ -155,20 +157,12 @@ fn attributes_a_pods_workload_with(hook_type: &str, tag: u8) {
     );
 }
 
-#[test]
-fn attributes_a_pods_workload_tp_btf() {
-    attributes_a_pods_workload_with("tp_btf", 0x01);
-}
-
-#[test]
-fn attributes_a_pods_workload_raw_tp() {
-    attributes_a_pods_workload_with("raw_tp", 0x02);
-}
-
-#[test]
-fn attributes_a_pods_workload_tracepoint() {
-    attributes_a_pods_workload_with("tracepoint", 0x03);
-}
+test_each_hook_type!(
+    attributes_a_pods_workload_with =>
+    attributes_a_pods_workload_tp_btf,
+    attributes_a_pods_workload_raw_tp,
+    attributes_a_pods_workload_tracepoint
+);
 
 /// The capabilities of the Kubernetes `capabilities` overlay and the systemd unit, with their
 /// numbers, as far as the test itself holds them (a sandbox may lack CAP_SYS_RESOURCE, only

@@ -201,9 +201,6 @@ const NET_PROGRAMS: &[&str] = &[
 ];
 
 fn counts_traffic_with(hook_type: &str) {
-    if hook_type == "tracepoint" {
-        common::ensure_tracefs();
-    }
     common::tool("nft");
     let ns = Namespaces::create(&hook_type[..2]);
     let daemon = Daemon::start(&[
@@ -269,24 +266,9 @@ fn counts_traffic_with(hook_type: &str) {
     );
 }
 
-#[test]
-fn tp_btf_hooks_count_tcp_events_and_drops() {
-    require_root!();
-    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-        eprintln!("skipped: this kernel has no BTF, so no tp_btf hooks");
-        return;
-    }
-    counts_traffic_with("tp_btf");
-}
-
-#[test]
-fn raw_tracepoint_fallback_counts_tcp_events_and_drops() {
-    require_root!();
-    counts_traffic_with("raw_tp");
-}
-
-#[test]
-fn classic_tracepoint_fallback_counts_tcp_events_and_drops() {
-    require_root!();
-    counts_traffic_with("tracepoint");
-}
+test_each_hook_type!(
+    counts_traffic_with =>
+    tp_btf_hooks_count_tcp_events_and_drops,
+    raw_tracepoint_fallback_counts_tcp_events_and_drops,
+    classic_tracepoint_fallback_counts_tcp_events_and_drops
+);

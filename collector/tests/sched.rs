@@ -15,9 +15,6 @@ const SCHED_PROGRAMS: &[&str] = &[
 
 /// Starts a daemon that may only use `hook_type`, runs the workloads, checks the deltas.
 fn counts_workload_with(hook_type: &str) {
-    if hook_type == "tracepoint" {
-        common::ensure_tracefs();
-    }
     let daemon = Daemon::start(&[
         &format!("--ebpf.hook-types={hook_type}"),
         "--no-collector.ebpf.irq",
@@ -96,24 +93,9 @@ fn histogram_is_consistent(scrape: &Scrape, name: &str) {
     assert_eq!(last_count, scrape.value(&format!("{name}_count"), &[]));
 }
 
-#[test]
-fn tp_btf_hooks_count_the_workload() {
-    require_root!();
-    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-        eprintln!("skipped: this kernel has no BTF, so no tp_btf hooks");
-        return;
-    }
-    counts_workload_with("tp_btf");
-}
-
-#[test]
-fn raw_tracepoint_fallback_counts_the_workload() {
-    require_root!();
-    counts_workload_with("raw_tp");
-}
-
-#[test]
-fn classic_tracepoint_fallback_counts_the_workload() {
-    require_root!();
-    counts_workload_with("tracepoint");
-}
+test_each_hook_type!(
+    counts_workload_with =>
+    tp_btf_hooks_count_the_workload,
+    raw_tracepoint_fallback_counts_the_workload,
+    classic_tracepoint_fallback_counts_the_workload
+);

@@ -23,6 +23,36 @@ macro_rules! require_root {
     };
 }
 
+/// One root test per hook type, each running `$check(hook_type)`: `$tp_btf` (skipped, with the
+/// reason, on a kernel without BTF), `$raw_tp`, and `$tracepoint` (tracefs mounted first).
+#[macro_export]
+macro_rules! test_each_hook_type {
+    ($check:path => $tp_btf:ident, $raw_tp:ident, $tracepoint:ident) => {
+        #[test]
+        fn $tp_btf() {
+            $crate::require_root!();
+            if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+                eprintln!("skipped: this kernel has no BTF, so no tp_btf hooks");
+                return;
+            }
+            $check("tp_btf");
+        }
+
+        #[test]
+        fn $raw_tp() {
+            $crate::require_root!();
+            $check("raw_tp");
+        }
+
+        #[test]
+        fn $tracepoint() {
+            $crate::require_root!();
+            $crate::common::ensure_tracefs();
+            $check("tracepoint");
+        }
+    };
+}
+
 /// Mounts tracefs where the classic tracepoint fallback looks for it, if it is not there.
 pub fn ensure_tracefs() {
     let events = std::path::Path::new("/sys/kernel/tracing/events");
