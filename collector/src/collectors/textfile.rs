@@ -3,7 +3,7 @@
 //! A file that does not parse, or has client-side timestamps, is skipped whole and sets
 //! `node_textfile_scrape_error 1`; the other files are still served.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     sync::Arc,
     time::UNIX_EPOCH,
@@ -12,7 +12,7 @@ use std::{
 use super::{BuildContext, CollectorSpec};
 use crate::{
     flags::FlagSpec,
-    metrics::{HistogramValue, MetricFamily, MetricType, SummaryValue},
+    metrics::{HistogramValue, Metric, MetricFamily, MetricType, SummaryValue},
     scrape::Collector,
     textparse::{self, ParsedFamily, ParsedValue},
 };
@@ -256,11 +256,14 @@ impl Collector for TextfileCollector {
         // name as one, dropping (with an error) series whose HELP or TYPE disagree with the
         // first, and repeated series.
         let mut merged: Vec<MetricFamily> = Vec::new();
+        // Per merged family, the sorted label sets it already has.
+        let mut series: Vec<HashSet<Vec<(String, String)>>> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         for family in kept {
             let family = convert(family, &files);
             let Some(&i) = index.get(&family.name) else {
                 index.insert(family.name.clone(), merged.len());
+                series.push(family.metrics.iter().map(sorted_labels).collect());
                 merged.push(family);
                 continue;
             };
@@ -273,13 +276,7 @@ impl Collector for TextfileCollector {
                 continue;
             }
             for metric in family.metrics {
-                let mut key = metric.labels.clone();
-                key.sort();
-                if first.metrics.iter().any(|m| {
-                    let mut other = m.labels.clone();
-                    other.sort();
-                    other == key
-                }) {
+                if !series[i].insert(sorted_labels(&metric)) {
                     tracing::error!(
                         metric = first.name,
                         "collected metric was collected before with the same name and label values"
@@ -309,6 +306,13 @@ impl Collector for TextfileCollector {
     }
 }
 
+/// A series' identity within its family: its labels, in name order.
+fn sorted_labels(metric: &Metric) -> Vec<(String, String)> {
+    let mut labels = metric.labels.clone();
+    labels.sort();
+    labels
+}
+
 /// upstream's `convertMetricFamily`: every series gets every label name of its family (empty
 /// when it lacks one); a series repeated with the same labels is served once.
 fn convert(family: ParsedFamily, files: &HashMap<String, Vec<String>>) -> MetricFamily {
@@ -328,7 +332,7 @@ fn convert(family: ParsedFamily, files: &HashMap<String, Vec<String>>) -> Metric
             }
         }
     }
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     for metric in family.metrics {
         let mut labels = metric.labels;
         for name in &names {
