@@ -69,6 +69,14 @@ pub struct KernelLayout {
     /// Classic tracepoint field offsets; `tp_tcp_retransmit_skb_err` stays unknown before 6.12.
     pub tp_tcp_retransmit_skb_err: u32,
     pub tp_kfree_skb_reason: u32,
+    /// To tell tail loss probes among retransmits, from the socket (`struct sock` starts
+    /// `struct inet_connection_sock`): `offsetof(inet_connection_sock, icsk_pending)`, and the
+    /// bit offset and width of the `icsk_ca_state` bitfield.
+    pub icsk_pending: u32,
+    pub icsk_ca_state_bit: u32,
+    pub icsk_ca_state_width: u32,
+    /// Classic `tcp_retransmit_skb`'s `skaddr` (the socket) field offset.
+    pub tp_tcp_retransmit_skb_skaddr: u32,
 }
 
 impl KernelLayout {
@@ -106,6 +114,10 @@ impl KernelLayout {
         kfree_skb_has_reason: 0,
         tp_tcp_retransmit_skb_err: UNKNOWN_OFFSET,
         tp_kfree_skb_reason: UNKNOWN_OFFSET,
+        icsk_pending: UNKNOWN_OFFSET,
+        icsk_ca_state_bit: UNKNOWN_OFFSET,
+        icsk_ca_state_width: 0,
+        tp_tcp_retransmit_skb_skaddr: UNKNOWN_OFFSET,
     };
 }
 

@@ -6,7 +6,7 @@
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuNetCounters {
     /// `tcp_retransmit_skb` that sent the segment (`err == 0`; every event before 6.12, when
-    /// the tracepoint fired only on success).
+    /// the tracepoint fired only on success), other than tail loss probes.
     pub retransmits: u64,
     /// `tcp_retransmit_skb` whose transmission failed (`err != 0`, since 6.12).
     pub retransmit_failures: u64,
@@ -19,7 +19,18 @@ pub struct CpuNetCounters {
     /// `kfree_skb` drops whose reason is beyond the reason array (subsystem-specific reasons,
     /// or a kernel newer than the array the daemon sized).
     pub drops_other_reason: u64,
+    /// `tcp_retransmit_skb` sent as a tail loss probe: the loss-probe timer is what fired
+    /// (`icsk_pending == ICSK_TIME_LOSS_PROBE`) and the connection is in `TCP_CA_Open`.
+    pub loss_probes: u64,
 }
+
+/// `ICSK_TIME_LOSS_PROBE` (`include/net/inet_connection_sock.h`, a `#define`, so not in BTF):
+/// `icsk_pending` while the tail-loss-probe timer's handler runs.
+pub const ICSK_TIME_LOSS_PROBE: u8 = 5;
+
+/// `TCP_CA_Open`: no loss suspected. The only state a tail loss probe is sent in; fast
+/// retransmits happen in Recovery, timeouts in Loss.
+pub const TCP_CA_OPEN: u8 = 0;
 
 /// `SKB_NOT_DROPPED_YET` and `SKB_CONSUMED`: `kfree_skb` events that are not drops.
 pub const SKB_FIRST_DROP_REASON: u32 = 2;

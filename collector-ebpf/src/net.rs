@@ -8,10 +8,14 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::TracePointContext,
 };
-use collector_common::{CpuNetCounters, layout::UNKNOWN_OFFSET, net::SKB_FIRST_DROP_REASON};
+use collector_common::{
+    CpuNetCounters,
+    layout::UNKNOWN_OFFSET,
+    net::{ICSK_TIME_LOSS_PROBE, SKB_FIRST_DROP_REASON, TCP_CA_OPEN},
+};
 
 use crate::{
-    layout::{layout, read_tracepoint_field},
+    layout::{layout, read_kernel_field, read_tracepoint_field},
     with_slot,
 };
 
@@ -23,15 +27,41 @@ static NET_COUNTERS: PerCpuArray<CpuNetCounters> = PerCpuArray::with_max_entries
 #[map]
 static SKB_DROP_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// `sk` is the retransmitting socket, 0 when unknown.
 #[inline(always)]
-fn on_retransmit(err: i32) {
+fn on_retransmit(sk: u64, err: i32) {
+    let loss_probe = err == 0 && is_loss_probe(sk);
     with_slot(&NET_COUNTERS, |c| {
-        if err == 0 {
-            c.retransmits += 1;
-        } else {
+        if err != 0 {
             c.retransmit_failures += 1;
+        } else if loss_probe {
+            c.loss_probes += 1;
+        } else {
+            c.retransmits += 1;
         }
     });
+}
+
+/// Whether the retransmission `sk` makes now is a tail loss probe: the kernel has no tracepoint
+/// for them, but sends them from the loss-probe timer (`icsk_pending` still says which timer
+/// fired) and only in the Open state. Probe reads: the fields lie beyond `struct sock`, which is
+/// all the BTF tracepoint's argument type lets a direct load reach.
+#[inline(always)]
+fn is_loss_probe(sk: u64) -> bool {
+    let (pending_offset, bit) = (layout!(icsk_pending), layout!(icsk_ca_state_bit));
+    if sk == 0 || pending_offset == UNKNOWN_OFFSET || bit == UNKNOWN_OFFSET {
+        return false;
+    }
+    if read_kernel_field::<u8>(sk, pending_offset) != Some(ICSK_TIME_LOSS_PROBE) {
+        return false;
+    }
+    let width = layout!(icsk_ca_state_width);
+    let Some(byte) = read_kernel_field::<u8>(sk, bit / 8) else {
+        return false;
+    };
+    // Little-endian bitfield within one byte (the daemon checks it fits).
+    let state = (byte >> (bit % 8)) & (0xffu8 >> (8 - width.clamp(1, 8)));
+    state == TCP_CA_OPEN
 }
 
 #[inline(always)]
@@ -62,7 +92,7 @@ btf_and_raw!(
         } else {
             0
         };
-        on_retransmit(err)
+        on_retransmit(ctx.arg(0), err)
     }
 );
 
@@ -102,7 +132,8 @@ pub fn tcp_retransmit_skb_tp(ctx: TracePointContext) -> u32 {
     } else {
         read_tracepoint_field::<i32>(&ctx, offset).unwrap_or(0)
     };
-    on_retransmit(err);
+    let sk = read_tracepoint_field::<u64>(&ctx, layout!(tp_tcp_retransmit_skb_skaddr)).unwrap_or(0);
+    on_retransmit(sk, err);
     0
 }
 

@@ -125,9 +125,11 @@ fn server_address(port: u16) -> SocketAddr {
 }
 
 /// A connection whose data the server's input filter drops for `outage`: the client's kernel
-/// retransmits until the filter goes, then everything arrives.
+/// retransmits until the filter goes, then everything arrives. 8 KiB fit in the initial
+/// congestion window, so all is sent at once and nothing new is left to send: the first
+/// retransmission is a tail loss probe resending the last segment, then come timeouts.
 fn retransmit_through_outage(ns: &Namespaces, outage: Duration) {
-    const BYTES: usize = 256 * 1024;
+    const BYTES: usize = 8 * 1024;
     let listener = Namespaces::spawn_in(&ns.server, || {
         TcpListener::bind(server_address(DATA_PORT)).expect("bind in the server namespace")
     })
@@ -157,6 +159,31 @@ fn retransmit_through_outage(ns: &Namespaces, outage: Duration) {
     ns.nft("delete table inet ebpfio");
     client.join().expect("client");
     assert_eq!(server.join().expect("server"), BYTES);
+}
+
+/// A counter of namespace `name`'s /proc/net/netstat (`TcpExt`, `TCPLossProbes`, say).
+fn netstat_counter(name: &str, group: &'static str, field: &'static str) -> u64 {
+    Namespaces::spawn_in(name, move || {
+        // thread-self: /proc/self/net would show the process's namespace, not this thread's.
+        let text = std::fs::read_to_string("/proc/thread-self/net/netstat").unwrap();
+        let mut lines = text.lines();
+        while let (Some(header), Some(values)) = (lines.next(), lines.next()) {
+            let Some(names) = header.strip_prefix(&format!("{group}: ")) else {
+                continue;
+            };
+            let values = values.strip_prefix(&format!("{group}: ")).unwrap();
+            if let Some((_, value)) = names
+                .split(' ')
+                .zip(values.split(' '))
+                .find(|(name, _)| *name == field)
+            {
+                return value.parse().unwrap();
+            }
+        }
+        panic!("no {group} {field} in netstat")
+    })
+    .join()
+    .unwrap()
 }
 
 /// `count` connection attempts to a port nobody listens on: each is answered with a reset.
@@ -221,7 +248,11 @@ fn counts_traffic_with(hook_type: &str) {
 
     const REFUSED: usize = 20;
     const DATAGRAMS: usize = 20;
+    // The first retransmission of the outage is a tail loss probe (the connection is still Open),
+    // the later ones are timeouts.
+    let probes_before = netstat_counter(&ns.client, "TcpExt", "TCPLossProbes");
     retransmit_through_outage(&ns, Duration::from_millis(1500));
+    let probes = netstat_counter(&ns.client, "TcpExt", "TCPLossProbes") - probes_before;
     connect_to_closed_port(&ns, REFUSED);
     udp_to_closed_port(&ns, DATAGRAMS);
 
@@ -229,17 +260,27 @@ fn counts_traffic_with(hook_type: &str) {
     let delta =
         |name: &str, labels: &[(&str, &str)]| after.sum(name, labels) - before.sum(name, labels);
     let retransmits = delta("ebpf_tcp_retransmits_total", &[("kind", "regular")]);
+    let tlp = delta("ebpf_tcp_retransmits_total", &[("kind", "tlp")]);
     let sent = delta("ebpf_tcp_resets_sent_total", &[]);
     let received = delta("ebpf_tcp_resets_received_total", &[]);
     let netfilter = delta("ebpf_skb_drops_total", &[("reason", "netfilter_drop")]);
     let no_socket = delta("ebpf_skb_drops_total", &[("reason", "no_socket")]);
     eprintln!(
-        "{hook_type}: {retransmits} retransmits, {sent} resets sent, {received} received, \
+        "{hook_type}: {retransmits} retransmits, {tlp} loss probes ({probes} by the client's \
+         TCPLossProbes), {sent} resets sent, {received} received, \
          drops: {netfilter} netfilter_drop, {no_socket} no_socket"
     );
     assert!(
         retransmits >= 1.0,
         "{retransmits} retransmits through a 1.5 s outage"
+    );
+    assert!(
+        probes >= 1,
+        "the outage made the client send a tail loss probe"
+    );
+    assert!(
+        tlp >= 1.0,
+        "{tlp} loss probes counted; the client's kernel sent {probes}"
     );
     assert!(
         sent >= REFUSED as f64,

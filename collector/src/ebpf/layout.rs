@@ -170,6 +170,36 @@ fn fill_net_from_btf(btf: &Btf, layout: &mut KernelLayout) {
     // btf_trace_kfree_skb: (void *, skb, location[, enum skb_drop_reason reason[, rx_sk]]).
     layout.kfree_skb_has_reason =
         u32::from(tracepoint_parameter_count(btf, "kfree_skb").is_ok_and(|n| n >= 4));
+    if let Some((pending, bit, width)) = loss_probe_fields(btf) {
+        layout.icsk_pending = pending;
+        layout.icsk_ca_state_bit = bit;
+        layout.icsk_ca_state_width = width;
+    }
+}
+
+/// `icsk_pending` (byte offset) and the `icsk_ca_state` bitfield (bit offset, width) of
+/// `struct inet_connection_sock`, whose first member (`icsk_inet.sk`) is the `struct sock` the
+/// tracepoint passes. `None` unless the layout is the one the program can read: a one-byte
+/// `icsk_pending` and a bitfield inside one byte.
+fn loss_probe_fields(btf: &Btf) -> Option<(u32, u32, u32)> {
+    let icsk = btf.find("inet_connection_sock", KIND_STRUCT).ok()?;
+    let pending = member_offset(btf, &icsk, "icsk_pending").ok()??;
+    let (bit, width) = member_bits(btf, &icsk, "icsk_ca_state").ok()??;
+    let in_one_byte = match width {
+        0 => bit % 8 == 0, // a plain __u8 in some kernel: the whole byte
+        width => bit % 8 + width <= 8,
+    };
+    in_one_byte.then_some((pending, bit, if width == 0 { 8 } else { width }))
+}
+
+/// Whether the `tcp_retransmit_skb` program attached as `hook_type` tells tail loss probes from
+/// other retransmits on this kernel.
+pub fn detects_loss_probes(layout: &KernelLayout, hook_type: HookType) -> bool {
+    let known = layout.icsk_pending != UNKNOWN_OFFSET && layout.icsk_ca_state_bit != UNKNOWN_OFFSET;
+    match hook_type {
+        HookType::Tracepoint => known && layout.tp_tcp_retransmit_skb_skaddr != UNKNOWN_OFFSET,
+        HookType::BtfTracepoint | HookType::RawTracepoint => known,
+    }
 }
 
 /// The drop reasons of the running kernel.
@@ -216,20 +246,27 @@ fn skb_drop_reasons(btf: &Btf) -> anyhow::Result<DropReasons> {
 
 /// Byte offset of member `name`, looking through anonymous structs and unions.
 fn member_offset(btf: &Btf, parent: &Type, name: &str) -> anyhow::Result<Option<u32>> {
+    match member_bits(btf, parent, name)? {
+        Some((_, width)) if width != 0 => bail!("{name} is a bitfield"),
+        Some((bit_offset, _)) => Ok(Some(bit_offset / 8)),
+        None => Ok(None),
+    }
+}
+
+/// Bit offset and bitfield width (0: not a bitfield) of member `name`, looking through
+/// anonymous structs and unions.
+fn member_bits(btf: &Btf, parent: &Type, name: &str) -> anyhow::Result<Option<(u32, u32)>> {
     for member in btf.members(parent)? {
         let member = member?;
         if member.name == name {
-            if member.bitfield_size != 0 {
-                bail!("{name} is a bitfield");
-            }
-            return Ok(Some(member.bit_offset / 8));
+            return Ok(Some((member.bit_offset, member.bitfield_size)));
         }
         if member.name.is_empty() {
             let inner = btf.resolve(member.type_id)?;
             if matches!(inner.kind, KIND_STRUCT | KIND_UNION)
-                && let Some(offset) = member_offset(btf, &inner, name)?
+                && let Some((offset, width)) = member_bits(btf, &inner, name)?
             {
-                return Ok(Some(member.bit_offset / 8 + offset));
+                return Ok(Some((member.bit_offset + offset, width)));
             }
         }
     }
@@ -307,11 +344,14 @@ fn fill_from_tracefs(root: &Path, layout: &mut KernelLayout) -> anyhow::Result<(
         "skb/kfree_skb",
         &mut [(&mut layout.tp_kfree_skb_reason, "reason")],
     );
-    // Only since 6.12; its absence is normal before.
-    if let Ok(offsets) = event_fields(root, "tcp/tcp_retransmit_skb")
-        && let Some(&err) = offsets.get("err")
-    {
-        layout.tp_tcp_retransmit_skb_err = err;
+    if let Ok(offsets) = event_fields(root, "tcp/tcp_retransmit_skb") {
+        // `err` only since 6.12; its absence is normal before.
+        if let Some(&err) = offsets.get("err") {
+            layout.tp_tcp_retransmit_skb_err = err;
+        }
+        if let Some(&skaddr) = offsets.get("skaddr") {
+            layout.tp_tcp_retransmit_skb_skaddr = skaddr;
+        }
     }
     if errors.is_empty() {
         Ok(())
@@ -504,6 +544,10 @@ mod tests {
         assert_ne!(layout.request_data_len, UNKNOWN_OFFSET);
         assert!(!block_dev_path_unknown(&layout), "{layout:?}");
         assert_eq!(layout.kfree_skb_has_reason, 1);
+        assert!(detects_loss_probes(&layout, HookType::BtfTracepoint));
+        // icsk_ca_state:5 shares its byte with three one-bit flags.
+        assert_eq!(layout.icsk_ca_state_width, 5);
+        assert_eq!(layout.icsk_ca_state_bit % 8, 0);
         let DropReasons {
             names: reasons,
             array_size: size,

@@ -57,6 +57,8 @@ pub struct EbpfRuntime {
     stats_fd: Option<OwnedFd>,
     /// This kernel's drop reasons, found with the layout: the per-reason array was sized by them.
     drop_reasons: Option<layout::DropReasons>,
+    /// What the programs were told of the kernel's layout.
+    kernel_layout: collector_common::KernelLayout,
 }
 
 /// Run time and run count of one program, from the kernel's BPF statistics.
@@ -146,6 +148,7 @@ impl EbpfRuntime {
             attached,
             stats_fd,
             drop_reasons,
+            kernel_layout,
         })
     }
 
@@ -205,6 +208,11 @@ impl EbpfRuntime {
     /// `enum skb_drop_reason` of the running kernel, as the `SKB_DROP_REASONS` map was sized.
     pub fn drop_reasons(&self) -> Option<&layout::DropReasons> {
         self.drop_reasons.as_ref()
+    }
+
+    /// The kernel layout facts the programs were loaded with.
+    pub fn kernel_layout(&self) -> &collector_common::KernelLayout {
+        &self.kernel_layout
     }
 
     /// Whether run-time statistics are being collected (by us or by someone else's sysctl).

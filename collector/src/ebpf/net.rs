@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuArray};
 use collector_common::CpuNetCounters;
 
-use super::{EbpfRuntime, Hook, programs};
+use super::{EbpfRuntime, Hook, layout, programs};
 use crate::{
     collectors::{BuildContext, CollectorSpec},
     metrics::MetricFamily,
@@ -96,16 +96,24 @@ impl Collector for NetCollector {
             total.resets_sent += c.resets_sent;
             total.resets_received += c.resets_received;
             total.drops_other_reason += c.drops_other_reason;
+            total.loss_probes += c.loss_probes;
         }
+        let retransmit_hook = &HOOKS[0];
+        let loss_probes_told = runtime.attached(retransmit_hook).is_some_and(|hook_type| {
+            layout::detects_loss_probes(runtime.kernel_layout(), hook_type)
+        });
 
         let no_labels = std::iter::empty::<(&str, &str)>;
         if attached("tcp_retransmit_skb") || attached("tcp_retransmit_synack") {
             let mut retransmits = MetricFamily::counter(
                 "ebpf_tcp_retransmits_total",
-                "TCP segments retransmitted: data segments (kind=\"regular\", including tail loss probes that resend data; the kernel has no separate tracepoint for them) and SYN-ACKs (kind=\"synack\").",
+                "TCP segments retransmitted: tail loss probes that resend data (kind=\"tlp\", where the kernel's layout lets them be told apart), other data segments (kind=\"regular\") and SYN-ACKs (kind=\"synack\").",
             );
             if attached("tcp_retransmit_skb") {
                 retransmits.push([("kind", "regular")], total.retransmits as f64);
+                if loss_probes_told {
+                    retransmits.push([("kind", "tlp")], total.loss_probes as f64);
+                }
             }
             if attached("tcp_retransmit_synack") {
                 retransmits.push([("kind", "synack")], total.synack_retransmits as f64);
