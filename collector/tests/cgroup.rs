@@ -15,10 +15,7 @@ use std::{
     time::Duration,
 };
 
-use common::{
-    Daemon, Scrape,
-    cgroup::{PodCgroup, cgroup2_root},
-};
+use common::{Daemon, Scrape, cgroup::PodCgroup};
 
 const WRITES: usize = 200;
 const SENT_BYTES: usize = 1 << 20;
@@ -42,10 +39,7 @@ fn sink() -> (u16, std::thread::JoinHandle<usize>) {
 }
 
 fn attributes_a_pods_workload_with(hook_type: &str) {
-    let Some(root) = cgroup2_root() else {
-        eprintln!("skipped: no cgroup v2 hierarchy mounted");
-        return;
-    };
+    let root = require_cgroup2!();
     // Each hook type's test has a pod of its own: they run at the same time.
     let tag = match hook_type {
         "tp_btf" => 0x01,
@@ -193,10 +187,7 @@ fn deployment_capabilities() -> String {
 #[test]
 fn attributes_with_only_the_deployments_capabilities() {
     require_root!();
-    let Some(root) = cgroup2_root() else {
-        eprintln!("skipped: no cgroup v2 hierarchy mounted");
-        return;
-    };
+    let root = require_cgroup2!();
     // Root whose capability bounding set is just those (setpriv cannot keep capabilities across
     // a change of user): every capability check the collector meets is made against them.
     let capabilities = deployment_capabilities();
@@ -250,10 +241,7 @@ fn exported_cgroups(scrape: &Scrape) -> BTreeSet<String> {
 #[test]
 fn a_storm_of_cgroups_stays_within_the_bound() {
     require_root!();
-    let Some(root) = cgroup2_root() else {
-        eprintln!("skipped: no cgroup v2 hierarchy mounted");
-        return;
-    };
+    let root = require_cgroup2!();
     const BOUND: usize = 5;
     let daemon = Daemon::start(&[
         "--collector.disable-defaults",
@@ -374,10 +362,7 @@ fn serve_api(stream: TcpStream, pod: &serde_json::Value, seen: &Mutex<Vec<String
 #[test]
 fn names_pods_and_containers_from_the_kubernetes_api() {
     require_root!();
-    let Some(root) = cgroup2_root() else {
-        eprintln!("skipped: no cgroup v2 hierarchy mounted");
-        return;
-    };
+    let root = require_cgroup2!();
     let pod = PodCgroup::create(&root, 0x04);
     let (port, requests) = fake_api_server(serde_json::json!({
         "metadata": {"name": "web-0", "namespace": "shop", "uid": pod.uid, "resourceVersion": "1"},

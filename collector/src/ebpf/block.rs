@@ -18,20 +18,20 @@ use crate::{
     scrape::Collector,
 };
 
-pub static HOOKS: [Hook; 3] = [
-    Hook {
-        category: "block",
-        name: "block_rq_insert",
-    },
-    Hook {
-        category: "block",
-        name: "block_rq_issue",
-    },
-    Hook {
-        category: "block",
-        name: "block_rq_complete",
-    },
-];
+pub const BLOCK_RQ_INSERT: Hook = Hook {
+    category: "block",
+    name: "block_rq_insert",
+};
+pub const BLOCK_RQ_ISSUE: Hook = Hook {
+    category: "block",
+    name: "block_rq_issue",
+};
+pub const BLOCK_RQ_COMPLETE: Hook = Hook {
+    category: "block",
+    name: "block_rq_complete",
+};
+
+pub static HOOKS: [Hook; 3] = [BLOCK_RQ_INSERT, BLOCK_RQ_ISSUE, BLOCK_RQ_COMPLETE];
 
 pub const SPEC: CollectorSpec = CollectorSpec {
     name: "ebpf.block",

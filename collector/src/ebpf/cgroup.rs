@@ -17,7 +17,7 @@ use collector_common::{
     cgroup::{CGROUP_IO_READ, CGROUP_IO_WRITE},
 };
 
-use super::{EbpfRuntime, Hook, loader::CGROUP_SKB_PROGRAMS, programs};
+use super::{EbpfRuntime, Hook, block, loader::CGROUP_SKB_PROGRAMS, programs, sched};
 use crate::{
     cgroups::{
         fs::{self, CgroupFs},
@@ -32,22 +32,10 @@ use crate::{
 
 /// The hooks that charge cgroups (shared with `ebpf.sched` and `ebpf.block`).
 pub static HOOKS: [Hook; 4] = [
-    Hook {
-        category: "sched",
-        name: "sched_switch",
-    },
-    Hook {
-        category: "block",
-        name: "block_rq_insert",
-    },
-    Hook {
-        category: "block",
-        name: "block_rq_issue",
-    },
-    Hook {
-        category: "block",
-        name: "block_rq_complete",
-    },
+    sched::SCHED_SWITCH,
+    block::BLOCK_RQ_INSERT,
+    block::BLOCK_RQ_ISSUE,
+    block::BLOCK_RQ_COMPLETE,
 ];
 
 const MAX_CGROUPS: &str = "collector.ebpf.cgroup.max-cgroups";

@@ -13,11 +13,13 @@ use crate::{
     scrape::Collector,
 };
 
+pub const SCHED_SWITCH: Hook = Hook {
+    category: "sched",
+    name: "sched_switch",
+};
+
 pub static HOOKS: [Hook; 4] = [
-    Hook {
-        category: "sched",
-        name: "sched_switch",
-    },
+    SCHED_SWITCH,
     Hook {
         category: "sched",
         name: "sched_wakeup",

@@ -14,6 +14,20 @@ pub fn cgroup2_root() -> Option<PathBuf> {
     })
 }
 
+/// The cgroup v2 mount, or skips the test (with the reason) on a host without one.
+#[macro_export]
+macro_rules! require_cgroup2 {
+    () => {
+        match $crate::common::cgroup::cgroup2_root() {
+            Some(root) => root,
+            None => {
+                eprintln!("skipped: no cgroup v2 hierarchy mounted");
+                return;
+            }
+        }
+    };
+}
+
 /// A pod's container cgroup as kubelet (systemd driver) and containerd lay it out; removed,
 /// deepest first, on drop.
 pub struct PodCgroup {
