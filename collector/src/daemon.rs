@@ -79,7 +79,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     let cgroup_map_entries = if cli.enabled_collectors.contains(&ebpf::cgroup::SPEC.name) {
-        Some(ebpf::cgroup::kernel_map_entries(&cli.collector_flags)?)
+        ebpf::cgroup::kernel_map_entries(&cli.collector_flags, &options.sysfs)?
     } else {
         None
     };

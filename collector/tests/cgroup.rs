@@ -440,3 +440,29 @@ fn names_pods_and_containers_from_the_kubernetes_api() {
         "every request selects this node's pods: {requests:?}"
     );
 }
+
+#[test]
+fn bad_cgroup_flags_stop_the_daemon_naming_the_flag() {
+    for (flag, says) in [
+        (
+            "--collector.ebpf.cgroup.max-cgroups=0",
+            "expected a positive number of cgroups",
+        ),
+        (
+            "--collector.ebpf.cgroup.grace-period=soon",
+            "expected a duration such as 5m or 30s",
+        ),
+        (
+            "--collector.ebpf.cgroup.kubernetes=maybe",
+            "expected auto, on or off",
+        ),
+    ] {
+        let output = Command::new(common::daemon::BINARY)
+            .args([flag, "--web.listen-address=127.0.0.1:0"])
+            .output()
+            .expect("running the collector");
+        let log = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{flag} accepted:\n{log}");
+        assert!(log.contains(flag) && log.contains(says), "{flag}:\n{log}");
+    }
+}

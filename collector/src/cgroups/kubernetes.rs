@@ -29,6 +29,28 @@ pub struct PodMetadata {
     pub container_runtime: String,
 }
 
+/// `--collector.ebpf.cgroup.kubernetes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// On when running in a cluster or given a kubeconfig.
+    Auto,
+    On,
+    Off,
+}
+
+impl Mode {
+    pub fn from_flag(value: &str) -> anyhow::Result<Self> {
+        match value {
+            "auto" => Ok(Self::Auto),
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            other => anyhow::bail!(
+                "--collector.ebpf.cgroup.kubernetes={other}: expected auto, on or off"
+            ),
+        }
+    }
+}
+
 /// The watched pods of this node.
 pub struct Pods {
     store: Store<Pod>,
@@ -37,21 +59,17 @@ pub struct Pods {
 }
 
 impl Pods {
-    /// Starts watching per the flags: `mode` is `auto` (on when in a cluster or given a
-    /// kubeconfig), `on` or `off`. Must be called within the tokio runtime.
+    /// Starts watching per the flags. Must be called within the tokio runtime.
     pub fn from_flags(
-        mode: &str,
+        mode: Mode,
         kubeconfig: Option<&str>,
         node_name: Option<&str>,
     ) -> anyhow::Result<Option<Self>> {
         let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
         let enabled = match mode {
-            "auto" => in_cluster || kubeconfig.is_some(),
-            "on" => true,
-            "off" => false,
-            other => anyhow::bail!(
-                "--collector.ebpf.cgroup.kubernetes={other}: expected auto, on or off"
-            ),
+            Mode::Auto => in_cluster || kubeconfig.is_some(),
+            Mode::On => true,
+            Mode::Off => false,
         };
         if !enabled {
             return Ok(None);

@@ -6,6 +6,7 @@
 //! paths, paths into pods and containers (`cgroups::identity`, and the Kubernetes API when in a
 //! cluster), and `cgroups::tracker` bounds how many are exported.
 use std::{
+    path::Path,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -21,7 +22,7 @@ use super::{EbpfRuntime, Hook, block, loader::CGROUP_SKB_PROGRAMS, programs, sch
 use crate::{
     cgroups::{
         fs::{self, CgroupFs},
-        kubernetes::Pods,
+        kubernetes::{self, Pods},
         tracker::{Limits, Tracker},
     },
     collectors::{BuildContext, CollectorSpec},
@@ -84,13 +85,22 @@ pub const SPEC: CollectorSpec = CollectorSpec {
     build,
 };
 
-/// Kernel map entries for the cgroups flags: room for the exported cgroups plus the churn of
-/// short-lived ones between two scrapes.
-pub fn kernel_map_entries(flags: &CollectorFlags) -> anyhow::Result<u32> {
+/// Checks the flags (a bad value stops the daemon at start, naming the flag) and sizes the
+/// kernel map: room for the exported cgroups plus the churn of short-lived ones between two
+/// scrapes. `None` when there is no cgroup v2 hierarchy to attribute to: the kernel programs then
+/// leave accounting off, and building the collector reports why.
+pub fn kernel_map_entries(flags: &CollectorFlags, sysfs: &Path) -> anyhow::Result<Option<u32>> {
     let max = max_cgroups(flags)?;
-    Ok(u32::try_from(max.saturating_mul(4))
-        .unwrap_or(u32::MAX)
-        .max(1024))
+    grace_period(flags)?;
+    kubernetes::Mode::from_flag(flags.string(KUBERNETES).unwrap_or("auto"))?;
+    if fs::find_root(flags.string(ROOT).map(Path::new), sysfs).is_err() {
+        return Ok(None);
+    }
+    Ok(Some(
+        u32::try_from(max.saturating_mul(4))
+            .unwrap_or(u32::MAX)
+            .max(1024),
+    ))
 }
 
 fn max_cgroups(flags: &CollectorFlags) -> anyhow::Result<usize> {
@@ -130,11 +140,11 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
         max_cgroups: max_cgroups(flags)?,
         grace_period: grace_period(flags)?,
     };
-    let root = fs::find_root(flags.string(ROOT).map(std::path::Path::new), &context.sysfs)?;
+    let root = fs::find_root(flags.string(ROOT).map(Path::new), &context.sysfs)?;
     let hierarchy = CgroupFs::open(&root)?;
     tracing::info!(root = %root.display(), "cgroup v2 hierarchy");
     let pods = Pods::from_flags(
-        flags.string(KUBERNETES).unwrap_or("auto"),
+        kubernetes::Mode::from_flag(flags.string(KUBERNETES).unwrap_or("auto"))?,
         flags.string(KUBECONFIG),
         flags.string(NODE_NAME),
     )?;
