@@ -255,13 +255,13 @@ mod tests {
 
     #[test]
     fn mode_flag() {
-        assert!(Pods::from_flags("off", None, None).unwrap().is_none());
-        let err = Pods::from_flags("sometimes", None, None).err().unwrap();
+        assert!(Pods::from_flags(Mode::Off, None, None).unwrap().is_none());
+        let err = Mode::from_flag("sometimes").unwrap_err();
         assert!(
             err.to_string().contains("expected auto, on or off"),
             "{err}"
         );
-        let err = Pods::from_flags("on", Some("/nonexistent/kubeconfig"), Some("n"))
+        let err = Pods::from_flags(Mode::On, Some("/nonexistent/kubeconfig"), Some("n"))
             .err()
             .unwrap();
         assert!(
