@@ -16,6 +16,7 @@ use crate::{
 };
 
 pub fn main() -> ExitCode {
+    one_malloc_arena();
     let registry = cli::Registry {
         collectors: collectors::ALL,
         ignored: collectors::unimplemented::IGNORED,
@@ -161,6 +162,18 @@ async fn wait_for_signal() -> &'static str {
     tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
+    }
+}
+
+/// glibc gives each thread that allocates its own arena (up to 8 per CPU) and keeps what they
+/// free for reuse: with the collector threads, the statfs workers and the runtime that held
+/// ~10 MiB of freed scrape buffers resident. The threads rarely allocate at the same time, so
+/// one shared arena costs no measurable CPU. (musl has no per-thread arenas.)
+fn one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread is started.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 
