@@ -17,6 +17,7 @@ use crate::{
 
 pub fn main() -> ExitCode {
     one_malloc_arena();
+    no_error_backtraces();
     let registry = cli::Registry {
         collectors: collectors::ALL,
         ignored: collectors::unimplemented::IGNORED,
@@ -174,6 +175,16 @@ fn one_malloc_arena() {
     // SAFETY: mallopt only sets an allocator parameter; called before any thread is started.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Collectors report failures (and "no data") as anyhow errors, which capture a backtrace when
+/// RUST_BACKTRACE is set; they are logged as text only, so unwinding the stack on every failed
+/// update is waste. Panics still print their backtrace under RUST_BACKTRACE.
+fn no_error_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: called before any other thread is started.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     }
 }
 
