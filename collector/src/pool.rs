@@ -4,13 +4,16 @@
 //!
 //! A thread stuck in an update that its scrape gave up on is written off and replaced, so a hung
 //! collector holds one thread and the others keep running; that thread exits once the update
-//! returns. Queued updates a scrape gave up on never start.
+//! returns. Queued updates a scrape gave up on never start. While updates wait and every thread
+//! has been busy for a while, the longest-running thread is written off the same way, so
+//! updates never queue for long behind hung ones (as goroutines never wait for a thread).
 use std::{
     collections::VecDeque,
     sync::{
         Arc, Condvar, Mutex,
         atomic::{AtomicU8, AtomicUsize, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 /// A job's life: queued, then running, then done; a queued job can be cancelled and a running
@@ -38,6 +41,10 @@ struct Shared {
 #[derive(Default)]
 struct Queue {
     jobs: VecDeque<(Ticket, Task)>,
+    /// Jobs running on threads not written off, and since when.
+    running: Vec<(Ticket, Instant)>,
+    /// Threads waiting for a job.
+    idle: usize,
     /// Set when the pool is dropped: threads exit once the queue is empty.
     closed: bool,
 }
@@ -94,25 +101,41 @@ impl Pool {
         {
             Ok(_) => GaveUp::NotStarted,
             Err(RUNNING) => {
-                match ticket.0.compare_exchange(
-                    RUNNING,
-                    ABANDONED,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                ) {
-                    Ok(_) => {
-                        Shared::spawn(&self.shared);
-                        GaveUp::Running
-                    }
-                    Err(_) => GaveUp::Finished,
+                let mut queue = self.shared.queue.lock().unwrap();
+                if self.shared.write_off(&mut queue, ticket) {
+                    GaveUp::Running
+                } else {
+                    GaveUp::Finished
                 }
             }
             Err(_) => GaveUp::Finished,
         }
     }
 
+    /// When jobs are waiting and every thread has run its job for at least `after`, writes off
+    /// the thread that has run longest and starts another. Returns whether it did.
+    pub fn unstall(&self, after: Duration) -> bool {
+        let mut queue = self.shared.queue.lock().unwrap();
+        let waiting = queue
+            .jobs
+            .iter()
+            .any(|(ticket, _)| ticket.0.load(Ordering::Acquire) == QUEUED);
+        if !waiting || queue.idle > 0 {
+            return false;
+        }
+        let Some((oldest, started)) = queue
+            .running
+            .iter()
+            .min_by_key(|(_, started)| *started)
+            .cloned()
+        else {
+            return false;
+        };
+        started.elapsed() >= after && self.shared.write_off(&mut queue, &oldest)
+    }
+
     #[cfg(test)]
-    fn spawned(&self) -> usize {
+    pub(crate) fn spawned(&self) -> usize {
         self.shared.spawned.load(Ordering::Relaxed)
     }
 }
@@ -134,35 +157,63 @@ impl Shared {
             .expect("spawning a collector thread");
     }
 
+    /// Marks a running job's thread as written off (it exits when the job returns) and starts
+    /// its replacement; false when the job is no longer running.
+    fn write_off(self: &Arc<Self>, queue: &mut Queue, ticket: &Ticket) -> bool {
+        if ticket
+            .0
+            .compare_exchange(RUNNING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        queue.running.retain(|(t, _)| !Arc::ptr_eq(&t.0, &ticket.0));
+        Self::spawn(self);
+        true
+    }
+
     fn work_loop(&self) {
         loop {
             let (ticket, task) = {
                 let mut queue = self.queue.lock().unwrap();
                 loop {
-                    if let Some(job) = queue.jobs.pop_front() {
-                        break job;
+                    match queue.jobs.pop_front() {
+                        Some((ticket, task)) => {
+                            // Claimed under the lock, so `unstall` sees it running or queued.
+                            if ticket
+                                .0
+                                .compare_exchange(
+                                    QUEUED,
+                                    RUNNING,
+                                    Ordering::AcqRel,
+                                    Ordering::Acquire,
+                                )
+                                .is_ok()
+                            {
+                                queue.running.push((ticket.clone(), Instant::now()));
+                                break (ticket, task);
+                            }
+                            // cancelled: drop it
+                        }
+                        None if queue.closed => return,
+                        None => {
+                            queue.idle += 1;
+                            queue = self.work.wait(queue).unwrap();
+                            queue.idle -= 1;
+                        }
                     }
-                    if queue.closed {
-                        return;
-                    }
-                    queue = self.work.wait(queue).unwrap();
                 }
             };
-            if ticket
-                .0
-                .compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-            {
-                continue; // cancelled
-            }
             task();
+            let mut queue = self.queue.lock().unwrap();
             if ticket
                 .0
                 .compare_exchange(RUNNING, DONE, Ordering::AcqRel, Ordering::Acquire)
                 .is_err()
             {
-                return; // abandoned: a replacement thread took this one's place
+                return; // written off: a replacement thread took this one's place
             }
+            queue.running.retain(|(t, _)| !Arc::ptr_eq(&t.0, &ticket.0));
         }
     }
 }

@@ -21,6 +21,9 @@ use crate::{
 /// keep a scrape's wall time close to its CPU time; a stuck update gets its thread replaced.
 const THREADS: usize = 2;
 
+/// How often a scrape checks whether its updates queue behind busy threads (hung ones).
+const STALL: Duration = Duration::from_secs(1);
+
 /// A source of metrics read at scrape time (a /proc file, a BPF map...).
 pub trait Collector: Send + Sync + 'static {
     /// Pushes this scrape's families into `out`. May block; runs on a collector thread. On
@@ -125,7 +128,20 @@ impl Scraper {
         batch.remaining.store(tasks.len(), Ordering::Release);
         let tickets = self.pool.submit(tasks);
         if !tickets.is_empty() {
-            let _ = tokio::time::timeout_at(deadline, batch.all_done.notified()).await;
+            let mut all_done = std::pin::pin!(batch.all_done.notified());
+            loop {
+                let check = deadline.min(tokio::time::Instant::now() + STALL);
+                if tokio::time::timeout_at(check, all_done.as_mut())
+                    .await
+                    .is_ok()
+                    || tokio::time::Instant::now() >= deadline
+                {
+                    break;
+                }
+                // Updates still queue behind threads busy since the last check or before it:
+                // add a thread.
+                self.pool.unstall(STALL / 2);
+            }
         }
 
         let mut families = Vec::new();
@@ -322,5 +338,37 @@ mod tests {
             Some(1.0)
         );
         assert!(families.iter().any(|f| f.name == "slow"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn updates_do_not_wait_behind_hung_ones() {
+        // Both collector threads get a hung update; the last collector still runs in time.
+        let scraper = Scraper::new(
+            vec![
+                (
+                    "slow1",
+                    Arc::new(Slow(Duration::from_millis(3000))) as Arc<dyn Collector>,
+                ),
+                ("slow2", Arc::new(Slow(Duration::from_millis(3000)))),
+                ("fixed", Arc::new(Fixed(7.0))),
+            ],
+            Duration::from_secs(10),
+        );
+        let families = scraper.scrape(Some(Duration::from_millis(2000))).await;
+        assert_eq!(
+            sample(&families, "node_scrape_collector_success", "fixed"),
+            Some(1.0)
+        );
+        for slow in ["slow1", "slow2"] {
+            assert_eq!(
+                sample(&families, "node_scrape_collector_success", slow),
+                Some(0.0)
+            );
+        }
+        assert_eq!(
+            scraper.pool.spawned(),
+            THREADS + 2,
+            "one helper at 1 s, then the deadline"
+        );
     }
 }
