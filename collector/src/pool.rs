@@ -58,7 +58,7 @@ pub struct Ticket(Arc<AtomicU8>);
 pub enum GaveUp {
     /// It had not started and never will.
     NotStarted,
-    /// It is still running; its thread has been replaced.
+    /// It is still running; its thread has been replaced (now or earlier).
     Running,
     /// It finished in the meantime.
     Finished,
@@ -100,6 +100,8 @@ impl Pool {
             .compare_exchange(QUEUED, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
         {
             Ok(_) => GaveUp::NotStarted,
+            // Already written off by `unstall`: still running on the thread it has.
+            Err(ABANDONED) => GaveUp::Running,
             Err(RUNNING) => {
                 let mut queue = self.shared.queue.lock().unwrap();
                 if self.shared.write_off(&mut queue, ticket) {
