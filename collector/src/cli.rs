@@ -57,7 +57,7 @@ pub struct Options {
     pub web_config_file: String,
 
     /// The target number of CPUs the async runtime runs on (node_exporter: Go's GOMAXPROCS).
-    /// Collectors run on a separate blocking pool.
+    /// Collectors run on their own threads.
     #[arg(long = "runtime.gomaxprocs", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub gomaxprocs: u16,
 

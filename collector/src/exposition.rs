@@ -164,8 +164,15 @@ pub fn push_float(out: &mut String, value: f64) {
         out.push_str(if value > 0.0 { "+Inf" } else { "-Inf" });
         return;
     }
+    // Most samples are counters and gauges holding small whole numbers: those print as integers.
+    if value.fract() == 0.0 && value.abs() < 1e6 && !(value == 0.0 && value.is_sign_negative()) {
+        let _ = write!(out, "{}", value as i64);
+        return;
+    }
     // Rust's `{:e}` prints the shortest round-trip digits: "-1.150976e6".
-    let scientific = format!("{value:e}");
+    let mut buffer = StackText::default();
+    let _ = write!(buffer, "{value:e}");
+    let scientific = buffer.as_str();
     let (mantissa, exponent) = scientific
         .split_once('e')
         .expect("`{:e}` always prints an exponent");
@@ -174,7 +181,11 @@ pub fn push_float(out: &mut String, value: f64) {
         Some(rest) => (true, rest),
         None => (false, mantissa),
     };
-    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let mut digits = StackText::default();
+    for part in mantissa.split('.') {
+        let _ = digits.write_str(part);
+    }
+    let digits = digits.as_str();
 
     if negative {
         out.push('-');
@@ -193,11 +204,11 @@ pub fn push_float(out: &mut String, value: f64) {
         for _ in 0..(-exponent - 1) {
             out.push('0');
         }
-        out.push_str(&digits);
+        out.push_str(digits);
     } else {
         let int_len = (exponent + 1) as usize;
         if digits.len() <= int_len {
-            out.push_str(&digits);
+            out.push_str(digits);
             for _ in digits.len()..int_len {
                 out.push('0');
             }
@@ -206,6 +217,32 @@ pub fn push_float(out: &mut String, value: f64) {
             out.push('.');
             out.push_str(&digits[int_len..]);
         }
+    }
+}
+
+/// A short text built on the stack: a float's digits, at most 17 of them plus sign, point and
+/// exponent.
+#[derive(Default)]
+struct StackText {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl StackText {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).expect("only str is written")
+    }
+}
+
+impl std::fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        self.bytes
+            .get_mut(self.len..end)
+            .ok_or(std::fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 

@@ -10,6 +10,7 @@ pub mod exposition;
 pub mod flags;
 pub mod logging;
 pub mod metrics;
+mod pool;
 pub mod scrape;
 pub mod server;
 pub mod textparse;

@@ -34,6 +34,13 @@ pub struct Options {
     /// MiB sent over one loopback TCP connection in one run of the network workload.
     #[arg(long, default_value_t = 512)]
     tcp_mib: usize,
+    /// Only the scrape-cost comparison, without the kernel program workloads.
+    #[arg(long)]
+    scrape_only: bool,
+    /// Measure this collector binary (an older build, to compare) instead of building
+    /// target/release/collector.
+    #[arg(long)]
+    pub binary: Option<PathBuf>,
 }
 
 const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
@@ -42,7 +49,10 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
     if !crate::setup::is_root() {
         bail!("the benchmark loads eBPF programs: run it as root");
     }
-    let collector = root.join("target/release/collector");
+    let collector = options
+        .binary
+        .clone()
+        .unwrap_or_else(|| root.join("target/release/collector"));
     let mut report = String::new();
 
     let ours = scrape_cost(
@@ -56,6 +66,9 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
         options.scrapes,
     )?;
     report += &scrape_table(&ours, &theirs, options.scrapes);
+    if options.scrape_only {
+        return write_report(root, &report);
+    }
 
     let fsync_file = root.join("target/bench/fsync-workload");
     std::fs::create_dir_all(root.join("target/bench"))?;
@@ -87,11 +100,14 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
         report += &kernel_cost(&collector, workload, options.runs)?;
     }
     let _ = std::fs::remove_file(&fsync_file);
+    write_report(root, &report)
+}
 
+fn write_report(root: &Path, report: &str) -> anyhow::Result<()> {
     println!("\n{report}");
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("report.md"), &report)?;
+    std::fs::write(dir.join("report.md"), report)?;
     eprintln!("written to {}", dir.join("report.md").display());
     Ok(())
 }

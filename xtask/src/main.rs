@@ -57,7 +57,9 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Test { args } => test(&args),
         Task::Bench(options) => {
-            build()?;
+            if options.binary.is_none() {
+                build()?;
+            }
             bench::run(&root, &options)
         }
     }

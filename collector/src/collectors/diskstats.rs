@@ -2,6 +2,7 @@
 //! device identity from udev (`<udev>/b<major>:<minor>`) and /sys/block/<dev>/{queue,slaves}.
 use std::{
     collections::HashMap,
+    ffi::CStr,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -177,39 +178,39 @@ const ATA: [(&str, &str, &str); 3] = [
 
 /// The /sys/block/<dev>/queue files procfs' `SysBlockDeviceQueueStats` reads; when any is
 /// missing or unparsable upstream gets zeroed queue stats, so `rotational` is reported as 0.
-const QUEUE_UINT_FILES: &[&str] = &[
-    "add_random",
-    "dax",
-    "discard_granularity",
-    "discard_max_hw_bytes",
-    "discard_max_bytes",
-    "hw_sector_size",
-    "io_poll",
-    "io_timeout",
-    "iostats",
-    "logical_block_size",
-    "max_hw_sectors_kb",
-    "max_integrity_segments",
-    "max_sectors_kb",
-    "max_segments",
-    "max_segment_size",
-    "minimum_io_size",
-    "nomerges",
-    "nr_requests",
-    "optimal_io_size",
-    "physical_block_size",
-    "read_ahead_kb",
-    "rotational",
-    "rq_affinity",
-    "write_same_max_bytes",
-    "nr_zones",
-    "chunk_sectors",
-    "fua",
-    "max_discard_segments",
-    "write_zeroes_max_bytes",
+const QUEUE_UINT_FILES: &[&CStr] = &[
+    c"add_random",
+    c"dax",
+    c"discard_granularity",
+    c"discard_max_hw_bytes",
+    c"discard_max_bytes",
+    c"hw_sector_size",
+    c"io_poll",
+    c"io_timeout",
+    c"iostats",
+    c"logical_block_size",
+    c"max_hw_sectors_kb",
+    c"max_integrity_segments",
+    c"max_sectors_kb",
+    c"max_segments",
+    c"max_segment_size",
+    c"minimum_io_size",
+    c"nomerges",
+    c"nr_requests",
+    c"optimal_io_size",
+    c"physical_block_size",
+    c"read_ahead_kb",
+    c"rotational",
+    c"rq_affinity",
+    c"write_same_max_bytes",
+    c"nr_zones",
+    c"chunk_sectors",
+    c"fua",
+    c"max_discard_segments",
+    c"write_zeroes_max_bytes",
 ];
-const QUEUE_INT_FILES: &[&str] = &["io_poll_delay", "wbt_lat_usec"];
-const QUEUE_TEXT_FILES: &[&str] = &["write_cache", "zoned", "scheduler"];
+const QUEUE_INT_FILES: &[&CStr] = &[c"io_poll_delay", c"wbt_lat_usec"];
+const QUEUE_TEXT_FILES: &[&CStr] = &[c"write_cache", c"zoned", c"scheduler"];
 
 struct DiskstatsCollector {
     diskstats: PathBuf,
@@ -306,20 +307,22 @@ impl DiskstatsCollector {
 
     /// `queue/rotational`, or 0 when any queue file procfs reads is missing (as upstream).
     fn rotational(&self, device: &str) -> u64 {
-        let queue = self.sys_block.join(device).join("queue");
-        let read = |file: &str| std::fs::read_to_string(queue.join(file)).ok();
+        let Ok(queue) = read::SysDir::open(&self.sys_block.join(device).join("queue")) else {
+            return 0;
+        };
+        let read = |file: &CStr| queue.attribute(file).ok();
         // `rotational` is one of the unsigned files: keep its value from that pass.
         let mut rotational = 0;
         let uints_ok = QUEUE_UINT_FILES.iter().all(|f| {
-            let value = read(f).and_then(|v| v.trim().parse::<u64>().ok());
-            if *f == "rotational" {
+            let value = read(f).and_then(|v| v.parse::<u64>().ok());
+            if *f == c"rotational" {
                 rotational = value.unwrap_or(0);
             }
             value.is_some()
         });
         let ints_ok = QUEUE_INT_FILES
             .iter()
-            .all(|f| read(f).is_some_and(|v| v.trim().parse::<i64>().is_ok()));
+            .all(|f| read(f).is_some_and(|v| v.parse::<i64>().is_ok()));
         let texts_ok = QUEUE_TEXT_FILES.iter().all(|f| read(f).is_some());
         if !(uints_ok && ints_ok && texts_ok) {
             return 0;

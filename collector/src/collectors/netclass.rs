@@ -1,6 +1,6 @@
 //! `netclass`: network device properties from /sys/class/net/<iface>/*, as node_exporter's
 //! netclass collector (sysfs mode; `--collector.netclass.netlink` is accepted and ignored).
-use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
+use std::{collections::BTreeMap, ffi::CStr, path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
 use regex::Regex;
@@ -68,103 +68,98 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     }))
 }
 
-/// The attributes of one interface that upstream's procfs reads, as read.
+/// The attributes of one interface that upstream's procfs reads and the metrics use, as read.
 #[derive(Default, Debug)]
 struct Interface {
-    strings: BTreeMap<&'static str, String>,
-    numbers: BTreeMap<&'static str, i64>,
+    strings: BTreeMap<&'static CStr, String>,
+    numbers: BTreeMap<&'static CStr, i64>,
 }
 
-const STRING_ATTRIBUTES: &[&str] = &[
-    "address",
-    "broadcast",
-    "duplex",
-    "ifalias",
-    "operstate",
-    "phys_port_id",
-    "phys_port_name",
-    "phys_switch_id",
+const STRING_ATTRIBUTES: &[&CStr] = &[
+    c"address",
+    c"broadcast",
+    c"duplex",
+    c"ifalias",
+    c"operstate",
 ];
-const NUMBER_ATTRIBUTES: &[&str] = &[
-    "addr_assign_type",
-    "addr_len",
-    "carrier",
-    "carrier_changes",
-    "carrier_up_count",
-    "carrier_down_count",
-    "dev_id",
-    "dormant",
-    "flags",
-    "ifindex",
-    "iflink",
-    "link_mode",
-    "mtu",
-    "name_assign_type",
-    "netdev_group",
-    "speed",
-    "tx_queue_len",
-    "type",
+const NUMBER_ATTRIBUTES: &[&CStr] = &[
+    c"addr_assign_type",
+    c"carrier",
+    c"carrier_changes",
+    c"carrier_up_count",
+    c"carrier_down_count",
+    c"dev_id",
+    c"dormant",
+    c"flags",
+    c"ifindex",
+    c"iflink",
+    c"link_mode",
+    c"mtu",
+    c"name_assign_type",
+    c"netdev_group",
+    c"speed",
+    c"tx_queue_len",
+    c"type",
 ];
 
 /// `(metric, attribute, type)` in upstream's order.
-const PROPERTIES: &[(&str, &str, MetricType)] = &[
-    ("address_assign_type", "addr_assign_type", MetricType::Gauge),
-    ("carrier", "carrier", MetricType::Gauge),
+const PROPERTIES: &[(&str, &CStr, MetricType)] = &[
+    (
+        "address_assign_type",
+        c"addr_assign_type",
+        MetricType::Gauge,
+    ),
+    ("carrier", c"carrier", MetricType::Gauge),
     (
         "carrier_changes_total",
-        "carrier_changes",
+        c"carrier_changes",
         MetricType::Counter,
     ),
     (
         "carrier_up_changes_total",
-        "carrier_up_count",
+        c"carrier_up_count",
         MetricType::Counter,
     ),
     (
         "carrier_down_changes_total",
-        "carrier_down_count",
+        c"carrier_down_count",
         MetricType::Counter,
     ),
-    ("device_id", "dev_id", MetricType::Gauge),
-    ("dormant", "dormant", MetricType::Gauge),
-    ("flags", "flags", MetricType::Gauge),
-    ("iface_id", "ifindex", MetricType::Gauge),
-    ("iface_link", "iflink", MetricType::Gauge),
-    ("iface_link_mode", "link_mode", MetricType::Gauge),
-    ("mtu_bytes", "mtu", MetricType::Gauge),
-    ("name_assign_type", "name_assign_type", MetricType::Gauge),
-    ("net_dev_group", "netdev_group", MetricType::Gauge),
-    ("transmit_queue_length", "tx_queue_len", MetricType::Gauge),
-    ("protocol_type", "type", MetricType::Gauge),
+    ("device_id", c"dev_id", MetricType::Gauge),
+    ("dormant", c"dormant", MetricType::Gauge),
+    ("flags", c"flags", MetricType::Gauge),
+    ("iface_id", c"ifindex", MetricType::Gauge),
+    ("iface_link", c"iflink", MetricType::Gauge),
+    ("iface_link_mode", c"link_mode", MetricType::Gauge),
+    ("mtu_bytes", c"mtu", MetricType::Gauge),
+    ("name_assign_type", c"name_assign_type", MetricType::Gauge),
+    ("net_dev_group", c"netdev_group", MetricType::Gauge),
+    ("transmit_queue_length", c"tx_queue_len", MetricType::Gauge),
+    ("protocol_type", c"type", MetricType::Gauge),
 ];
 
-/// Reads the regular files of one interface directory as procfs' `parseNetClassIface`:
+/// Reads the attributes of one interface directory as procfs' `parseNetClassIface`:
 /// unreadable attributes (EINVAL for the speed of a down link...) are absent, numbers that do
-/// not parse (Go's base-0 `ParseInt`) are 0, other read errors fail.
-fn read_interface(dir: &std::path::Path) -> anyhow::Result<Interface> {
+/// not parse (Go's base-0 `ParseInt`) are 0, other read errors fail. Only the attributes the
+/// metrics use are read (procfs also reads `addr_len` and `phys_*`, which nothing exports), each
+/// opened by name in the interface's directory.
+fn read_interface(path: &std::path::Path) -> anyhow::Result<Interface> {
+    let dir = read::SysDir::open(path).with_context(|| format!("reading {}", path.display()))?;
     let mut interface = Interface::default();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let entry = entry?;
-        if !entry.file_type()?.is_file() {
-            continue;
-        }
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let string = STRING_ATTRIBUTES.iter().find(|a| **a == name);
-        let number = NUMBER_ATTRIBUTES.iter().find(|a| **a == name);
-        if string.is_none() && number.is_none() {
-            continue;
-        }
-        let value = match read::sys_attribute(&entry.path()) {
+    let strings = STRING_ATTRIBUTES.iter().map(|a| (*a, true));
+    let numbers = NUMBER_ATTRIBUTES.iter().map(|a| (*a, false));
+    for (attribute, is_string) in strings.chain(numbers) {
+        let value = match dir.attribute(attribute) {
             Ok(value) => value,
             Err(error) if read::is_unavailable(&error) => continue,
             Err(error) => {
-                return Err(error).with_context(|| format!("reading {}", entry.path().display()));
+                let file = path.join(attribute.to_string_lossy().as_ref());
+                return Err(error).with_context(|| format!("reading {}", file.display()));
             }
         };
-        if let Some(attribute) = string {
+        if is_string {
             interface.strings.insert(attribute, value);
-        } else if let Some(attribute) = number {
+        } else {
             // procfs' ValueParser.PInt64 yields 0 for a number that does not parse.
             let number = read::parse_go_int(&value).unwrap_or(0);
             interface.numbers.insert(attribute, number);
@@ -221,13 +216,13 @@ impl Collector for NetclassCollector {
         );
 
         for (device, interface) in &interfaces {
-            let text = |a: &str| interface.strings.get(a).cloned().unwrap_or_default();
-            let operstate = text("operstate");
+            let text = |a: &CStr| interface.strings.get(a).cloned().unwrap_or_default();
+            let operstate = text(c"operstate");
             up.push(
                 [("device", device.as_str())],
                 if operstate == "up" { 1.0 } else { 0.0 },
             );
-            let adminstate = match interface.numbers.get("flags") {
+            let adminstate = match interface.numbers.get(c"flags") {
                 None => "unknown",
                 Some(flags) if flags & 1 == 1 => "up",
                 Some(_) => "down",
@@ -235,12 +230,12 @@ impl Collector for NetclassCollector {
             info.push(
                 [
                     ("device", device.clone()),
-                    ("address", text("address")),
-                    ("broadcast", text("broadcast")),
-                    ("duplex", text("duplex")),
+                    ("address", text(c"address")),
+                    ("broadcast", text(c"broadcast")),
+                    ("duplex", text(c"duplex")),
                     ("operstate", operstate),
                     ("adminstate", adminstate.to_owned()),
-                    ("ifalias", text("ifalias")),
+                    ("ifalias", text(c"ifalias")),
                 ],
                 1.0,
             );
@@ -249,7 +244,7 @@ impl Collector for NetclassCollector {
                     family.push([("device", device.as_str())], *value as f64);
                 }
             }
-            if let Some(mbits) = interface.numbers.get("speed") {
+            if let Some(mbits) = interface.numbers.get(c"speed") {
                 // Some devices report -1 when the speed is unknown.
                 if *mbits >= 0 || !self.ignore_invalid_speed {
                     let bytes = mbits.wrapping_mul(1000 * 1000) / 8;
@@ -280,14 +275,14 @@ mod tests {
         std::fs::write(dir.join("uevent"), "INTERFACE=x\n").unwrap();
         let interface = read_interface(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(interface.numbers.get("flags"), Some(&4099));
-        assert_eq!(interface.numbers.get("mtu"), Some(&1500));
+        assert_eq!(interface.numbers.get(c"flags"), Some(&4099));
+        assert_eq!(interface.numbers.get(c"mtu"), Some(&1500));
         assert_eq!(
-            interface.numbers.get("speed"),
+            interface.numbers.get(c"speed"),
             Some(&0),
             "unparsable is 0, as procfs"
         );
-        assert_eq!(interface.strings["address"], "aa:bb:cc:dd:ee:ff");
+        assert_eq!(interface.strings[c"address"], "aa:bb:cc:dd:ee:ff");
         assert_eq!(interface.numbers.len() + interface.strings.len(), 4);
     }
 

@@ -2,9 +2,9 @@
 //! node_exporter's netstat collector: untyped `node_netstat_<Proto>_<Field>` for the fields
 //! matching `--collector.netstat.fields`.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
 };
 
 use regex::Regex;
@@ -37,6 +37,8 @@ struct NetstatCollector {
     snmp: PathBuf,
     snmp6: PathBuf,
     fields: Option<Regex>,
+    /// Whether `fields` matches a key, for every key seen so far.
+    selected: Mutex<HashMap<String, bool>>,
 }
 
 fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
@@ -45,55 +47,49 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
         snmp: context.proc_path("net/snmp"),
         snmp6: context.proc_path("net/snmp6"),
         fields: context.flags.regex(FIELDS)?,
+        selected: Mutex::default(),
     }))
 }
 
-/// protocol -> field -> value text.
-type Stats = BTreeMap<String, BTreeMap<String, String>>;
+/// protocol -> field -> value text, borrowed from the files' text.
+type Stats<'a> = BTreeMap<&'a str, BTreeMap<&'a str, &'a str>>;
 
 /// /proc/net/netstat and /proc/net/snmp: pairs of lines, `Proto: names...` then
 /// `Proto: values...`, split on single spaces as upstream splits them.
-fn parse_pairs(text: &str, path: &Path) -> anyhow::Result<Stats> {
+fn parse_pairs<'a>(text: &'a str, path: &Path) -> anyhow::Result<Stats<'a>> {
     let mut stats = Stats::new();
     let mut lines = text.lines();
     while let Some(names) = lines.next() {
         let values = lines.next().unwrap_or("");
-        let names: Vec<&str> = names.split(' ').collect();
-        let values: Vec<&str> = values.split(' ').collect();
-        let protocol = names[0]
+        let protocol = names.split(' ').next().unwrap_or_default();
+        let protocol = protocol
             .strip_suffix(':')
-            .unwrap_or(&names[0][..names[0].len().saturating_sub(1)]);
-        if names.len() != values.len() {
+            .unwrap_or(&protocol[..protocol.len().saturating_sub(1)]);
+        let (name_count, value_count) = (names.split(' ').count(), values.split(' ').count());
+        if name_count != value_count {
             anyhow::bail!(
-                "{}: field count mismatch for {protocol}: {} names, {} values",
+                "{}: field count mismatch for {protocol}: {name_count} names, {value_count} values",
                 path.display(),
-                names.len(),
-                values.len()
             );
         }
-        let fields = stats.entry(protocol.to_owned()).or_default();
+        let fields = stats.entry(protocol).or_default();
         fields.clear();
-        for (name, value) in names.iter().zip(&values).skip(1) {
-            fields.insert((*name).to_owned(), (*value).to_owned());
-        }
+        fields.extend(names.split(' ').zip(values.split(' ')).skip(1));
     }
     Ok(stats)
 }
 
 /// /proc/net/snmp6: `<Proto>6<Field> value` lines; lines without a `6` are skipped.
-fn parse_snmp6(text: &str) -> Stats {
+fn parse_snmp6(text: &str) -> Stats<'_> {
     let mut stats = Stats::new();
     for line in text.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < 2 {
+        let mut fields = line.split_whitespace();
+        let (Some(key), Some(value)) = (fields.next(), fields.next()) else {
             continue;
-        }
-        if let Some(six) = fields[0].find('6') {
-            let (protocol, name) = fields[0].split_at(six + 1);
-            stats
-                .entry(protocol.to_owned())
-                .or_default()
-                .insert(name.to_owned(), fields[1].to_owned());
+        };
+        if let Some(six) = key.find('6') {
+            let (protocol, name) = key.split_at(six + 1);
+            stats.entry(protocol).or_default().insert(name, value);
         }
     }
     stats
@@ -101,25 +97,38 @@ fn parse_snmp6(text: &str) -> Stats {
 
 impl Collector for NetstatCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        let mut stats = parse_pairs(&read::to_string(&self.netstat)?, &self.netstat)?;
-        let snmp = parse_pairs(&read::to_string(&self.snmp)?, &self.snmp)?;
+        let netstat = read::to_string(&self.netstat)?;
+        let snmp = read::to_string(&self.snmp)?;
         // IPv6 may be disabled: no snmp6 then.
-        let snmp6 = read::optional(&self.snmp6)?
-            .map(|text| parse_snmp6(&text))
-            .unwrap_or_default();
+        let snmp6 = read::optional(&self.snmp6)?.unwrap_or_default();
+        let mut stats = parse_pairs(&netstat, &self.netstat)?;
         // Later files replace a protocol as a whole, as upstream merges them.
-        stats.extend(snmp);
-        stats.extend(snmp6);
+        stats.extend(parse_pairs(&snmp, &self.snmp)?);
+        stats.extend(parse_snmp6(&snmp6));
 
         let mut families = Vec::new();
+        let mut key = String::new();
+        let mut selected = self.selected.lock().unwrap();
         for (protocol, fields) in &stats {
             for (name, value) in fields {
-                let key = format!("{protocol}_{name}");
+                key.clear();
+                key.push_str(protocol);
+                key.push('_');
+                key.push_str(name);
                 // Every value must parse, selected or not, as upstream checks before filtering.
                 let value: f64 = value
                     .parse()
                     .map_err(|_| anyhow::anyhow!("invalid value {value:?} in netstats ({key})"))?;
-                if self.fields.as_ref().is_some_and(|re| !re.is_match(&key)) {
+                // The same few hundred keys come back every scrape: match each once.
+                let keep = match selected.get(key.as_str()) {
+                    Some(keep) => *keep,
+                    None => {
+                        let keep = self.fields.as_ref().is_none_or(|re| re.is_match(&key));
+                        selected.insert(key.clone(), keep);
+                        keep
+                    }
+                };
+                if !keep {
                     continue;
                 }
                 families.push(
@@ -179,6 +188,7 @@ mod tests {
             snmp: dir.join("snmp"),
             snmp6: dir.join("snmp6"),
             fields: None,
+            selected: Mutex::default(),
         };
         let mut out = Vec::new();
         let result = collector.update(&mut out);

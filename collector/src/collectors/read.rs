@@ -1,17 +1,33 @@
 //! Reading /proc and /sys files with errors that name the file, shared by the collectors.
-use std::path::Path;
+use std::{
+    ffi::CStr,
+    fs::File,
+    io::Read as _,
+    os::fd::{AsRawFd as _, FromRawFd as _},
+    path::Path,
+};
 
 use anyhow::Context as _;
 
 /// The whole file, as text.
 pub fn to_string(path: &Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    whole_file(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Reads a /proc or /sys file into a buffer sized for the usual ones. `fs::read_to_string` asks
+/// for the size first (always 0 here) and then starts with a 32-byte read, and every read of a
+/// /proc table makes the kernel walk back to where the last one stopped.
+fn whole_file(path: &Path) -> std::io::Result<String> {
+    let mut text = String::with_capacity(16 * 1024);
+    // `Take` has no size hint to ask for: it reads straight into the spare capacity.
+    File::open(path)?.take(u64::MAX).read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// The whole file, as text; `None` when it does not exist (an optional file: a disabled
 /// protocol, an absent module).
 pub fn optional(path: &Path) -> anyhow::Result<Option<String>> {
-    match std::fs::read_to_string(path) {
+    match whole_file(path) {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
@@ -139,7 +155,41 @@ pub fn uint_from_file(path: &Path) -> anyhow::Result<u64> {
 /// A sysfs attribute as procfs' `util.SysReadFile` reads it: one read, whitespace trimmed. The
 /// `io::Error` is kept so callers can skip attributes the kernel refuses (EINVAL, ENOENT...).
 pub fn sys_attribute(path: &Path) -> std::io::Result<String> {
-    Ok(std::fs::read_to_string(path)?.trim().to_owned())
+    read_attribute(File::open(path)?)
+}
+
+fn read_attribute(mut file: File) -> std::io::Result<String> {
+    let mut buffer = [0u8; 4096];
+    let n = file.read(&mut buffer)?;
+    Ok(String::from_utf8_lossy(&buffer[..n]).trim().to_owned())
+}
+
+/// A sysfs directory opened once, so that each attribute in it is opened by name alone: opening
+/// `/sys/class/net/eth0/mtu` by its full path walks every component and the device symlink
+/// again, which costs more than reading the attribute.
+pub struct SysDir(File);
+
+impl SysDir {
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        File::open(path).map(Self)
+    }
+
+    /// [`sys_attribute`] of the file `name` in this directory.
+    pub fn attribute(&self, name: &CStr) -> std::io::Result<String> {
+        // SAFETY: the directory fd is open for self's lifetime and `name` is NUL-terminated.
+        let fd = unsafe {
+            libc::openat(
+                self.0.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and is owned by nobody else; the File closes it.
+        read_attribute(unsafe { File::from_raw_fd(fd) })
+    }
 }
 
 /// Whether a sysfs read error means "this attribute is not available here" (procfs'
