@@ -14,7 +14,9 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use collector_common::{
-    CpuSchedCounters, Log2Histogram, RunningTask, TaskSeen, layout::TP_TASK_REPORT_MASK,
+    CpuSchedCounters, Log2Histogram, RunningTask, TaskSeen,
+    cgroup::{CHARGE_AFTER_CPU_NS, CHARGE_AFTER_WAITS},
+    layout::TP_TASK_REPORT_MASK,
     layout::UNKNOWN_OFFSET,
 };
 
@@ -234,36 +236,63 @@ pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
             return; // the idle task is never queued
         }
         let charge_cgroup = cgroup::accounting_on() && layout!(task_exec_runtime) != UNKNOWN_OFFSET;
-        let now_seen = TaskSeen {
-            run_delay: unsafe { read_trusted_field::<u64>(prev, layout!(task_run_delay)) },
-            exec_runtime: if charge_cgroup {
-                unsafe { read_trusted_field::<u64>(prev, layout!(task_exec_runtime)) }
-            } else {
-                0
-            },
+        let run_delay = unsafe { read_trusted_field::<u64>(prev, layout!(task_run_delay)) };
+        let exec_runtime = if charge_cgroup {
+            unsafe { read_trusted_field::<u64>(prev, layout!(task_exec_runtime)) }
+        } else {
+            0
         };
-        let previous = match RUN_DELAY_SEEN.get_ptr_mut(pid) {
-            Some(seen) => unsafe { core::mem::replace(&mut *seen, now_seen) },
+        let seen = match RUN_DELAY_SEEN.get_ptr_mut(pid) {
+            Some(seen) => unsafe { &mut *seen },
             None => {
-                if RUN_DELAY_SEEN.insert(pid, now_seen, 0).is_err() {
+                let born = born_since_loaded(prev);
+                let baseline = if born {
+                    TaskSeen::default()
+                } else {
+                    TaskSeen {
+                        run_delay,
+                        exec_runtime,
+                        ..TaskSeen::default()
+                    }
+                };
+                if RUN_DELAY_SEEN.insert(pid, baseline, 0).is_err() {
                     counters.runqueue_map_full += 1;
+                    return;
                 }
-                if !born_since_loaded(prev) {
+                if !born {
                     return; // only the baseline
                 }
-                TaskSeen::default()
+                match RUN_DELAY_SEEN.get_ptr_mut(pid) {
+                    Some(seen) => unsafe { &mut *seen },
+                    None => return,
+                }
             }
         };
-        let wait = now_seen.run_delay.wrapping_sub(previous.run_delay);
-        if now_seen.run_delay >= previous.run_delay {
-            record_latency(wait);
+        let previous_delay = core::mem::replace(&mut seen.run_delay, run_delay);
+        let previous_runtime = core::mem::replace(&mut seen.exec_runtime, exec_runtime);
+        let waited = run_delay >= previous_delay;
+        if waited {
+            record_latency(run_delay - previous_delay);
         }
+        let dead = prev_state & TASK_DEAD != 0;
         if charge_cgroup {
-            let cpu = now_seen.exec_runtime.saturating_sub(previous.exec_runtime);
-            let waits = u64::from(now_seen.run_delay >= previous.run_delay);
-            cgroup::charge_run(cpu, if waits != 0 { wait } else { 0 }, waits);
+            seen.uncharged_cpu_ns += exec_runtime.saturating_sub(previous_runtime);
+            if waited {
+                seen.uncharged_wait_ns += run_delay - previous_delay;
+                seen.uncharged_waits += 1;
+            }
+            if dead
+                || seen.uncharged_cpu_ns >= CHARGE_AFTER_CPU_NS
+                || seen.uncharged_waits >= CHARGE_AFTER_WAITS
+            {
+                cgroup::charge_run(
+                    core::mem::take(&mut seen.uncharged_cpu_ns),
+                    core::mem::take(&mut seen.uncharged_wait_ns),
+                    core::mem::take(&mut seen.uncharged_waits),
+                );
+            }
         }
-        if prev_state & TASK_DEAD != 0 {
+        if dead {
             let _ = RUN_DELAY_SEEN.remove(pid); // its pid may be reused
         }
     });
