@@ -109,7 +109,7 @@ impl Pods {
             )
             .default_backoff()
             .modify(|pod| {
-                // Keep what the labels need: ~1 KiB of metadata and status per pod.
+                // Keep what the labels need: metadata and status, a few KiB per pod.
                 pod.metadata.managed_fields = None;
                 pod.metadata.annotations = None;
                 pod.metadata.labels = None;
