@@ -67,8 +67,9 @@ impl Tracker {
         }
     }
 
-    /// Brings the set up to date with `present`, the ids in the kernel map now. Returns the ids
-    /// the kernel map should forget (removed cgroups, never re-used: ids only grow).
+    /// Brings the set up to date with `present`, the ids in the kernel map now (each once).
+    /// Returns the ids the kernel map should forget (removed cgroups, never re-used: ids only
+    /// grow).
     pub fn update(
         &mut self,
         present: &[u64],
