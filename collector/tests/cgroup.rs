@@ -160,8 +160,8 @@ test_each_hook_type!(
 
 /// The capabilities of the Kubernetes `capabilities` overlay and the systemd unit, with their
 /// numbers, as far as the test itself holds them (a sandbox may lack CAP_SYS_RESOURCE, only
-/// needed before 5.11 anyway): "+bpf,+perfmon,...".
-fn deployment_capabilities() -> String {
+/// needed before 5.11 anyway), less `without`: "+bpf,+perfmon,...".
+fn deployment_capabilities(without: &[&str]) -> String {
     const CAPABILITIES: [(&str, u32); 6] = [
         ("bpf", 39),
         ("perfmon", 38),
@@ -178,19 +178,18 @@ fn deployment_capabilities() -> String {
         .unwrap();
     CAPABILITIES
         .iter()
-        .filter(|(_, bit)| bounding & (1 << bit) != 0)
+        .filter(|(name, bit)| bounding & (1 << bit) != 0 && !without.contains(name))
         .map(|(name, _)| format!("+{name}"))
         .collect::<Vec<_>>()
         .join(",")
 }
 
-#[test]
-fn attributes_with_only_the_deployments_capabilities() {
-    require_root!();
-    let root = require_cgroup2!();
-    // Root whose capability bounding set is just those (setpriv cannot keep capabilities across
-    // a change of user): every capability check the collector meets is made against them.
-    let capabilities = deployment_capabilities();
+/// Starts the daemon (only `ebpf.cgroup`) as root whose capability bounding set is just
+/// `capabilities` (setpriv cannot keep capabilities across a change of user), so every
+/// capability check it meets is made against them; runs a workload in pod cgroup `tag`; returns
+/// the daemon, the scrape after the workload, and the workload's labels.
+fn run_with_capabilities(capabilities: &str, tag: u8) -> (Daemon, Scrape, PodCgroup) {
+    let root = common::cgroup::cgroup2_root().expect("a cgroup v2 mount");
     let mut command = Command::new(common::tool("setpriv"));
     command.args([
         &format!("--inh-caps=-all,{capabilities}"),
@@ -200,33 +199,67 @@ fn attributes_with_only_the_deployments_capabilities() {
         "--collector.ebpf.cgroup",
     ]);
     let daemon = Daemon::spawn(command);
-    let scrape = daemon.scrape();
+    let before = daemon.scrape();
     assert_eq!(
-        scrape.sum("ebpf_program_attached", &[("program", "sched_switch")]),
+        before.sum("ebpf_program_attached", &[("program", "sched_switch")]),
         1.0,
         "log:\n{}",
         daemon.log()
     );
+    let pod = PodCgroup::create(&root, tag);
+    pod.run("timeout 0.2 sh -c 'while :; do :; done' || true");
+    let after = daemon.scrape();
+    (daemon, after, pod)
+}
+
+#[test]
+fn attributes_with_only_the_deployments_capabilities() {
+    require_root!();
+    require_cgroup2!();
+    let (daemon, scrape, pod) = run_with_capabilities(&deployment_capabilities(&[]), 0x05);
     common::assert_attached(
         &scrape,
         &["cgroup_skb_ingress", "cgroup_skb_egress"],
         "cgroup_skb",
     );
-    let pod = PodCgroup::create(&root, 0x05);
-    pod.run("timeout 0.2 sh -c 'while :; do :; done' || true");
-    // The id resolved to its path (open_by_handle_at needs CAP_DAC_READ_SEARCH).
     let labels = [
         ("pod_uid", pod.uid.as_str()),
         ("container_id", pod.container_id.as_str()),
     ];
-    let cpu = daemon
-        .scrape()
-        .value("ebpf_cgroup_cpu_seconds_total", &labels);
+    let cpu = scrape.value("ebpf_cgroup_cpu_seconds_total", &labels);
     assert!(cpu > 0.1, "{cpu} s of CPU");
+    // The id resolved by handle (open_by_handle_at needs CAP_DAC_READ_SEARCH).
     assert!(
         !daemon.log().contains("walking the hierarchy"),
         "{}",
         daemon.log()
+    );
+}
+
+#[test]
+fn without_net_admin_and_dac_read_search_walks_and_reports_no_traffic() {
+    require_root!();
+    require_cgroup2!();
+    let capabilities = deployment_capabilities(&["net_admin", "dac_read_search"]);
+    let (daemon, scrape, pod) = run_with_capabilities(&capabilities, 0x06);
+    let labels = [
+        ("pod_uid", pod.uid.as_str()),
+        ("container_id", pod.container_id.as_str()),
+    ];
+    // Still attributed: the id found by walking the hierarchy.
+    let cpu = scrape.value("ebpf_cgroup_cpu_seconds_total", &labels);
+    assert!(cpu > 0.1, "{cpu} s of CPU");
+    let log = daemon.log();
+    assert!(log.contains("walking the hierarchy"), "{log}");
+    // No cgroup_skb: said so, and no network families rather than zeros.
+    for program in ["cgroup_skb_ingress", "cgroup_skb_egress"] {
+        let labels = [("program", program), ("hook_type", "none")];
+        assert_eq!(scrape.value("ebpf_program_attached", &labels), 0.0);
+    }
+    assert!(!scrape.has("ebpf_cgroup_network_transmit_bytes_total"));
+    assert!(
+        log.contains("per-cgroup network traffic unavailable"),
+        "{log}"
     );
 }
 
