@@ -9,7 +9,7 @@ use std::{
     process::Command,
 };
 
-use common::{Daemon, Scrape};
+use common::Daemon;
 
 const WRITES: usize = 200;
 const BLOCK: usize = 4096;
@@ -174,7 +174,7 @@ fn times_writes_with(hook_type: &str) {
         ),
     );
     for name in ["ebpf_block_rq_latency_seconds", "ebpf_block_rq_size_bytes"] {
-        histogram_is_consistent(&after, name, &labels);
+        common::exposition::assert_histogram_consistent(&after, name, &labels);
     }
     if after.has("ebpf_block_rq_queue_seconds_count") {
         let queued = after.sum("ebpf_block_rq_queue_seconds_count", &[]);
@@ -186,24 +186,6 @@ fn times_writes_with(hook_type: &str) {
             0.0
         );
     }
-}
-
-/// Buckets are cumulative, in increasing `le` order, and `+Inf` equals `_count`.
-fn histogram_is_consistent(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) {
-    let buckets: Vec<(f64, f64)> = scrape
-        .matching(&format!("{name}_bucket"), labels)
-        .map(|s| (s.labels["le"].parse::<f64>().unwrap(), s.value))
-        .collect();
-    assert!(buckets.len() > 10, "{buckets:?}");
-    assert!(
-        buckets
-            .windows(2)
-            .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
-        "{buckets:?}"
-    );
-    let (last_le, last_count) = *buckets.last().unwrap();
-    assert!(last_le.is_infinite());
-    assert_eq!(last_count, scrape.value(&format!("{name}_count"), labels));
 }
 
 test_each_hook_type!(

@@ -62,11 +62,9 @@ fn serves_without_bpf_privileges() {
     assert_eq!(daemon.log().matches("eBPF unavailable").count(), 1);
 }
 
-#[test]
-fn serves_when_the_kernel_refuses_every_hook() {
-    require_root!();
-    // In a private mount namespace, tracefs is hidden under empty tmpfs mounts, so classic
-    // tracepoints (the only type allowed here) cannot be attached.
+/// Starts the daemon with `hook_types` in a private mount namespace where tracefs is hidden
+/// under empty tmpfs mounts, so classic tracepoints cannot be attached.
+fn without_tracefs(hook_types: &str) -> Daemon {
     let script = "for d in /sys/kernel/tracing /sys/kernel/debug; do \
                   [ -d \"$d\" ] && mount -t tmpfs none \"$d\"; done; exec \"$@\"";
     let mut command = Command::new(common::tool("unshare"));
@@ -79,9 +77,16 @@ fn serves_when_the_kernel_refuses_every_hook() {
         script,
         "sh",
         BINARY,
+        hook_types,
     ]);
-    command.arg("--ebpf.hook-types=tracepoint");
-    let daemon = Daemon::spawn(command);
+    Daemon::spawn(command)
+}
+
+#[test]
+fn serves_when_the_kernel_refuses_every_hook() {
+    require_root!();
+    // Classic tracepoints are the only type allowed, and tracefs is hidden.
+    let daemon = without_tracefs("--ebpf.hook-types=tracepoint");
     let scrape = daemon.scrape();
     nothing_attached_but_serving(&scrape);
     let log = daemon.log();
@@ -99,21 +104,7 @@ fn one_refused_hook_type_falls_back_to_the_next() {
     require_root!();
     // Classic tracepoints first, but tracefs is hidden: every hook is refused as a tracepoint and
     // must land on the next type allowed, raw_tp.
-    let script = "for d in /sys/kernel/tracing /sys/kernel/debug; do \
-                  [ -d \"$d\" ] && mount -t tmpfs none \"$d\"; done; exec \"$@\"";
-    let mut command = Command::new(common::tool("unshare"));
-    command.args([
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        script,
-        "sh",
-        BINARY,
-    ]);
-    command.arg("--ebpf.hook-types=tracepoint,raw_tp");
-    let daemon = Daemon::spawn(command);
+    let daemon = without_tracefs("--ebpf.hook-types=tracepoint,raw_tp");
     let scrape = daemon.scrape();
     for hook in ALL_HOOKS {
         assert_eq!(

@@ -1,7 +1,7 @@
 //! Root: the scheduler programs, attached with each hook type, count a workload the test makes.
 mod common;
 
-use common::{Daemon, Scrape, workload};
+use common::{Daemon, workload};
 
 const ROUNDS: usize = 20_000;
 
@@ -71,26 +71,7 @@ fn counts_workload_with(hook_type: &str) {
     );
     assert!(delta("ebpf_runqueue_latency_seconds_sum", &[]) > 0.0);
     assert_eq!(after.value("ebpf_runqueue_latency_dropped_total", &[]), 0.0);
-    histogram_is_consistent(&after, "ebpf_runqueue_latency_seconds");
-}
-
-/// Buckets are cumulative, in increasing `le` order, and `+Inf` equals `_count`.
-fn histogram_is_consistent(scrape: &Scrape, name: &str) {
-    let bucket_name = format!("{name}_bucket");
-    let buckets: Vec<(f64, f64)> = scrape
-        .matching(&bucket_name, &[])
-        .map(|s| (s.labels["le"].parse::<f64>().unwrap(), s.value))
-        .collect();
-    assert!(buckets.len() > 10, "{buckets:?}");
-    assert!(
-        buckets
-            .windows(2)
-            .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
-        "{buckets:?}"
-    );
-    let (last_le, last_count) = *buckets.last().unwrap();
-    assert!(last_le.is_infinite());
-    assert_eq!(last_count, scrape.value(&format!("{name}_count"), &[]));
+    common::exposition::assert_histogram_consistent(&after, "ebpf_runqueue_latency_seconds", &[]);
 }
 
 test_each_hook_type!(

@@ -166,3 +166,22 @@ pub fn printed_families(text: &str) -> BTreeMap<String, PrintedFamily> {
     }
     families
 }
+
+/// Asserts a histogram family's buckets for `labels` are cumulative, in increasing `le` order,
+/// with `+Inf` equal to `_count`.
+pub fn assert_histogram_consistent(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) {
+    let buckets: Vec<(f64, f64)> = scrape
+        .matching(&format!("{name}_bucket"), labels)
+        .map(|s| (s.labels["le"].parse::<f64>().unwrap(), s.value))
+        .collect();
+    assert!(buckets.len() > 10, "{buckets:?}");
+    assert!(
+        buckets
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+        "{buckets:?}"
+    );
+    let (last_le, last_count) = *buckets.last().unwrap();
+    assert!(last_le.is_infinite());
+    assert_eq!(last_count, scrape.value(&format!("{name}_count"), labels));
+}
