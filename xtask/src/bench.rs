@@ -9,13 +9,18 @@
 //!   workloads: context-switch-bound (pipe ping-pong), I/O-bound (4 KiB writes + fdatasync) and
 //!   loopback TCP.
 use std::{
-    io::{Read as _, Write as _},
+    io::Read as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
+
+/// The integration tests' workloads: the benchmark runs the same ones, timed.
+#[allow(dead_code)] // the tests use more of them
+#[path = "../../collector/tests/common/workload.rs"]
+mod workload;
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -78,7 +83,7 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
                 "Context-switch workload: {} pipe round trips between two threads pinned to CPU 0",
                 options.rounds
             ),
-            run: Box::new(|| ping_pong(options.rounds)),
+            run: Box::new(|| timed(|| workload::pipe_ping_pong(options.rounds, 0))),
         },
         Workload {
             description: format!(
@@ -86,14 +91,14 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
                 options.fsync_writes,
                 fsync_file.display()
             ),
-            run: Box::new(|| fsync_writes(&fsync_file, options.fsync_writes)),
+            run: Box::new(|| timed(|| workload::fsync_writes(&fsync_file, options.fsync_writes))),
         },
         Workload {
             description: format!(
                 "Network workload: {} MiB over one loopback TCP connection",
                 options.tcp_mib
             ),
-            run: Box::new(|| loopback_tcp(options.tcp_mib << 20)),
+            run: Box::new(|| timed(|| workload::loopback_tcp(options.tcp_mib << 20))),
         },
     ];
     for workload in &workloads {
@@ -367,83 +372,9 @@ fn median(samples: &mut [Duration]) -> Duration {
     samples[samples.len() / 2]
 }
 
-/// Two threads pinned to CPU 0 pass a byte back and forth `rounds` times: every hand-over is a
-/// context switch and a wake-up, the events the scheduler programs run on.
-fn ping_pong(rounds: usize) -> Duration {
-    let (mut ping_rx, mut ping_tx) = std::io::pipe().expect("pipe");
-    let (mut pong_rx, mut pong_tx) = std::io::pipe().expect("pipe");
+/// `workload` once, timed.
+fn timed(workload: impl FnOnce()) -> Duration {
     let started = Instant::now();
-    let echo = std::thread::spawn(move || {
-        pin_to_cpu0();
-        let mut byte = [0u8];
-        for _ in 0..rounds {
-            ping_rx.read_exact(&mut byte).expect("ping");
-            pong_tx.write_all(&byte).expect("pong");
-        }
-    });
-    std::thread::spawn(move || {
-        pin_to_cpu0();
-        let mut byte = [0u8];
-        for _ in 0..rounds {
-            ping_tx.write_all(&[1]).expect("ping");
-            pong_rx.read_exact(&mut byte).expect("pong");
-        }
-    })
-    .join()
-    .expect("ping thread");
-    echo.join().expect("echo thread");
+    workload();
     started.elapsed()
-}
-
-/// `count` 4 KiB buffered writes, each followed by fdatasync: every one reaches the disk as a
-/// write request (plus the journal's and a cache flush), the events the block programs run on.
-fn fsync_writes(path: &Path, count: usize) -> Duration {
-    let mut file = std::fs::File::create(path).expect("creating the fsync workload file");
-    let block = [0x5au8; 4096];
-    let started = Instant::now();
-    for _ in 0..count {
-        file.write_all(&block).expect("write");
-        file.sync_data().expect("fdatasync");
-    }
-    started.elapsed()
-}
-
-/// Sends `bytes` over one loopback TCP connection in 64 KiB writes: the packet path the network
-/// programs sit on. Since 5.x delivered packets end in `consume_skb`, not `kfree_skb`, so this
-/// measures what the collector costs a healthy connection, not a drop storm.
-fn loopback_tcp(bytes: usize) -> Duration {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let address = listener.local_addr().expect("address");
-    let started = Instant::now();
-    let reader = std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().expect("accept");
-        let mut buffer = vec![0u8; 64 * 1024];
-        let mut total = 0;
-        loop {
-            match stream.read(&mut buffer).expect("read") {
-                0 => break total,
-                n => total += n,
-            }
-        }
-    });
-    let mut stream = std::net::TcpStream::connect(address).expect("connect");
-    let chunk = vec![7u8; 64 * 1024];
-    let mut sent = 0;
-    while sent < bytes {
-        let n = chunk.len().min(bytes - sent);
-        stream.write_all(&chunk[..n]).expect("write");
-        sent += n;
-    }
-    drop(stream);
-    assert_eq!(reader.join().expect("reader"), bytes);
-    started.elapsed()
-}
-
-fn pin_to_cpu0() {
-    // SAFETY: a zeroed cpu_set_t is valid; sched_setaffinity reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
 }

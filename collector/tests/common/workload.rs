@@ -2,7 +2,6 @@
 use std::{
     io::{Read as _, Write as _},
     net::{TcpListener, TcpStream},
-    os::unix::fs::OpenOptionsExt as _,
     path::Path,
 };
 
@@ -73,32 +72,33 @@ pub fn spawn_processes(count: usize) {
     }
 }
 
-/// `count` 4 KiB writes, each followed by fsync, so each reaches the disk (and its interrupt).
+/// `count` 4 KiB writes to `path`, each followed by fdatasync: every one reaches the disk as a
+/// write request (plus the journal's and a cache flush) and its completion interrupt.
 pub fn fsync_writes(path: &Path, count: usize) {
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .custom_flags(libc::O_DSYNC)
-        .open(path)
-        .expect("opening the fsync test file");
+    let mut file = std::fs::File::create(path).expect("creating the fsync workload file");
     let block = [0x5au8; 4096];
     for _ in 0..count {
         file.write_all(&block).expect("write");
-        file.sync_data().expect("fsync");
+        file.sync_data().expect("fdatasync");
     }
     let _ = std::fs::remove_file(path);
 }
 
-/// Sends `bytes` over a loopback TCP connection; loopback delivery runs in the NET_RX softirq.
+/// Sends `bytes` over a loopback TCP connection in 64 KiB writes; loopback delivery runs in the
+/// NET_RX softirq, and delivered packets end in `consume_skb`, not `kfree_skb`.
 pub fn loopback_tcp(bytes: usize) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let address = listener.local_addr().unwrap();
     let reader = std::thread::spawn(move || {
         let (mut stream, _) = listener.accept().expect("accept");
-        let mut sink = Vec::new();
-        stream.read_to_end(&mut sink).expect("read");
-        sink.len()
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut total = 0;
+        loop {
+            match stream.read(&mut buffer).expect("read") {
+                0 => break total,
+                n => total += n,
+            }
+        }
     });
     let mut stream = TcpStream::connect(address).expect("connect");
     let chunk = vec![7u8; 64 * 1024];
