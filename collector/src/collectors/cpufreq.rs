@@ -109,18 +109,15 @@ fn read_cpufreq(dir: &Path) -> anyhow::Result<CpuFreq> {
             cpu.frequencies.push((file, parse_uint(&text, &path)?));
         }
     }
-    let mut strings = Vec::new();
-    for file in [
-        "scaling_available_governors",
-        "scaling_driver",
-        "scaling_governor",
-        "related_cpus",
-        "scaling_setspeed",
-    ] {
-        strings.push(read::to_string(&dir.join(file))?.trim().to_owned());
-    }
-    cpu.available_governors = std::mem::take(&mut strings[0]);
-    cpu.governor = std::mem::take(&mut strings[2]);
+    // In procfs' order; all must exist, two are exported.
+    let read_trimmed = |file: &str| -> anyhow::Result<String> {
+        Ok(read::to_string(&dir.join(file))?.trim().to_owned())
+    };
+    cpu.available_governors = read_trimmed("scaling_available_governors")?;
+    read_trimmed("scaling_driver")?;
+    cpu.governor = read_trimmed("scaling_governor")?;
+    read_trimmed("related_cpus")?;
+    read_trimmed("scaling_setspeed")?;
     // CONFIG_CPU_FREQ_STAT files: parsed (a bad one fails the scrape) but not exported.
     let stats = dir.join("stats");
     let path = stats.join("total_trans");
