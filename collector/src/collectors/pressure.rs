@@ -18,7 +18,56 @@ pub const SPEC: CollectorSpec = CollectorSpec {
     build,
 };
 
-const RESOURCES: [&str; 4] = ["cpu", "io", "memory", "irq"];
+/// A pressure file and the families of its lines: `some` as "waiting", `full` as "stalled"
+/// (name suffix after `node_pressure_`, HELP). A line without a family need not be there.
+struct Resource {
+    name: &'static str,
+    waiting: Option<(&'static str, &'static str)>,
+    stalled: Option<(&'static str, &'static str)>,
+}
+
+const RESOURCES: [Resource; 4] = [
+    Resource {
+        name: "cpu",
+        waiting: Some((
+            "cpu_waiting_seconds_total",
+            "Total time in seconds that processes have waited for CPU time",
+        )),
+        // The kernel has a `full` line for CPU since 5.13; node_exporter does not export it.
+        stalled: None,
+    },
+    Resource {
+        name: "io",
+        waiting: Some((
+            "io_waiting_seconds_total",
+            "Total time in seconds that processes have waited due to IO congestion",
+        )),
+        stalled: Some((
+            "io_stalled_seconds_total",
+            "Total time in seconds no process could make progress due to IO congestion",
+        )),
+    },
+    Resource {
+        name: "memory",
+        waiting: Some((
+            "memory_waiting_seconds_total",
+            "Total time in seconds that processes have waited for memory",
+        )),
+        stalled: Some((
+            "memory_stalled_seconds_total",
+            "Total time in seconds no process could make progress due to memory congestion",
+        )),
+    },
+    Resource {
+        name: "irq",
+        // IRQ pressure has only a `full` line.
+        waiting: None,
+        stalled: Some((
+            "irq_stalled_seconds_total",
+            "Total time in seconds no process could make progress due to IRQ congestion",
+        )),
+    },
+];
 
 struct PressureCollector {
     dir: PathBuf,
@@ -75,13 +124,13 @@ fn seconds(microseconds: u64) -> f64 {
 impl Collector for PressureCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
         let mut found = 0;
-        for resource in RESOURCES {
-            let path = self.dir.join(resource);
+        for resource in &RESOURCES {
+            let path = self.dir.join(resource.name);
             let text = match std::fs::read_to_string(&path) {
                 Ok(text) => text,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     tracing::debug!(
-                        resource,
+                        resource = resource.name,
                         "pressure information is unavailable, you need a Linux kernel >= 4.20 \
                          (6.1 for irq) and/or CONFIG_PSI enabled for your kernel"
                     );
@@ -104,64 +153,22 @@ impl Collector for PressureCollector {
             let totals = parse(&text).with_context(|| {
                 format!("failed to retrieve pressure stats: {}", path.display())
             })?;
-            // IRQ pressure has no `some` line; CPU pressure's `full` line is not exported.
-            let some = match (totals.some, resource) {
-                (None, "irq") => 0,
-                (Some(some), _) => some,
-                (None, _) => {
+            for (family, total, line) in [
+                (resource.waiting, totals.some, "some"),
+                (resource.stalled, totals.full, "full"),
+            ] {
+                let Some((name, help)) = family else {
+                    continue;
+                };
+                let Some(total) = total else {
                     return Err(
-                        NoData("pressure information returned no 'some' data".to_owned()).into(),
+                        NoData(format!("pressure information returned no '{line}' data")).into(),
                     );
-                }
-            };
-            let full = match (totals.full, resource) {
-                (None, "cpu") => 0,
-                (Some(full), _) => full,
-                (None, _) => {
-                    return Err(
-                        NoData("pressure information returned no 'full' data".to_owned()).into(),
-                    );
-                }
-            };
-            let counter = |name: &str, help: &str, value: u64| {
-                MetricFamily::counter(format!("node_pressure_{name}"), help)
-                    .with_value(seconds(value))
-            };
-            match resource {
-                "cpu" => out.push(counter(
-                    "cpu_waiting_seconds_total",
-                    "Total time in seconds that processes have waited for CPU time",
-                    some,
-                )),
-                "io" => {
-                    out.push(counter(
-                        "io_waiting_seconds_total",
-                        "Total time in seconds that processes have waited due to IO congestion",
-                        some,
-                    ));
-                    out.push(counter(
-                        "io_stalled_seconds_total",
-                        "Total time in seconds no process could make progress due to IO congestion",
-                        full,
-                    ));
-                }
-                "memory" => {
-                    out.push(counter(
-                        "memory_waiting_seconds_total",
-                        "Total time in seconds that processes have waited for memory",
-                        some,
-                    ));
-                    out.push(counter(
-                        "memory_stalled_seconds_total",
-                        "Total time in seconds no process could make progress due to memory congestion",
-                        full,
-                    ));
-                }
-                _ => out.push(counter(
-                    "irq_stalled_seconds_total",
-                    "Total time in seconds no process could make progress due to IRQ congestion",
-                    full,
-                )),
+                };
+                out.push(
+                    MetricFamily::counter(format!("node_pressure_{name}"), help)
+                        .with_value(seconds(total)),
+                );
             }
             found += 1;
         }
