@@ -43,9 +43,10 @@ pub struct TaskSeen {
     pub uncharged_waits: u64,
 }
 
-/// A task's uncharged time goes to its cgroup when it exits, or once it holds this much CPU
-/// time or this many waits: a scrape misses at most that much of each running task.
+/// A task's uncharged time goes to its cgroup when it exits, or once it holds this much CPU time,
+/// this much waiting or this many waits: a scrape misses at most that much of each task.
 pub const CHARGE_AFTER_CPU_NS: u64 = 5_000_000;
+pub const CHARGE_AFTER_WAIT_NS: u64 = 5_000_000;
 pub const CHARGE_AFTER_WAITS: u64 = 16;
 
 /// The task running on one CPU, for the raw and classic `sched_switch` programs, which time

@@ -21,9 +21,6 @@ pub struct KernelLayout {
     /// `offsetof(struct task_struct, se.sum_exec_runtime)`: the task's total CPU time, which the
     /// BTF `sched_switch` charges to its cgroup.
     pub task_exec_runtime: u32,
-    /// `offsetof(struct task_struct, start_time)`: monotonic ns at fork, to tell tasks born after
-    /// the programs were loaded.
-    pub task_start_time: u32,
     /// 1 when the BTF/raw `sched_switch` tracepoint has the 4th `prev_state` argument.
     pub sched_switch_has_prev_state: u32,
     /// Classic tracepoint field offsets, from `events/<category>/<name>/format`.
@@ -86,7 +83,6 @@ impl KernelLayout {
         task_state: UNKNOWN_OFFSET,
         task_run_delay: UNKNOWN_OFFSET,
         task_exec_runtime: UNKNOWN_OFFSET,
-        task_start_time: UNKNOWN_OFFSET,
         sched_switch_has_prev_state: 0,
         tp_sched_switch_prev_pid: UNKNOWN_OFFSET,
         tp_sched_switch_prev_state: UNKNOWN_OFFSET,

@@ -20,7 +20,7 @@ pub struct CpuNetCounters {
     /// or a kernel newer than the array the daemon sized).
     pub drops_other_reason: u64,
     /// `tcp_retransmit_skb` sent as a tail loss probe: the loss-probe timer is what fired
-    /// (`icsk_pending == ICSK_TIME_LOSS_PROBE`) and the connection is in `TCP_CA_Open`.
+    /// (`icsk_pending == ICSK_TIME_LOSS_PROBE`) and the connection is Open or in CWR.
     pub loss_probes: u64,
 }
 
@@ -28,9 +28,10 @@ pub struct CpuNetCounters {
 /// `icsk_pending` while the tail-loss-probe timer's handler runs.
 pub const ICSK_TIME_LOSS_PROBE: u8 = 5;
 
-/// `TCP_CA_Open`: no loss suspected. The only state a tail loss probe is sent in; fast
-/// retransmits happen in Recovery, timeouts in Loss.
+/// `enum tcp_ca_state`: `TCP_CA_Open` (no loss suspected) and `TCP_CA_CWR` (window reduced after
+/// ECN or a local congestion signal), the states a tail loss probe is sent in.
 pub const TCP_CA_OPEN: u8 = 0;
+pub const TCP_CA_CWR: u8 = 2;
 
 /// `SKB_NOT_DROPPED_YET` and `SKB_CONSUMED`: `kfree_skb` events that are not drops.
 pub const SKB_FIRST_DROP_REASON: u32 = 2;

@@ -143,16 +143,14 @@ fn charge_cgroup(request: &InflightRequest, latency_ns: u64) {
         _ => return,
     };
     let bytes = request.bytes as u64;
-    cgroup::charge(request.cgroup_id, |c| {
-        if let (Some(requests), Some(total_bytes), Some(time)) = (
-            c.io_requests.get_mut(index),
-            c.io_bytes.get_mut(index),
-            c.io_time_ns.get_mut(index),
-        ) {
-            add(requests, 1);
-            add(total_bytes, bytes);
-            add(time, latency_ns);
-        }
+    // SAFETY: `index` is CGROUP_IO_READ or CGROUP_IO_WRITE, within the two-element arrays.
+    cgroup::charge(request.cgroup_id, |c| unsafe {
+        add((&raw mut (*c).io_requests).cast::<u64>().add(index), 1);
+        add((&raw mut (*c).io_bytes).cast::<u64>().add(index), bytes);
+        add(
+            (&raw mut (*c).io_time_ns).cast::<u64>().add(index),
+            latency_ns,
+        );
     });
 }
 

@@ -36,9 +36,11 @@ pub fn current_cgroup_id() -> u64 {
     unsafe { bpf_get_current_cgroup_id() }
 }
 
-/// Applies `update` to the counters of `cgroup_id`, creating them (zeroed) on first use.
+/// Applies `update` to the counters of `cgroup_id`, creating them (zeroed) on first use. A raw
+/// pointer, not a reference: other CPUs update the same counters at the same time, so `update`
+/// must only use atomic adds (`crate::atomic::add`) on its fields.
 #[inline(always)]
-pub fn charge(cgroup_id: u64, update: impl FnOnce(&mut CgroupCounters)) {
+pub fn charge(cgroup_id: u64, update: impl FnOnce(*mut CgroupCounters)) {
     if cgroup_id == 0 {
         return;
     }
@@ -53,7 +55,7 @@ pub fn charge(cgroup_id: u64, update: impl FnOnce(&mut CgroupCounters)) {
             }
         }
     };
-    update(unsafe { &mut *counters });
+    update(counters);
 }
 
 /// Charges the current task's cgroup for a run that has just ended.
@@ -62,11 +64,11 @@ pub fn charge_run(cpu_ns: u64, wait_ns: u64, waits: u64) {
     charge(
         current_cgroup_id(),
         #[inline(always)]
-        |c| {
-            add(&mut c.cpu_ns, cpu_ns);
+        |c| unsafe {
+            add(&raw mut (*c).cpu_ns, cpu_ns);
             if waits != 0 {
-                add(&mut c.runqueue_wait_ns, wait_ns);
-                add(&mut c.runqueue_waits, waits);
+                add(&raw mut (*c).runqueue_wait_ns, wait_ns);
+                add(&raw mut (*c).runqueue_waits, waits);
             }
         },
     );
@@ -79,13 +81,13 @@ fn count_packet(ctx: &SkBuffContext, transmit: bool) {
     let cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
     let bytes = ctx.len() as u64;
     let segments = unsafe { (*skb).gso_segs }.max(1) as u64;
-    charge(cgroup_id, |c| {
+    charge(cgroup_id, |c| unsafe {
         if transmit {
-            add(&mut c.net_transmit_bytes, bytes);
-            add(&mut c.net_transmit_packets, segments);
+            add(&raw mut (*c).net_transmit_bytes, bytes);
+            add(&raw mut (*c).net_transmit_packets, segments);
         } else {
-            add(&mut c.net_receive_bytes, bytes);
-            add(&mut c.net_receive_packets, segments);
+            add(&raw mut (*c).net_receive_bytes, bytes);
+            add(&raw mut (*c).net_receive_packets, segments);
         }
     });
 }

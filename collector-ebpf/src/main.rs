@@ -29,17 +29,7 @@ macro_rules! btf_and_raw {
         }
     };
     ($tracepoint:literal, $btf:ident, $raw:ident, |$ctx:ident| $body:expr) => {
-        #[::aya_ebpf::macros::btf_tracepoint(function = $tracepoint)]
-        pub fn $btf($ctx: ::aya_ebpf::programs::BtfTracePointContext) -> i32 {
-            $body;
-            0
-        }
-
-        #[::aya_ebpf::macros::raw_tracepoint(tracepoint = $tracepoint)]
-        pub fn $raw($ctx: ::aya_ebpf::programs::RawTracePointContext) -> i32 {
-            $body;
-            0
-        }
+        btf_and_raw!($tracepoint, $btf, $raw, |$ctx, _Memory| $body);
     };
 }
 

@@ -11,7 +11,7 @@ use aya_ebpf::{
 use collector_common::{
     CpuNetCounters,
     layout::UNKNOWN_OFFSET,
-    net::{ICSK_TIME_LOSS_PROBE, SKB_FIRST_DROP_REASON, TCP_CA_OPEN},
+    net::{ICSK_TIME_LOSS_PROBE, SKB_FIRST_DROP_REASON, TCP_CA_CWR, TCP_CA_OPEN},
 };
 
 use crate::{
@@ -44,7 +44,8 @@ fn on_retransmit(sk: u64, err: i32) {
 
 /// Whether the retransmission `sk` makes now is a tail loss probe: the kernel has no tracepoint
 /// for them, but sends them from the loss-probe timer (`icsk_pending` still says which timer
-/// fired) and only in the Open state. Probe reads: the fields lie beyond `struct sock`, which is
+/// fired) and only in the Open or CWR state (`tcp_schedule_loss_probe`); fast retransmits happen
+/// in Recovery, timeouts in Loss. Probe reads: the fields lie beyond `struct sock`, which is
 /// all the BTF tracepoint's argument type lets a direct load reach.
 #[inline(always)]
 fn is_loss_probe(sk: u64) -> bool {
@@ -61,7 +62,7 @@ fn is_loss_probe(sk: u64) -> bool {
     };
     // Little-endian bitfield within one byte (the daemon checks it fits).
     let state = (byte >> (bit % 8)) & (0xffu8 >> (8 - width.clamp(1, 8)));
-    state == TCP_CA_OPEN
+    state == TCP_CA_OPEN || state == TCP_CA_CWR
 }
 
 #[inline(always)]

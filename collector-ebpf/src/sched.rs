@@ -5,9 +5,10 @@
 //! themselves: the enqueue time is kept per pid in an LRU hash map shared by all CPUs (wake-up and
 //! switch-in usually happen on different CPUs). The BTF tracepoints read what the scheduler
 //! already accounts (`task->sched_info.run_delay`), which saves a clock read on every wake-up and
-//! switch (the clock costs more than the rest of a program in a VM). Everything else is counted in
-//! per-CPU maps, so the hot path takes no lock of ours.
+//! switch (the clock costs more than the rest of a program in a VM). Counters are per-CPU; the
+//! per-pid maps are LRU hashes, updated in place once a task is known.
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
     maps::{Array, LruHashMap, PerCpuArray},
@@ -15,7 +16,7 @@ use aya_ebpf::{
 };
 use collector_common::{
     CpuSchedCounters, Log2Histogram, RunningTask, TaskSeen,
-    cgroup::{CHARGE_AFTER_CPU_NS, CHARGE_AFTER_WAITS},
+    cgroup::{CHARGE_AFTER_CPU_NS, CHARGE_AFTER_WAIT_NS, CHARGE_AFTER_WAITS},
     layout::TP_TASK_REPORT_MASK,
     layout::UNKNOWN_OFFSET,
 };
@@ -31,21 +32,18 @@ use crate::{
 #[map]
 static RUNQUEUE_ENQUEUED_AT: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
 
-/// pid → its `sched_info.run_delay` (and CPU time) when it was last switched out, for the BTF tracepoints. Written
-/// in place after the first sighting, so the hot path is a lock-free lookup; an exiting task's
-/// entry is removed, and the LRU evicts any other stale one. Sized by the daemon at load time.
+/// pid → what the BTF `sched_switch` last read of the task and has not yet charged to its
+/// cgroup. Created zeroed at `sched_wakeup_new` (everything a new task does is new), or as a
+/// baseline at the first switch-out of a task older than the programs; written in place after
+/// that. An exiting task's entry is removed; the LRU evicts other stale ones, and with them up to
+/// one batch of uncharged time (`CHARGE_AFTER_*`). Sized by the daemon at load time.
 #[map]
-static RUN_DELAY_SEEN: LruHashMap<u32, TaskSeen> = LruHashMap::with_max_entries(16384, 0);
+static TASKS_SEEN: LruHashMap<u32, TaskSeen> = LruHashMap::with_max_entries(16384, 0);
 
 /// The task running on each CPU, for charging runs to cgroups from the raw and classic
 /// `sched_switch` (they time runs themselves).
 #[map]
 static RUNNING_TASK: PerCpuArray<RunningTask> = PerCpuArray::with_max_entries(1, 0);
-
-/// `bpf_ktime_get_ns` when the daemon loaded the programs: a task started later has no history
-/// before them, so its first switch-out counts in full. Set by the daemon.
-#[unsafe(no_mangle)]
-static LOADED_AT_NS: u64 = 0;
 
 /// Run-queue latency histogram in nanoseconds, one copy per CPU (index 0).
 #[map]
@@ -214,8 +212,8 @@ fn switched_out_state(
 /// Latency from the scheduler's own accounting: when a task leaves the CPU, its
 /// `sched_info.run_delay` has grown by the wait before the run that just ended (the scheduler adds
 /// it at switch-in, and when a waiting task is moved to another CPU). The sample is so recorded
-/// one run late. A task's first switch-out only sets its baseline, unless it was born after the
-/// programs were loaded: then all of its totals are new.
+/// one run late. A task older than the programs first only sets its baseline; one forked since
+/// starts from zero (`sched_wakeup_new`).
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
     if layout!(task_pid) == UNKNOWN_OFFSET || layout!(task_run_delay) == UNKNOWN_OFFSET {
@@ -242,32 +240,19 @@ pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
         } else {
             0
         };
-        let seen = match RUN_DELAY_SEEN.get_ptr_mut(pid) {
-            Some(seen) => unsafe { &mut *seen },
-            None => {
-                let born = born_since_loaded(prev);
-                let baseline = if born {
-                    TaskSeen::default()
-                } else {
-                    TaskSeen {
-                        run_delay,
-                        exec_runtime,
-                        ..TaskSeen::default()
-                    }
-                };
-                if RUN_DELAY_SEEN.insert(pid, baseline, 0).is_err() {
-                    counters.runqueue_map_full += 1;
-                    return;
-                }
-                if !born {
-                    return; // only the baseline
-                }
-                match RUN_DELAY_SEEN.get_ptr_mut(pid) {
-                    Some(seen) => unsafe { &mut *seen },
-                    None => return,
-                }
+        let Some(seen) = TASKS_SEEN.get_ptr_mut(pid) else {
+            // Older than the programs (or evicted): only the baseline.
+            let baseline = TaskSeen {
+                run_delay,
+                exec_runtime,
+                ..TaskSeen::default()
+            };
+            if TASKS_SEEN.insert(pid, baseline, 0).is_err() {
+                counters.runqueue_map_full += 1;
             }
+            return;
         };
+        let seen = unsafe { &mut *seen };
         let previous_delay = core::mem::replace(&mut seen.run_delay, run_delay);
         let previous_runtime = core::mem::replace(&mut seen.exec_runtime, exec_runtime);
         let waited = run_delay >= previous_delay;
@@ -283,6 +268,7 @@ pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
             }
             if dead
                 || seen.uncharged_cpu_ns >= CHARGE_AFTER_CPU_NS
+                || seen.uncharged_wait_ns >= CHARGE_AFTER_WAIT_NS
                 || seen.uncharged_waits >= CHARGE_AFTER_WAITS
             {
                 cgroup::charge_run(
@@ -293,22 +279,10 @@ pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
             }
         }
         if dead {
-            let _ = RUN_DELAY_SEEN.remove(pid); // its pid may be reused
+            let _ = TASKS_SEEN.remove(pid); // its pid may be reused
         }
     });
     0
-}
-
-/// Whether the task (a trusted BTF pointer) started after the daemon loaded the programs.
-#[inline(always)]
-fn born_since_loaded(task: u64) -> bool {
-    let offset = layout!(task_start_time);
-    if offset == UNKNOWN_OFFSET {
-        return false;
-    }
-    let loaded_at = unsafe { core::ptr::read_volatile(&raw const LOADED_AT_NS) };
-    let started_at = unsafe { read_trusted_field::<u64>(task, offset) };
-    started_at >= loaded_at
 }
 
 #[raw_tracepoint(tracepoint = "sched_switch")]
@@ -327,10 +301,19 @@ pub fn sched_switch_raw(ctx: RawTracePointContext) -> i32 {
 
 macro_rules! wakeup {
     ($tracepoint:literal, $btf:ident, $raw:ident, $new_task:expr) => {
-        /// Counts only: `sched_switch_btf` takes the wait from the scheduler's accounting.
+        /// Counts; `sched_switch_btf` takes the wait from the scheduler's accounting. A new
+        /// task starts with a zeroed entry, so its first run and wait count in full.
         #[btf_tracepoint(function = $tracepoint)]
-        pub fn $btf(_ctx: BtfTracePointContext) -> i32 {
-            with_counters(|counters| count_wakeup(counters, $new_task));
+        pub fn $btf(ctx: BtfTracePointContext) -> i32 {
+            with_counters(|counters| {
+                count_wakeup(counters, $new_task);
+                if $new_task && layout!(task_pid) != UNKNOWN_OFFSET {
+                    let task: u64 = ctx.arg(0);
+                    let pid = unsafe { read_trusted_field::<i32>(task, layout!(task_pid)) } as u32;
+                    // Fails when present already (a reused pid whose exit was missed).
+                    let _ = TASKS_SEEN.insert(pid, TaskSeen::default(), BPF_NOEXIST as u64);
+                }
+            });
             0
         }
 

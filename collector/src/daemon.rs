@@ -202,9 +202,9 @@ fn no_error_backtraces() {
 
 /// Start-up leaves behind what steady state never uses again: heap from parsing the kernel's
 /// BTF (megabytes, twice), and the pages of the binary that ran once (flag parsing, BTF and
-/// object loading, verifier set-up: most of the ~6 MiB of code touched by then). Give both
-/// back, so the resident size reflects steady state; code a scrape needs faults back in from
-/// the page cache on the first scrapes.
+/// object loading: most of the ~6 MiB of code touched by then). Give both back, so the resident
+/// size reflects steady state; the code a scrape needs is read back in (from the page cache, or
+/// from disk if it was dropped there too) on the first scrapes.
 fn release_startup_memory() {
     // SAFETY: malloc_trim has no preconditions.
     unsafe {
@@ -216,7 +216,8 @@ fn release_startup_memory() {
 }
 
 /// `MADV_PAGEOUT` (5.4+) on the read-only mappings of our own executable: clean, file-backed
-/// pages, dropped without I/O and read back from the page cache when needed.
+/// pages, dropped without I/O. The kernel does it only for a file the caller owns or could open
+/// for writing (root in the DaemonSet; not a systemd `DynamicUser`, where it does nothing).
 fn page_out_own_image() -> anyhow::Result<()> {
     let exe = std::fs::read_link("/proc/self/exe")?;
     let maps = std::fs::read_to_string("/proc/self/maps")?;

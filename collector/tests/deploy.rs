@@ -604,30 +604,6 @@ const MAY_BE_ABSENT: &[(&str, &str)] = &[
         "ebpf_skb_drops_total",
         "TCP and drop counters: only once such an event happens during the test",
     ),
-    (
-        "ebpf_cgroup_cpu_seconds_total",
-        "per-pod series: need pods (and their branch)",
-    ),
-    (
-        "ebpf_cgroup_runqueue_latency_seconds_bucket",
-        "per-pod series: need pods",
-    ),
-    (
-        "ebpf_cgroup_runqueue_latency_seconds_sum",
-        "per-pod series: need pods",
-    ),
-    (
-        "ebpf_cgroup_block_io_bytes_total",
-        "per-pod series: need pods",
-    ),
-    (
-        "ebpf_cgroup_network_bytes_total",
-        "per-pod series: need pods",
-    ),
-    (
-        "ebpf_cgroup_series_dropped_total",
-        "per-pod series: need pods",
-    ),
 ];
 
 /// Replaces the dashboards' variables with the values of the test target.

@@ -2,7 +2,7 @@
 //! container IDs the cgroup paths give. Only this node's pods are watched (field selector on
 //! `spec.nodeName`), kept in a reflector cache without their managed fields, annotations and
 //! spec; a scrape reads the cache and never waits on the API.
-use std::{path::Path, sync::Arc};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use futures_util::StreamExt as _;
@@ -83,23 +83,42 @@ impl Pods {
                 Kubeconfig::read_from(Path::new(path))
                     .with_context(|| format!("reading kubeconfig {path}"))?,
             )),
-            None => ConfigSource::InCluster(Box::new(Config::incluster().context(
-                "no in-cluster Kubernetes configuration (service account token and \
-                 KUBERNETES_SERVICE_HOST); pass --collector.ebpf.cgroup.kubeconfig or \
-                 --collector.ebpf.cgroup.kubernetes=off",
-            )?)),
+            None => match Config::incluster() {
+                Ok(config) => ConfigSource::InCluster(Box::new(config)),
+                // `auto` in a pod without a service account token: the paths still say which
+                // pod and container, only the names are missing.
+                Err(e) if mode == Mode::Auto => {
+                    tracing::warn!(
+                        err = %e,
+                        "no in-cluster Kubernetes configuration: pod and container names unavailable"
+                    );
+                    return Ok(None);
+                }
+                Err(e) => {
+                    return Err(e).context(
+                        "no in-cluster Kubernetes configuration (service account token and \
+                         KUBERNETES_SERVICE_HOST); pass --collector.ebpf.cgroup.kubeconfig or \
+                         --collector.ebpf.cgroup.kubernetes=off",
+                    );
+                }
+            },
         };
         tracing::info!(node = %node, "watching this node's pods in the Kubernetes API");
         let (store, writer) = reflector::store();
         let watch = tokio::spawn(async move {
-            let client = match source.client().await {
-                Ok(client) => client,
-                Err(e) => {
-                    tracing::error!(
-                        err = format!("{e:#}"),
-                        "Kubernetes API client: pod names unavailable"
-                    );
-                    return;
+            let mut retry_in = Duration::from_secs(1);
+            let client = loop {
+                match source.client().await {
+                    Ok(client) => break client,
+                    Err(e) => {
+                        tracing::warn!(
+                            err = format!("{e:#}"),
+                            retry_in = ?retry_in,
+                            "Kubernetes API client: pod names unavailable until it works"
+                        );
+                        tokio::time::sleep(retry_in).await;
+                        retry_in = (retry_in * 2).min(Duration::from_secs(300));
+                    }
                 }
             };
             let selector = format!("spec.nodeName={node}");
@@ -152,14 +171,15 @@ enum ConfigSource {
 }
 
 impl ConfigSource {
-    async fn client(self) -> anyhow::Result<Client> {
+    async fn client(&self) -> anyhow::Result<Client> {
         let config = match self {
-            Self::Kubeconfig(kubeconfig) => {
-                Config::from_custom_kubeconfig(*kubeconfig, &KubeConfigOptions::default())
-                    .await
-                    .context("kubeconfig")?
-            }
-            Self::InCluster(config) => *config,
+            Self::Kubeconfig(kubeconfig) => Config::from_custom_kubeconfig(
+                kubeconfig.as_ref().clone(),
+                &KubeConfigOptions::default(),
+            )
+            .await
+            .context("kubeconfig")?,
+            Self::InCluster(config) => config.as_ref().clone(),
         };
         Client::try_from(config).context("creating the client")
     }

@@ -2,11 +2,11 @@
 //! their cgroup is removed and a grace period has passed (so the last increase of their counters
 //! is scraped), with a count of the cgroups left out.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     time::{Duration, Instant},
 };
 
-use super::{fs::Lookup, identity::Identity};
+use super::{fs::Lookup, identity::Identity, kubernetes::PodMetadata};
 
 /// The cgroup hierarchy, as the tracker needs it (a trait so the rules can be tested alone).
 pub trait Hierarchy {
@@ -37,6 +37,9 @@ pub struct Tracked {
     /// Relative to the cgroup v2 root; `/` is the root.
     pub path: String,
     pub identity: Identity,
+    /// Names from the Kubernetes API, once found; kept through the grace period, when the pod
+    /// may be gone from the API already.
+    pub metadata: Option<PodMetadata>,
     pub exported: bool,
     /// When it was found removed.
     removed_at: Option<Instant>,
@@ -51,11 +54,47 @@ pub struct Dropped {
     pub removed: u64,
 }
 
+/// The result of [`Tracker::update`].
+pub struct Update {
+    /// Ids for the kernel map to delete.
+    pub forget: Vec<u64>,
+    /// Why new ids could not be resolved this time (they are retried at the next scrape).
+    pub error: Option<anyhow::Error>,
+}
+
 pub struct Tracker {
     limits: Limits,
     /// By id: ids grow with creation, so this is also oldest first.
     cgroups: BTreeMap<u64, Tracked>,
     dropped: Dropped,
+    forgotten: Forgotten,
+}
+
+/// The most recently forgotten ids, a bounded number of them.
+#[derive(Default)]
+struct Forgotten {
+    ids: HashSet<u64>,
+    order: VecDeque<u64>,
+}
+
+impl Forgotten {
+    /// Enough for the churn between two scrapes; older ids charged again are looked up again.
+    const CAPACITY: usize = 4096;
+
+    fn remember(&mut self, id: u64) {
+        if self.ids.insert(id) {
+            self.order.push_back(id);
+            if self.order.len() > Self::CAPACITY
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.ids.remove(&oldest);
+            }
+        }
+    }
+
+    fn contains(&self, id: u64) -> bool {
+        self.ids.contains(&id)
+    }
 }
 
 impl Tracker {
@@ -64,21 +103,17 @@ impl Tracker {
             limits,
             cgroups: BTreeMap::new(),
             dropped: Dropped::default(),
+            forgotten: Forgotten::default(),
         }
     }
 
-    /// Brings the set up to date with `present`, the ids in the kernel map now (each once).
-    /// Returns the ids the kernel map should forget (removed cgroups, never re-used: ids only
-    /// grow).
-    pub fn update(
-        &mut self,
-        present: &[u64],
-        now: Instant,
-        hierarchy: &impl Hierarchy,
-    ) -> anyhow::Result<Vec<u64>> {
+    /// Brings the set up to date with `present`, the ids in the kernel map now. The kernel map
+    /// should then forget `Update::forget` (removed cgroups: ids are never re-used), even when
+    /// `Update::error` says new ids could not be resolved this time.
+    pub fn update(&mut self, present: &[u64], now: Instant, hierarchy: &impl Hierarchy) -> Update {
         let mut forget = Vec::new();
-        // Evicted from the kernel's LRU (or forgotten below on an earlier scrape).
-        let present_set: std::collections::HashSet<u64> = present.iter().copied().collect();
+        // Evicted from the kernel's LRU (or forgotten on an earlier scrape).
+        let present_set: HashSet<u64> = present.iter().copied().collect();
         self.cgroups.retain(|id, _| present_set.contains(id));
 
         for (&id, cgroup) in &mut self.cgroups {
@@ -99,44 +134,74 @@ impl Tracker {
         for id in expired {
             self.cgroups.remove(&id);
             self.dropped.removed += 1;
+            self.forgotten.remember(id);
             forget.push(id);
         }
 
-        let mut new: Vec<u64> = present
-            .iter()
-            .copied()
-            .filter(|id| !self.cgroups.contains_key(id) && !forget.contains(id))
-            .collect();
-        if !new.is_empty() {
-            let mut found = hierarchy.lookup(&new)?;
-            new.sort_unstable(); // oldest first
-            for id in new {
-                match found.remove(&id).unwrap_or(Lookup::Gone) {
-                    Lookup::Path(path) => {
-                        let exported = self.exported_count() < self.limits.max_cgroups;
-                        if !exported {
-                            self.dropped.over_limit += 1;
-                        }
-                        let identity = Identity::from_path(&path);
-                        self.cgroups.insert(
-                            id,
-                            Tracked {
-                                path,
-                                identity,
-                                exported,
-                                removed_at: None,
-                            },
-                        );
+        // Charged again after being forgotten (a socket or an I/O outliving its cgroup): forget
+        // it again, without counting or looking it up again.
+        let mut new: Vec<u64> = Vec::new();
+        for &id in &present_set {
+            if self.cgroups.contains_key(&id) {
+                continue;
+            }
+            if self.forgotten.contains(id) {
+                if !forget.contains(&id) {
+                    forget.push(id);
+                }
+            } else {
+                new.push(id);
+            }
+        }
+        if new.is_empty() {
+            self.admit_waiting();
+            return Update {
+                forget,
+                error: None,
+            };
+        }
+        let mut found = match hierarchy.lookup(&new) {
+            Ok(found) => found,
+            Err(error) => {
+                self.admit_waiting();
+                return Update {
+                    forget,
+                    error: Some(error),
+                };
+            }
+        };
+        new.sort_unstable(); // oldest first
+        for id in new {
+            match found.remove(&id).unwrap_or(Lookup::Gone) {
+                Lookup::Path(path) => {
+                    let exported = self.exported_count() < self.limits.max_cgroups;
+                    if !exported {
+                        self.dropped.over_limit += 1;
                     }
-                    Lookup::Gone => {
-                        self.dropped.removed += 1;
-                        forget.push(id);
-                    }
+                    let identity = Identity::from_path(&path);
+                    self.cgroups.insert(
+                        id,
+                        Tracked {
+                            path,
+                            identity,
+                            metadata: None,
+                            exported,
+                            removed_at: None,
+                        },
+                    );
+                }
+                Lookup::Gone => {
+                    self.dropped.removed += 1;
+                    self.forgotten.remember(id);
+                    forget.push(id);
                 }
             }
         }
         self.admit_waiting();
-        Ok(forget)
+        Update {
+            forget,
+            error: None,
+        }
     }
 
     /// Gives free places to cgroups refused earlier, oldest first.
@@ -164,6 +229,14 @@ impl Tracker {
     pub fn exported(&self) -> impl Iterator<Item = (u64, &Tracked)> {
         self.cgroups
             .iter()
+            .filter(|(_, c)| c.exported)
+            .map(|(&id, c)| (id, c))
+    }
+
+    /// The exported cgroups, by id, to fill in what is learnt of them later.
+    pub fn exported_mut(&mut self) -> impl Iterator<Item = (u64, &mut Tracked)> {
+        self.cgroups
+            .iter_mut()
             .filter(|(_, c)| c.exported)
             .map(|(&id, c)| (id, c))
     }
@@ -227,9 +300,9 @@ mod tests {
         (1..=4).for_each(|id| fake.create(id));
         let mut tracker = Tracker::new(LIMITS);
         let now = Instant::now();
-        tracker.update(&[4, 3, 2, 1], now, &fake).unwrap();
+        tracker.update(&[4, 3, 2, 1], now, &fake);
         assert_eq!(exported(&tracker), HashSet::from([1, 2]));
-        tracker.update(&[1, 2, 3, 4], now, &fake).unwrap();
+        tracker.update(&[1, 2, 3, 4], now, &fake);
         assert_eq!(tracker.dropped().over_limit, 2);
         // Known cgroups are not looked up again.
         assert_eq!(*fake.lookups.borrow(), 4);
@@ -241,11 +314,11 @@ mod tests {
         (1..=3).for_each(|id| fake.create(id));
         let mut tracker = Tracker::new(LIMITS);
         let start = Instant::now();
-        tracker.update(&[1, 2, 3], start, &fake).unwrap();
+        tracker.update(&[1, 2, 3], start, &fake);
         fake.remove(1);
         let forget = tracker
             .update(&[1, 2, 3], start + Duration::from_secs(1), &fake)
-            .unwrap();
+            .forget;
         assert!(forget.is_empty());
         assert_eq!(
             exported(&tracker),
@@ -254,7 +327,7 @@ mod tests {
         );
         let forget = tracker
             .update(&[1, 2, 3], start + Duration::from_secs(11), &fake)
-            .unwrap();
+            .forget;
         assert_eq!(forget, vec![1], "the kernel entry is forgotten too");
         assert_eq!(
             exported(&tracker),
@@ -277,12 +350,62 @@ mod tests {
         let mut tracker = Tracker::new(LIMITS);
         let now = Instant::now();
         // 1 was created and removed between two scrapes.
-        assert_eq!(tracker.update(&[1, 2], now, &fake).unwrap(), vec![1]);
+        assert_eq!(tracker.update(&[1, 2], now, &fake).forget, vec![1]);
         assert_eq!(tracker.dropped().removed, 1);
         // Evicted from the kernel map: no longer exported, not counted as dropped by us.
-        tracker.update(&[], now, &fake).unwrap();
+        tracker.update(&[], now, &fake);
         assert!(exported(&tracker).is_empty());
         assert_eq!(tracker.dropped().removed, 1);
+        // Charged again after it was forgotten: forgotten again, not counted nor looked up.
+        let lookups = *fake.lookups.borrow();
+        assert_eq!(tracker.update(&[1], now, &fake).forget, vec![1]);
+        assert_eq!(tracker.dropped().removed, 1);
+        assert_eq!(*fake.lookups.borrow(), lookups);
+        // Evicted and charged again while alive: tracked again, without a refusal counted.
+        tracker.update(&[2], now, &fake);
+        assert_eq!(exported(&tracker), HashSet::from([2]));
+        assert_eq!(
+            tracker.dropped(),
+            Dropped {
+                over_limit: 0,
+                removed: 1
+            }
+        );
+    }
+
+    #[test]
+    fn repeated_ids_from_a_restarted_map_walk_count_once() {
+        let fake = Fake::default();
+        (1..=2).for_each(|id| fake.create(id));
+        let mut tracker = Tracker::new(LIMITS);
+        let update = tracker.update(&[1, 1, 2, 1], Instant::now(), &fake);
+        assert!(update.forget.is_empty(), "a live cgroup is never forgotten");
+        assert_eq!(exported(&tracker), HashSet::from([1, 2]));
+        assert_eq!(tracker.dropped(), Dropped::default());
+    }
+
+    #[test]
+    fn a_failed_lookup_still_forgets_the_expired() {
+        struct Failing(Fake);
+        impl Hierarchy for Failing {
+            fn lookup(&self, _: &[u64]) -> anyhow::Result<HashMap<u64, Lookup>> {
+                anyhow::bail!("walk failed")
+            }
+            fn still_exists(&self, path: &str, id: u64) -> bool {
+                self.0.still_exists(path, id)
+            }
+        }
+        let fake = Fake::default();
+        fake.create(1);
+        let mut tracker = Tracker::new(LIMITS);
+        let start = Instant::now();
+        tracker.update(&[1], start, &fake);
+        fake.remove(1);
+        tracker.update(&[1], start, &fake);
+        let failing = Failing(fake);
+        let update = tracker.update(&[1, 7], start + Duration::from_secs(11), &failing);
+        assert_eq!(update.forget, vec![1]);
+        assert!(update.error.is_some());
     }
 
     #[test]
@@ -300,7 +423,7 @@ mod tests {
             }
             let forget = tracker
                 .update(&present, start + Duration::from_secs(step), &fake)
-                .unwrap();
+                .forget;
             present.retain(|id| !forget.contains(id));
             assert!(tracker.exported().count() <= LIMITS.max_cgroups);
         }

@@ -128,9 +128,19 @@ impl Btf {
             .with_context(|| format!("no BTF type {name}"))?
     }
 
+    /// The name of `t` (empty for anonymous types).
+    pub fn type_name(&self, t: &Type) -> anyhow::Result<&str> {
+        self.name(t.name_off)
+    }
+
     /// The type `t` refers to (pointee, typedef target...).
     pub fn referenced(&self, t: &Type) -> anyhow::Result<Type> {
         self.type_by_id(t.size_or_type)
+    }
+
+    /// What `t` (a pointer, say) refers to, with typedefs and qualifiers peeled off.
+    pub fn resolve_referenced(&self, t: &Type) -> anyhow::Result<Type> {
+        self.resolve(t.size_or_type)
     }
 
     /// `id` with typedefs and qualifiers (const, volatile...) peeled off.

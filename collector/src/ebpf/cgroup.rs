@@ -6,13 +6,14 @@
 //! paths, paths into pods and containers (`cgroups::identity`, and the Kubernetes API when in a
 //! cluster), and `cgroups::tracker` bounds how many are exported.
 use std::{
+    collections::HashMap,
     path::Path,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
-use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData};
 use collector_common::{
     CgroupCounters,
     cgroup::{CGROUP_IO_READ, CGROUP_IO_WRITE},
@@ -22,7 +23,7 @@ use super::{EbpfRuntime, Hook, block, loader::CGROUP_SKB_PROGRAMS, programs, sch
 use crate::{
     cgroups::{
         fs::{self, CgroupFs},
-        kubernetes::{self, Pods},
+        kubernetes::{self, PodMetadata, Pods},
         tracker::{Limits, Tracker},
     },
     collectors::{BuildContext, CollectorSpec},
@@ -31,9 +32,11 @@ use crate::{
     scrape::Collector,
 };
 
-/// The hooks that charge cgroups (shared with `ebpf.sched` and `ebpf.block`).
-pub static HOOKS: [Hook; 4] = [
+/// The hooks that charge cgroups (shared with `ebpf.sched` and `ebpf.block`); `sched_wakeup_new`
+/// starts a new task's history, so that all of a short-lived process is charged.
+pub static HOOKS: [Hook; 5] = [
     sched::SCHED_SWITCH,
+    sched::SCHED_WAKEUP_NEW,
     block::BLOCK_RQ_INSERT,
     block::BLOCK_RQ_ISSUE,
     block::BLOCK_RQ_COMPLETE,
@@ -103,13 +106,19 @@ pub fn kernel_map_entries(flags: &CollectorFlags, sysfs: &Path) -> anyhow::Resul
     ))
 }
 
+/// The most `--collector.ebpf.cgroup.max-cgroups` allows: the kernel map is four times as large
+/// and preallocated, and a map the kernel cannot create would stop every eBPF collector.
+const MAX_CGROUPS_LIMIT: usize = 100_000;
+
 fn max_cgroups(flags: &CollectorFlags) -> anyhow::Result<usize> {
     let value = flags.string(MAX_CGROUPS).unwrap_or("1000");
     value
         .parse::<usize>()
         .ok()
-        .filter(|&n| n > 0)
-        .with_context(|| format!("--{MAX_CGROUPS}={value}: expected a positive number of cgroups"))
+        .filter(|&n| (1..=MAX_CGROUPS_LIMIT).contains(&n))
+        .with_context(|| {
+            format!("--{MAX_CGROUPS}={value}: expected a number of cgroups from 1 to {MAX_CGROUPS_LIMIT}")
+        })
 }
 
 fn grace_period(flags: &CollectorFlags) -> anyhow::Result<Duration> {
@@ -129,6 +138,8 @@ pub struct CgroupCollector {
     hierarchy: CgroupFs,
     /// Whether the cgroup_skb programs are attached (network traffic is counted).
     network_attached: bool,
+    /// Most entries one map walk reads: twice the map's size.
+    walk_cap: usize,
     /// The hooks whose status this collector reports: those no other enabled collector uses.
     status_hooks: Vec<&'static Hook>,
     pods: Option<Pods>,
@@ -150,8 +161,17 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     )?;
 
     let mut network_attached = false;
+    let mut walk_cap = 0;
     let state = match &context.ebpf {
         Some(runtime) => {
+            // The map first: programs attached for a map nobody reads would count for nothing.
+            let counters: BpfHashMap<MapData, u64, CgroupCounters> =
+                runtime.take_map("CGROUP_STATS")?.try_into()?;
+            let entries = counters
+                .map()
+                .info()
+                .map_or(1 << 20, |info| info.max_entries());
+            walk_cap = 2 * entries as usize;
             match std::fs::File::open(&root)
                 .map_err(anyhow::Error::from)
                 .and_then(|dir| runtime.attach_cgroup_skb(&dir))
@@ -163,7 +183,7 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
                 ),
             }
             Some(Mutex::new(State {
-                counters: runtime.take_map("CGROUP_STATS")?.try_into()?,
+                counters,
                 tracker: Tracker::new(limits),
             }))
         }
@@ -184,6 +204,7 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
         state,
         hierarchy,
         network_attached,
+        walk_cap,
         status_hooks,
         pods,
     }))
@@ -212,31 +233,40 @@ impl Collector for CgroupCollector {
         let mut state = state.lock().expect("cgroup state lock poisoned");
         let State { counters, tracker } = &mut *state;
 
-        let mut entries = Vec::new();
-        for entry in counters.iter() {
+        // A key deleted under the walk (LRU eviction) makes the kernel start the walk over, so
+        // ids may repeat (one entry is kept per id) and the walk is capped.
+        let mut entries = HashMap::new();
+        for entry in counters.iter().take(self.walk_cap) {
             match entry {
-                Ok(entry) => entries.push(entry),
+                Ok((id, values)) => {
+                    entries.insert(id, values);
+                }
                 // Removed between listing and lookup (the LRU evicted it): skip it.
                 Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(e).context("reading CGROUP_STATS"),
             }
         }
-        let ids: Vec<u64> = entries.iter().map(|(id, _)| *id).collect();
-        for id in tracker.update(&ids, Instant::now(), &self.hierarchy)? {
+        let ids: Vec<u64> = entries.keys().copied().collect();
+        let update = tracker.update(&ids, Instant::now(), &self.hierarchy);
+        for id in &update.forget {
             // Already gone (evicted) is fine too.
-            let _ = counters.remove(&id);
+            let _ = counters.remove(id);
         }
-        let entries: std::collections::HashMap<u64, CgroupCounters> = entries.into_iter().collect();
+        if let Some(error) = update.error {
+            return Err(error.context("resolving new cgroup ids"));
+        }
 
         let mut families = Families::new(self.network_attached);
         let mut exported = 0;
-        for (id, cgroup) in tracker.exported() {
+        let no_metadata = PodMetadata::default();
+        for (id, cgroup) in tracker.exported_mut() {
             let Some(c) = entries.get(&id) else { continue };
-            let metadata = self
-                .pods
-                .as_ref()
-                .and_then(|pods| pods.lookup(&cgroup.identity))
-                .unwrap_or_default();
+            if cgroup.metadata.is_none()
+                && let Some(pods) = &self.pods
+            {
+                cgroup.metadata = pods.lookup(&cgroup.identity);
+            }
+            let metadata = cgroup.metadata.as_ref().unwrap_or(&no_metadata);
             let identity = &cgroup.identity;
             let runtime = if identity.container_runtime.is_empty() {
                 metadata.container_runtime.as_str()

@@ -105,7 +105,6 @@ fn fill_from_btf(btf: &Btf, layout: &mut KernelLayout) -> anyhow::Result<()> {
         }
         None => UNKNOWN_OFFSET,
     };
-    layout.task_start_time = member_offset(btf, &task, "start_time")?.unwrap_or(UNKNOWN_OFFSET);
     // btf_trace_sched_switch is `void (*)(void *, bool, struct task_struct *, struct
     // task_struct *[, unsigned int prev_state])`.
     let parameters = tracepoint_parameter_count(btf, "sched_switch")?;
@@ -139,7 +138,10 @@ fn fill_block_from_btf(btf: &Btf, layout: &mut KernelLayout) -> anyhow::Result<(
             layout.request_rq_disk = rq_disk;
         }
     }
+    // `request.part` is a `struct block_device *` since 5.11 (a `struct hd_struct *` before,
+    // where `bd_dev` would read another field).
     if let Ok(block_device) = btf.find("block_device", KIND_STRUCT)
+        && points_to(btf, &request, "part", "block_device")
         && let (Some(part), Some(bd_dev)) =
             (member(&request, "part"), member(&block_device, "bd_dev"))
     {
@@ -179,8 +181,8 @@ fn fill_net_from_btf(btf: &Btf, layout: &mut KernelLayout) {
 
 /// `icsk_pending` (byte offset) and the `icsk_ca_state` bitfield (bit offset, width) of
 /// `struct inet_connection_sock`, whose first member (`icsk_inet.sk`) is the `struct sock` the
-/// tracepoint passes. `None` unless the layout is the one the program can read: a one-byte
-/// `icsk_pending` and a bitfield inside one byte.
+/// tracepoint passes. `None` unless the program can read the state with one byte load: the
+/// bitfield inside one byte. (`icsk_pending` has been a `__u8` since it exists.)
 fn loss_probe_fields(btf: &Btf) -> Option<(u32, u32, u32)> {
     let icsk = btf.find("inet_connection_sock", KIND_STRUCT).ok()?;
     let pending = member_offset(btf, &icsk, "icsk_pending").ok()??;
@@ -242,6 +244,26 @@ fn skb_drop_reasons(btf: &Btf) -> anyhow::Result<DropReasons> {
         names,
         array_size: size.max(1),
     })
+}
+
+/// Whether member `name` of `parent` is a pointer to `struct <pointee>`.
+fn points_to(btf: &Btf, parent: &Type, name: &str, pointee: &str) -> bool {
+    let pointer = || -> anyhow::Result<bool> {
+        let Some(member) = btf
+            .members(parent)?
+            .filter_map(Result::ok)
+            .find(|m| m.name == name)
+        else {
+            return Ok(false);
+        };
+        let pointer = btf.resolve(member.type_id)?;
+        if pointer.kind != KIND_PTR {
+            return Ok(false);
+        }
+        let target = btf.resolve_referenced(&pointer)?;
+        Ok(target.kind == KIND_STRUCT && btf.type_name(&target)? == pointee)
+    };
+    pointer().unwrap_or(false)
 }
 
 /// Byte offset of member `name`, looking through anonymous structs and unions.
@@ -514,7 +536,6 @@ mod tests {
         assert_ne!(layout.task_state, UNKNOWN_OFFSET);
         assert_ne!(layout.task_run_delay, UNKNOWN_OFFSET);
         assert_ne!(layout.task_exec_runtime, UNKNOWN_OFFSET);
-        assert_ne!(layout.task_start_time, UNKNOWN_OFFSET);
         assert!(
             layout.task_pid > layout.task_state,
             "pid comes after __state in task_struct"
@@ -543,6 +564,9 @@ mod tests {
         assert_ne!(layout.request_cmd_flags, UNKNOWN_OFFSET);
         assert_ne!(layout.request_data_len, UNKNOWN_OFFSET);
         assert!(!block_dev_path_unknown(&layout), "{layout:?}");
+        // 6.x: request.part is a struct block_device *, so that path is known too.
+        assert_ne!(layout.request_part, UNKNOWN_OFFSET);
+        assert_ne!(layout.block_device_bd_dev, UNKNOWN_OFFSET);
         assert_eq!(layout.kfree_skb_has_reason, 1);
         assert!(detects_loss_probes(&layout, HookType::BtfTracepoint));
         // icsk_ca_state:5 shares its byte with three one-bit flags.

@@ -90,14 +90,24 @@ impl EbpfRuntime {
         // with that; the copy attaching needs is parsed after the loader is gone, so that two
         // full parses never coexist at the start-up peak.
         let cgroup_accounting = u32::from(options.cgroup_map_entries.is_some());
-        let loaded_at_ns = monotonic_now_ns();
         let mut ebpf = EbpfLoader::new()
             .override_global("KERNEL_LAYOUT", &kernel_layout, true)
             .override_global("CGROUP_ACCOUNTING", &cgroup_accounting, true)
-            .override_global("LOADED_AT_NS", &loaded_at_ns, true)
-            .map_max_entries("CGROUP_STATS", options.cgroup_map_entries.unwrap_or(1))
-            .map_max_entries("RUNQUEUE_ENQUEUED_AT", options.runqueue_max_tasks)
-            .map_max_entries("RUN_DELAY_SEEN", options.runqueue_max_tasks)
+            .map_max_entries(
+                "CGROUP_STATS",
+                options
+                    .cgroup_map_entries
+                    .map_or(1, |n| lru_entries(n, possible_cpus)),
+            )
+            .map_max_entries(
+                "RUNQUEUE_ENQUEUED_AT",
+                lru_entries(options.runqueue_max_tasks, possible_cpus),
+            )
+            .map_max_entries(
+                "TASKS_SEEN",
+                lru_entries(options.runqueue_max_tasks, possible_cpus),
+            )
+            .map_max_entries("BLOCK_INFLIGHT", lru_entries(8192, possible_cpus))
             .map_max_entries("MIGRATIONS_TO_CPU", possible_cpus)
             .map_max_entries(
                 "SKB_DROP_REASONS",
@@ -309,15 +319,12 @@ fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or(text)
 }
 
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns` and `task->start_time`.
-fn monotonic_now_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes a valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+/// At least `wanted` entries for an LRU hash map, and enough that the per-CPU free lists cannot
+/// hold them all: kernels before the 2025 fix (commit d4adf1c, "Adjust free target to avoid
+/// global starvation of LRU map") let each CPU keep up to 128 free entries (`LOCAL_FREE_TARGET`),
+/// and a map smaller than twice that per CPU evicts live entries long before it is full.
+fn lru_entries(wanted: u32, possible_cpus: u32) -> u32 {
+    wanted.max(possible_cpus.saturating_mul(2 * 128))
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones ignore it.

@@ -18,16 +18,19 @@ pub const SCHED_SWITCH: Hook = Hook {
     name: "sched_switch",
 };
 
+/// Forks: a new task's scheduler history starts from zero here.
+pub const SCHED_WAKEUP_NEW: Hook = Hook {
+    category: "sched",
+    name: "sched_wakeup_new",
+};
+
 pub static HOOKS: [Hook; 4] = [
     SCHED_SWITCH,
     Hook {
         category: "sched",
         name: "sched_wakeup",
     },
-    Hook {
-        category: "sched",
-        name: "sched_wakeup_new",
-    },
+    SCHED_WAKEUP_NEW,
     Hook {
         category: "sched",
         name: "sched_migrate_task",
