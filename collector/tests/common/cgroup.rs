@@ -4,14 +4,9 @@ use std::{
     process::{Child, Command},
 };
 
-/// The cgroup v2 mount (EKS nodes: /sys/fs/cgroup; hybrid hosts: /sys/fs/cgroup/unified).
+/// The cgroup v2 mount, found as the daemon finds it.
 pub fn cgroup2_root() -> Option<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mountinfo.lines().find_map(|line| {
-        let (mount, filesystem) = line.split_once(" - ")?;
-        let mount_point = mount.split(' ').nth(4)?;
-        (filesystem.split(' ').next() == Some("cgroup2")).then(|| PathBuf::from(mount_point))
-    })
+    collector::cgroups::fs::find_root(None, Path::new("/sys")).ok()
 }
 
 /// The cgroup v2 mount, or skips the test (with the reason) on a host without one.
