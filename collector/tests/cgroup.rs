@@ -2,20 +2,20 @@
 //! (CPU, direct I/O, loopback TCP) shows up under its pod UID and container ID, with each hook
 //! type; its series go once the cgroup is removed and the grace period has passed; a storm of
 //! short-lived cgroups never exports more than the bound; pod and container names come from a
-//! Kubernetes API server (a fake one serving a pod list and an idle watch) for this node only.
+//! Kubernetes API server (a fake one serving a pod list and an idle watch, over HTTP and over
+//! HTTPS with its own CA) for this node only.
 mod common;
 
 use std::{
     collections::BTreeSet,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{TcpListener, TcpStream},
+    io::Read as _,
+    net::TcpListener,
     path::{Path, PathBuf},
     process::Command,
-    sync::{Arc, Mutex},
     time::Duration,
 };
 
-use common::{Daemon, Scrape, cgroup::PodCgroup};
+use common::{Daemon, Scrape, cgroup::PodCgroup, kube_api::FakeApiServer};
 
 const WRITES: usize = 200;
 const SENT_BYTES: usize = 1 << 20;
@@ -376,81 +376,40 @@ fn a_storm_of_cgroups_stays_within_the_bound() {
     );
 }
 
-/// A Kubernetes API server that knows one pod: serves it to list requests, and holds watch
-/// requests open without events. Records the request lines.
-fn fake_api_server(pod: serde_json::Value) -> (u16, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binding the fake API server");
-    let port = listener.local_addr().unwrap().port();
-    let requests = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&requests);
-    std::thread::spawn(move || {
-        for stream in listener.incoming().map_while(Result::ok) {
-            let seen = Arc::clone(&seen);
-            let pod = pod.clone();
-            std::thread::spawn(move || serve_api(stream, &pod, &seen));
-        }
-    });
-    (port, requests)
-}
-
-fn serve_api(stream: TcpStream, pod: &serde_json::Value, seen: &Mutex<Vec<String>>) {
-    let mut writer = stream.try_clone().unwrap();
-    let mut reader = BufReader::new(stream);
-    loop {
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-            return;
-        }
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
-                break;
-            }
-        }
-        seen.lock().unwrap().push(request_line.trim().to_owned());
-        if request_line.contains("watch=true") {
-            let _ = writer.write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
-            );
-            std::thread::sleep(Duration::from_secs(120));
-            return;
-        }
-        let body = serde_json::json!({
-            "apiVersion": "v1", "kind": "PodList",
-            "metadata": {"resourceVersion": "1"},
-            "items": [pod],
-        })
-        .to_string();
-        let _ = write!(
-            writer,
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-    }
-}
-
-#[test]
-fn names_pods_and_containers_from_the_kubernetes_api() {
-    require_root!();
+/// Starts the daemon with a kubeconfig for a fake API server (HTTPS: verified against the
+/// server's CA, with a bearer token) and checks a pod's workload gets its names.
+fn names_pods_and_containers_from_the_api(https: bool, tag: u8) {
     let root = require_cgroup2!();
-    let pod = PodCgroup::create(&root, 0x04);
-    let (port, requests) = fake_api_server(serde_json::json!({
-        "metadata": {"name": "web-0", "namespace": "shop", "uid": pod.uid, "resourceVersion": "1"},
-        "spec": {"nodeName": "test-node", "containers": [{"name": "app"}]},
-        "status": {"containerStatuses": [{
-            "name": "app", "image": "app:1", "imageID": "", "ready": true, "restartCount": 0,
-            "containerID": format!("containerd://{}", pod.container_id)
-        }]}
-    }));
+    let pod = PodCgroup::create(&root, tag);
+    let server = FakeApiServer::start(
+        serde_json::json!({
+            "metadata": {"name": "web-0", "namespace": "shop", "uid": pod.uid, "resourceVersion": "1"},
+            "spec": {"nodeName": "test-node", "containers": [{"name": "app"}]},
+            "status": {"containerStatuses": [{
+                "name": "app", "image": "app:1", "imageID": "", "ready": true, "restartCount": 0,
+                "containerID": format!("containerd://{}", pod.container_id)
+            }]}
+        }),
+        https,
+    );
     let dir = common::prometheus::TempDir::new("kubeconfig");
+    let ca = match &server.ca_pem {
+        Some(pem) => {
+            let path = dir.path().join("ca.crt");
+            std::fs::write(&path, pem).unwrap();
+            format!(", certificate-authority: '{}'", path.display())
+        }
+        None => String::new(),
+    };
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(
         &kubeconfig,
         format!(
             "apiVersion: v1\nkind: Config\ncurrent-context: test\n\
-             clusters: [{{name: test, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\n\
+             clusters: [{{name: test, cluster: {{server: '{}'{ca}}}}}]\n\
              users: [{{name: test, user: {{token: test-token}}}}]\n\
-             contexts: [{{name: test, context: {{cluster: test, user: test}}}}]\n"
+             contexts: [{{name: test, context: {{cluster: test, user: test}}}}]\n",
+            server.url()
         ),
     )
     .unwrap();
@@ -488,7 +447,7 @@ fn names_pods_and_containers_from_the_kubernetes_api() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let requests = requests.lock().unwrap().clone();
+    let requests = server.requests();
     let unnamed: Vec<_> = daemon
         .scrape()
         .matching(
@@ -506,9 +465,27 @@ fn names_pods_and_containers_from_the_kubernetes_api() {
     assert!(
         requests
             .iter()
-            .all(|r| r.contains("fieldSelector=spec.nodeName%3Dtest-node")),
+            .all(|r| r.line.contains("fieldSelector=spec.nodeName%3Dtest-node")),
         "every request selects this node's pods: {requests:?}"
     );
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.authorization.as_deref() == Some("Bearer test-token")),
+        "every request carries the token: {requests:?}"
+    );
+}
+
+#[test]
+fn names_pods_and_containers_from_the_kubernetes_api() {
+    require_root!();
+    names_pods_and_containers_from_the_api(false, 0x04);
+}
+
+#[test]
+fn names_pods_over_https_verified_against_the_clusters_ca() {
+    require_root!();
+    names_pods_and_containers_from_the_api(true, 0x07);
 }
 
 #[test]

@@ -5,6 +5,7 @@
 pub mod cgroup;
 pub mod daemon;
 pub mod exposition;
+pub mod kube_api;
 pub mod node_exporter;
 pub mod prometheus;
 pub mod workload;
