@@ -376,11 +376,23 @@ fn a_storm_of_cgroups_stays_within_the_bound() {
     );
 }
 
-/// Starts the daemon with a kubeconfig for a fake API server (HTTPS: verified against the
-/// server's CA, with a bearer token) and checks a pod's workload gets its names.
-fn names_pods_and_containers_from_the_api(https: bool, tag: u8) {
+/// How the daemon reaches the fake API server.
+#[derive(Clone, Copy, PartialEq)]
+enum ApiAccess {
+    /// `--collector.ebpf.cgroup.kubeconfig`, plain HTTP or HTTPS with the server's CA.
+    Kubeconfig { https: bool },
+    /// As in a pod: `KUBERNETES_SERVICE_HOST`/`_PORT`, the service account's token and CA under
+    /// /var/run/secrets (a tmpfs in a mount namespace of the daemon's own), `NODE_NAME`, and
+    /// no Kubernetes flag at all (`auto`).
+    InCluster,
+}
+
+/// Starts the daemon reaching a fake API server through `access` and checks a pod's workload
+/// gets its names.
+fn names_pods_and_containers_from_the_api(access: ApiAccess, tag: u8) {
     let root = require_cgroup2!();
     let pod = PodCgroup::create(&root, tag);
+    let https = access != (ApiAccess::Kubeconfig { https: false });
     let server = FakeApiServer::start(
         serde_json::json!({
             "metadata": {"name": "web-0", "namespace": "shop", "uid": pod.uid, "resourceVersion": "1"},
@@ -393,35 +405,65 @@ fn names_pods_and_containers_from_the_api(https: bool, tag: u8) {
         https,
     );
     let dir = common::prometheus::TempDir::new("kubeconfig");
-    let ca = match &server.ca_pem {
-        Some(pem) => {
-            let path = dir.path().join("ca.crt");
-            std::fs::write(&path, pem).unwrap();
-            format!(", certificate-authority: '{}'", path.display())
+    let ca_file = dir.path().join("ca.crt");
+    if let Some(pem) = &server.ca_pem {
+        std::fs::write(&ca_file, pem).unwrap();
+    }
+    let daemon = match access {
+        ApiAccess::Kubeconfig { https } => {
+            let ca = if https {
+                format!(", certificate-authority: '{}'", ca_file.display())
+            } else {
+                String::new()
+            };
+            let kubeconfig = dir.path().join("kubeconfig");
+            std::fs::write(
+                &kubeconfig,
+                format!(
+                    "apiVersion: v1\nkind: Config\ncurrent-context: test\n\
+                     clusters: [{{name: test, cluster: {{server: '{}'{ca}}}}}]\n\
+                     users: [{{name: test, user: {{token: test-token}}}}]\n\
+                     contexts: [{{name: test, context: {{cluster: test, user: test}}}}]\n",
+                    server.url()
+                ),
+            )
+            .unwrap();
+            Daemon::start(&[
+                "--collector.disable-defaults",
+                "--collector.ebpf.cgroup",
+                &format!(
+                    "--collector.ebpf.cgroup.kubeconfig={}",
+                    kubeconfig.display()
+                ),
+                "--collector.ebpf.cgroup.node-name=test-node",
+            ])
         }
-        None => String::new(),
+        ApiAccess::InCluster => {
+            let script = format!(
+                "mount -t tmpfs none /run && d=/var/run/secrets/kubernetes.io/serviceaccount && \
+                 mkdir -p $d && cp '{}' $d/ca.crt && printf test-token > $d/token && \
+                 printf default > $d/namespace && exec \"$@\"",
+                ca_file.display()
+            );
+            let mut command = Command::new(common::tool("unshare"));
+            command
+                .args([
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    &script,
+                    "sh",
+                ])
+                .arg(common::daemon::BINARY)
+                .args(["--collector.disable-defaults", "--collector.ebpf.cgroup"])
+                .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+                .env("KUBERNETES_SERVICE_PORT", server.port.to_string())
+                .env("NODE_NAME", "test-node");
+            Daemon::spawn(command)
+        }
     };
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: test\n\
-             clusters: [{{name: test, cluster: {{server: '{}'{ca}}}}}]\n\
-             users: [{{name: test, user: {{token: test-token}}}}]\n\
-             contexts: [{{name: test, context: {{cluster: test, user: test}}}}]\n",
-            server.url()
-        ),
-    )
-    .unwrap();
-    let daemon = Daemon::start(&[
-        "--collector.disable-defaults",
-        "--collector.ebpf.cgroup",
-        &format!(
-            "--collector.ebpf.cgroup.kubeconfig={}",
-            kubeconfig.display()
-        ),
-        "--collector.ebpf.cgroup.node-name=test-node",
-    ]);
     // Served once the programs are attached: the workload is counted.
     let attached = daemon
         .scrape()
@@ -479,13 +521,19 @@ fn names_pods_and_containers_from_the_api(https: bool, tag: u8) {
 #[test]
 fn names_pods_and_containers_from_the_kubernetes_api() {
     require_root!();
-    names_pods_and_containers_from_the_api(false, 0x04);
+    names_pods_and_containers_from_the_api(ApiAccess::Kubeconfig { https: false }, 0x04);
 }
 
 #[test]
 fn names_pods_over_https_verified_against_the_clusters_ca() {
     require_root!();
-    names_pods_and_containers_from_the_api(true, 0x07);
+    names_pods_and_containers_from_the_api(ApiAccess::Kubeconfig { https: true }, 0x07);
+}
+
+#[test]
+fn names_pods_in_cluster_from_the_service_account() {
+    require_root!();
+    names_pods_and_containers_from_the_api(ApiAccess::InCluster, 0x08);
 }
 
 #[test]
