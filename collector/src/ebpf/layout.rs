@@ -618,15 +618,15 @@ mod tests {
         layout.tp_block_rq_rwbs = 28;
         layout.tp_block_rq_complete_dev = 8;
         layout.tp_block_rq_complete_sector = 16;
-        for name in ["block_rq_insert", "block_rq_issue", "block_rq_complete"] {
-            let hook = Hook {
-                category: "block",
-                name,
-            };
+        for hook in &crate::ebpf::block::HOOKS {
             for hook_type in [HookType::BtfTracepoint, HookType::RawTracepoint] {
-                assert!(missing_for(&layout, &hook, hook_type).is_some(), "{name}");
+                assert!(
+                    missing_for(&layout, hook, hook_type).is_some(),
+                    "{}",
+                    hook.name
+                );
             }
-            assert_eq!(missing_for(&layout, &hook, HookType::Tracepoint), None);
+            assert_eq!(missing_for(&layout, hook, HookType::Tracepoint), None);
         }
 
         // With the offsets, all three may use the BTF and raw flavours.
@@ -634,12 +634,8 @@ mod tests {
         layout.request_data_len = 48;
         layout.request_part = 56;
         layout.block_device_bd_dev = 4;
-        for name in ["block_rq_insert", "block_rq_issue", "block_rq_complete"] {
-            let hook = Hook {
-                category: "block",
-                name,
-            };
-            assert_eq!(missing_for(&layout, &hook, HookType::BtfTracepoint), None);
+        for hook in &crate::ebpf::block::HOOKS {
+            assert_eq!(missing_for(&layout, hook, HookType::BtfTracepoint), None);
         }
     }
 }
