@@ -1,9 +1,10 @@
 //! `cargo xtask bench`: what the collector costs, measured against the real node_exporter in the
 //! same run. Numbers are printed (and written to target/bench/report.md), never asserted.
 //!
-//! - Scrape cost: each exporter is scraped `--scrapes` times in a row on loopback; CPU per scrape
-//!   from the sum of its threads' `schedstat` run time, wall time per scrape at the client,
-//!   resident memory (now and peak) and body size.
+//! - Scrape cost: each exporter is scraped `--scrapes` times in a row on loopback, over one
+//!   kept-alive connection as Prometheus scrapes; CPU per scrape from the sum of its threads'
+//!   `schedstat` run time, wall time per scrape at the client, resident memory (now and peak) and
+//!   body size.
 //! - Kernel program cost: ns per event for each program from the kernel's BPF statistics while a
 //!   workload runs, and that workload's slowdown with the collector attached, for three
 //!   workloads: context-switch-bound (pipe ping-pong), I/O-bound (4 KiB writes + fdatasync) and
@@ -131,6 +132,8 @@ struct ScrapeCost {
 struct Exporter {
     child: Child,
     url: String,
+    /// Keeps its connection open between scrapes, as Prometheus does.
+    agent: ureq::Agent,
 }
 
 impl Exporter {
@@ -147,6 +150,7 @@ impl Exporter {
         let exporter = Self {
             child,
             url: format!("http://127.0.0.1:{port}/metrics"),
+            agent: ureq::Agent::new_with_defaults(),
         };
         let started = Instant::now();
         while exporter.get().is_err() {
@@ -160,7 +164,8 @@ impl Exporter {
 
     fn get(&self) -> anyhow::Result<String> {
         let mut body = String::new();
-        ureq::get(&self.url)
+        self.agent
+            .get(&self.url)
             .call()?
             .body_mut()
             .as_reader()
@@ -244,7 +249,7 @@ fn scrape_table(ours: &ScrapeCost, theirs: &ScrapeCost, scrapes: usize) -> Strin
         }
     };
     let mut table = format!(
-        "## Scrape cost ({scrapes} sequential scrapes on loopback, same run)\n\n\
+        "## Scrape cost ({scrapes} sequential scrapes on one loopback connection, same run)\n\n\
          | | {} | {} | ratio |\n|---|---:|---:|---:|\n",
         ours.name, theirs.name
     );

@@ -6,12 +6,12 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{IterableMap as _, MapData, PerCpuArray, PerCpuHashMap};
 use collector_common::{
     BlockHistograms, BlockKey, CpuBlockCounters, Log2Histogram, block::BLOCK_OP_NAMES,
 };
 
-use super::{EbpfRuntime, Hook, histogram, programs};
+use super::{EbpfRuntime, Hook, batch::BatchReader, histogram, programs};
 use crate::{
     collectors::{BuildContext, CollectorSpec},
     metrics::MetricFamily,
@@ -43,6 +43,7 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 
 struct Maps {
     histograms: PerCpuHashMap<MapData, BlockKey, BlockHistograms>,
+    histograms_reader: BatchReader<BlockKey, BlockHistograms>,
     counters: PerCpuArray<MapData, CpuBlockCounters>,
 }
 
@@ -54,10 +55,15 @@ pub struct BlockCollector {
 
 fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     let maps = match &context.ebpf {
-        Some(runtime) => Some(Maps {
-            histograms: runtime.take_map("BLOCK_HISTOGRAMS")?.try_into()?,
-            counters: runtime.take_map("BLOCK_COUNTERS")?.try_into()?,
-        }),
+        Some(runtime) => {
+            let histograms: PerCpuHashMap<MapData, BlockKey, BlockHistograms> =
+                runtime.take_map("BLOCK_HISTOGRAMS")?.try_into()?;
+            Some(Maps {
+                histograms_reader: BatchReader::new(histograms.map())?,
+                histograms,
+                counters: runtime.take_map("BLOCK_COUNTERS")?.try_into()?,
+            })
+        }
         None => None,
     };
     Ok(Arc::new(BlockCollector {
@@ -106,8 +112,11 @@ impl Collector for BlockCollector {
         }
 
         let mut totals: BTreeMap<(String, &'static str), Totals> = BTreeMap::new();
-        for entry in maps.histograms.iter() {
-            let (key, per_cpu) = entry.context("reading BLOCK_HISTOGRAMS")?;
+        let entries = maps
+            .histograms_reader
+            .read(maps.histograms.map())
+            .context("reading BLOCK_HISTOGRAMS")?;
+        for (key, per_cpu) in entries.iter() {
             let device = self.devices.name(key.dev);
             let operation = BLOCK_OP_NAMES
                 .get(key.op as usize)

@@ -19,7 +19,9 @@ use collector_common::{
     cgroup::{CGROUP_IO_READ, CGROUP_IO_WRITE},
 };
 
-use super::{EbpfRuntime, Hook, block, loader::CGROUP_SKB_PROGRAMS, programs, sched};
+use super::{
+    EbpfRuntime, Hook, batch::BatchReader, block, loader::CGROUP_SKB_PROGRAMS, programs, sched,
+};
 use crate::{
     cgroups::{
         fs::{self, CgroupFs},
@@ -129,6 +131,7 @@ fn grace_period(flags: &CollectorFlags) -> anyhow::Result<Duration> {
 
 struct State {
     counters: BpfHashMap<MapData, u64, CgroupCounters>,
+    reader: BatchReader<u64, CgroupCounters>,
     tracker: Tracker,
 }
 
@@ -138,8 +141,6 @@ pub struct CgroupCollector {
     hierarchy: CgroupFs,
     /// Whether the cgroup_skb programs are attached (network traffic is counted).
     network_attached: bool,
-    /// Most entries one map walk reads: twice the map's size.
-    walk_cap: usize,
     /// The hooks whose status this collector reports: those no other enabled collector uses.
     status_hooks: Vec<&'static Hook>,
     pods: Option<Pods>,
@@ -161,17 +162,11 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     )?;
 
     let mut network_attached = false;
-    let mut walk_cap = 0;
     let state = match &context.ebpf {
         Some(runtime) => {
             // The map first: programs attached for a map nobody reads would count for nothing.
             let counters: BpfHashMap<MapData, u64, CgroupCounters> =
                 runtime.take_map("CGROUP_STATS")?.try_into()?;
-            let entries = counters
-                .map()
-                .info()
-                .map_or(1 << 20, |info| info.max_entries());
-            walk_cap = 2 * entries as usize;
             match std::fs::File::open(&root)
                 .map_err(anyhow::Error::from)
                 .and_then(|dir| runtime.attach_cgroup_skb(&dir))
@@ -183,6 +178,7 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
                 ),
             }
             Some(Mutex::new(State {
+                reader: BatchReader::new(counters.map())?,
                 counters,
                 tracker: Tracker::new(limits),
             }))
@@ -204,7 +200,6 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
         state,
         hierarchy,
         network_attached,
-        walk_cap,
         status_hooks,
         pods,
     }))
@@ -231,21 +226,19 @@ impl Collector for CgroupCollector {
         programs::require_any_attached(self.runtime.as_deref(), &HOOKS)?;
         let state = self.state.as_ref().context("cgroup map unavailable")?;
         let mut state = state.lock().expect("cgroup state lock poisoned");
-        let State { counters, tracker } = &mut *state;
+        let State {
+            counters,
+            reader,
+            tracker,
+        } = &mut *state;
 
-        // A key deleted under the walk (LRU eviction) makes the kernel start the walk over, so
-        // ids may repeat (one entry is kept per id) and the walk is capped.
-        let mut entries = HashMap::new();
-        for entry in counters.iter().take(self.walk_cap) {
-            match entry {
-                Ok((id, values)) => {
-                    entries.insert(id, values);
-                }
-                // Removed between listing and lookup (the LRU evicted it): skip it.
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(e).context("reading CGROUP_STATS"),
-            }
-        }
+        // The batch walks bucket by bucket: an id appears once even when the LRU evicts under it.
+        let entries: HashMap<u64, CgroupCounters> = reader
+            .read(counters.map())
+            .context("reading CGROUP_STATS")?
+            .iter()
+            .map(|(id, values)| (id, values[0]))
+            .collect();
         let ids: Vec<u64> = entries.keys().copied().collect();
         let update = tracker.update(&ids, Instant::now(), &self.hierarchy);
         for id in &update.forget {

@@ -2,10 +2,10 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use aya::maps::{MapData, PerCpuArray};
+use aya::maps::{IterableMap as _, MapData, PerCpuArray};
 use collector_common::{CpuIrqTime, SOFTIRQ_NAMES};
 
-use super::{EbpfRuntime, Hook, programs};
+use super::{EbpfRuntime, Hook, batch::BatchReader, programs};
 use crate::{
     collectors::{BuildContext, CollectorSpec},
     metrics::MetricFamily,
@@ -42,6 +42,7 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 struct Maps {
     hardirq: PerCpuArray<MapData, CpuIrqTime>,
     softirq: PerCpuArray<MapData, u64>,
+    softirq_reader: BatchReader<u32, u64>,
 }
 
 pub struct IrqCollector {
@@ -51,10 +52,15 @@ pub struct IrqCollector {
 
 fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     let maps = match &context.ebpf {
-        Some(runtime) => Some(Maps {
-            hardirq: runtime.take_map("IRQ_TIME")?.try_into()?,
-            softirq: runtime.take_map("SOFTIRQ_TIME")?.try_into()?,
-        }),
+        Some(runtime) => {
+            let softirq: PerCpuArray<MapData, u64> =
+                runtime.take_map("SOFTIRQ_TIME")?.try_into()?;
+            Some(Maps {
+                hardirq: runtime.take_map("IRQ_TIME")?.try_into()?,
+                softirq_reader: BatchReader::new(softirq.map())?,
+                softirq,
+            })
+        }
         None => None,
     };
     Ok(Arc::new(IrqCollector {
@@ -94,15 +100,18 @@ impl Collector for IrqCollector {
                 "ebpf_softirq_seconds_total",
                 "CPU time spent running softirq handlers, by vector.",
             );
-            for (vector, name) in (0u32..).zip(SOFTIRQ_NAMES) {
-                let per_cpu = maps
-                    .softirq
-                    .get(&vector, 0)
-                    .context("reading SOFTIRQ_TIME")?;
+            let vectors = maps
+                .softirq_reader
+                .read(maps.softirq.map())
+                .context("reading SOFTIRQ_TIME")?;
+            for (vector, per_cpu) in vectors.iter() {
+                let Some(name) = SOFTIRQ_NAMES.get(vector as usize) else {
+                    continue;
+                };
                 for &cpu in &online {
                     if let Some(ns) = per_cpu.get(cpu as usize) {
                         softirq.push(
-                            [("cpu", cpu.to_string()), ("vector", name.to_owned())],
+                            [("cpu", cpu.to_string()), ("vector", (*name).to_owned())],
                             *ns as f64 / 1e9,
                         );
                     }

@@ -3,7 +3,13 @@
 //! that works. One missing hook is a log line and an `ebpf_program_attached 0`, never an exit.
 //! Links are owned by the loaded object: dropping the runtime detaches everything, and nothing
 //! is pinned.
-use std::{collections::HashMap, os::fd::OwnedFd, path::Path, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    os::fd::OwnedFd,
+    path::Path,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
@@ -55,6 +61,8 @@ pub struct EbpfRuntime {
     attached: HashMap<&'static str, HookType>,
     /// Keeps `kernel.bpf_stats_enabled` on while we run (`--ebpf.enable-stats`).
     stats_fd: Option<OwnedFd>,
+    /// When the sysctl was last read and what it said: every eBPF collector asks each scrape.
+    stats_sysctl: Mutex<Option<(Instant, bool)>>,
     /// This kernel's drop reasons, found with the layout: the per-reason array was sized by them.
     drop_reasons: Option<layout::DropReasons>,
     /// What the programs were told of the kernel's layout.
@@ -157,6 +165,7 @@ impl EbpfRuntime {
             ebpf: Mutex::new(ebpf),
             attached,
             stats_fd,
+            stats_sysctl: Mutex::new(None),
             drop_reasons,
             kernel_layout,
         })
@@ -226,10 +235,21 @@ impl EbpfRuntime {
     }
 
     /// Whether run-time statistics are being collected (by us or by someone else's sysctl).
+    /// The sysctl is read at most once a second.
     pub fn stats_enabled(&self) -> bool {
-        self.stats_fd.is_some()
-            || std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
-                .is_ok_and(|v| v.trim() == "1")
+        if self.stats_fd.is_some() {
+            return true;
+        }
+        let mut last = self.stats_sysctl.lock().expect("stats lock poisoned");
+        match *last {
+            Some((read_at, enabled)) if read_at.elapsed() < Duration::from_secs(1) => enabled,
+            _ => {
+                let enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+                    .is_ok_and(|v| v.trim() == "1");
+                *last = Some((Instant::now(), enabled));
+                enabled
+            }
+        }
     }
 
     /// Statistics of the loaded program `name` (as named in collector-ebpf).

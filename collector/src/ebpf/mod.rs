@@ -1,6 +1,7 @@
 //! The eBPF side of the daemon: loading and attaching the kernel programs (`loader`), the kernel
 //! layout facts they need (`layout`, from the kernel's BTF read by `btf`), and one collector per
 //! subsystem reading its maps.
+pub mod batch;
 pub mod block;
 pub mod btf;
 pub mod cgroup;

@@ -1,11 +1,11 @@
 //! `ebpf.net`: TCP retransmits and resets, and packets the kernel dropped, by drop reason.
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use anyhow::Context as _;
-use aya::maps::{MapData, PerCpuArray};
+use aya::maps::{IterableMap as _, MapData, PerCpuArray};
 use collector_common::CpuNetCounters;
 
-use super::{EbpfRuntime, Hook, layout, programs};
+use super::{EbpfRuntime, Hook, batch::BatchReader, layout, programs};
 use crate::{
     collectors::{BuildContext, CollectorSpec},
     metrics::MetricFamily,
@@ -46,6 +46,7 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 struct Maps {
     counters: PerCpuArray<MapData, CpuNetCounters>,
     drop_reasons: PerCpuArray<MapData, u64>,
+    drop_reasons_reader: BatchReader<u32, u64>,
 }
 
 pub struct NetCollector {
@@ -57,10 +58,15 @@ pub struct NetCollector {
 
 fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     let maps = match &context.ebpf {
-        Some(runtime) => Some(Maps {
-            counters: runtime.take_map("NET_COUNTERS")?.try_into()?,
-            drop_reasons: runtime.take_map("SKB_DROP_REASONS")?.try_into()?,
-        }),
+        Some(runtime) => {
+            let drop_reasons: PerCpuArray<MapData, u64> =
+                runtime.take_map("SKB_DROP_REASONS")?.try_into()?;
+            Some(Maps {
+                counters: runtime.take_map("NET_COUNTERS")?.try_into()?,
+                drop_reasons_reader: BatchReader::new(drop_reasons.map())?,
+                drop_reasons,
+            })
+        }
         None => None,
     };
     let reasons = context
@@ -149,12 +155,15 @@ impl Collector for NetCollector {
                 "ebpf_skb_drops_total",
                 "Packets (socket buffers) the kernel dropped, by drop reason (enum skb_drop_reason, lower-cased without its SKB_DROP_REASON_ prefix; \"other\" for reasons outside it).",
             );
+            let counts: HashMap<u32, u64> = maps
+                .drop_reasons_reader
+                .read(maps.drop_reasons.map())
+                .context("reading SKB_DROP_REASONS")?
+                .iter()
+                .map(|(reason, per_cpu)| (reason, per_cpu.iter().sum()))
+                .collect();
             for (value, name) in &self.reasons {
-                let per_cpu = maps
-                    .drop_reasons
-                    .get(value, 0)
-                    .context("reading SKB_DROP_REASONS")?;
-                let count: u64 = per_cpu.iter().sum();
+                let count = counts.get(value).copied().unwrap_or(0);
                 // Only reasons seen: the enum has ~120 members, mostly never hit.
                 if count > 0 {
                     drops.push([("reason", name.as_str())], count as f64);

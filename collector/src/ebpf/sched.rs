@@ -1,12 +1,12 @@
 //! `ebpf.sched`: run-queue latency, context switches, wake-ups and migrations from the scheduler
 //! tracepoints.
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use anyhow::Context as _;
-use aya::maps::{Array, MapData, PerCpuArray};
+use aya::maps::{Array, IterableMap as _, MapData, PerCpuArray};
 use collector_common::{CpuSchedCounters, Log2Histogram};
 
-use super::{EbpfRuntime, Hook, histogram, programs};
+use super::{EbpfRuntime, Hook, batch::BatchReader, histogram, programs};
 use crate::{
     collectors::{BuildContext, CollectorSpec},
     metrics::MetricFamily,
@@ -49,6 +49,7 @@ struct Maps {
     latency: PerCpuArray<MapData, Log2Histogram>,
     counters: PerCpuArray<MapData, CpuSchedCounters>,
     migrations: Array<MapData, u64>,
+    migrations_reader: BatchReader<u32, u64>,
 }
 
 pub struct SchedCollector {
@@ -58,11 +59,16 @@ pub struct SchedCollector {
 
 fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     let maps = match &context.ebpf {
-        Some(runtime) => Some(Maps {
-            latency: runtime.take_map("RUNQUEUE_LATENCY")?.try_into()?,
-            counters: runtime.take_map("SCHED_COUNTERS")?.try_into()?,
-            migrations: runtime.take_map("MIGRATIONS_TO_CPU")?.try_into()?,
-        }),
+        Some(runtime) => {
+            let migrations: Array<MapData, u64> =
+                runtime.take_map("MIGRATIONS_TO_CPU")?.try_into()?;
+            Some(Maps {
+                latency: runtime.take_map("RUNQUEUE_LATENCY")?.try_into()?,
+                counters: runtime.take_map("SCHED_COUNTERS")?.try_into()?,
+                migrations_reader: BatchReader::new(migrations.map())?,
+                migrations,
+            })
+        }
         None => None,
     };
     Ok(Arc::new(SchedCollector {
@@ -104,6 +110,13 @@ impl Collector for SchedCollector {
         );
         let mut migrations =
             MetricFamily::counter("ebpf_sched_migrations_total", "Tasks migrated to this CPU.");
+        let migrated_to: HashMap<u32, u64> = maps
+            .migrations_reader
+            .read(maps.migrations.map())
+            .context("reading MIGRATIONS_TO_CPU")?
+            .iter()
+            .map(|(cpu, count)| (cpu, count[0]))
+            .collect();
         let mut dropped = 0u64;
         for &cpu in &online {
             let Some(c) = counters.get(cpu as usize) else {
@@ -126,10 +139,7 @@ impl Collector for SchedCollector {
                 [("cpu", cpu_label.as_str()), ("kind", "new_task")],
                 c.wakeups_new as f64,
             );
-            let migrated = maps
-                .migrations
-                .get(&cpu, 0)
-                .context("reading MIGRATIONS_TO_CPU")?;
+            let migrated = migrated_to.get(&cpu).copied().unwrap_or(0);
             migrations.push([("cpu", cpu_label)], migrated as f64);
         }
         for c in counters.iter() {

@@ -1,0 +1,291 @@
+//! Whole-map reads, many entries per `BPF_MAP_LOOKUP_BATCH` call (Linux 5.6+; we need 5.8).
+//!
+//! aya 0.14 reads a map one key per syscall, and a walk adds a `GET_NEXT_KEY` per key: the
+//! drop-reason array alone cost ~130 syscalls a scrape, and the cgroup map two per cgroup. A
+//! batch walks hash maps bucket by bucket, so an entry deleted under it (LRU eviction) does not
+//! restart the walk either.
+use std::{
+    io,
+    marker::PhantomData,
+    mem::size_of,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
+
+use aya::{
+    Pod,
+    maps::{MapData, MapType},
+};
+
+/// Entries fetched per call, at most: many buckets of a hash map (a batch smaller than the bucket
+/// at hand is refused with ENOSPC, and then doubled).
+const MAX_CHUNK: usize = 256;
+/// Value bytes fetched per call, at most: per-CPU histograms are ~1 KiB per CPU.
+const MAX_CHUNK_BYTES: usize = 64 << 10;
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// The `batch` member of `union bpf_attr` (include/uapi/linux/bpf.h).
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// How to read one map in batches: its key and value sizes, checked against `K` and `V` once.
+pub struct BatchReader<K, V> {
+    /// Bytes per value: per-CPU maps give one 8-byte-aligned copy per possible CPU.
+    value_stride: usize,
+    values_per_key: usize,
+    /// The batch cursor: a key for arrays, a bucket index for hash maps.
+    cursor_size: usize,
+    /// Entries asked for per call.
+    chunk: usize,
+    _types: PhantomData<(K, V)>,
+}
+
+/// Every entry of a map: `values_per_key` values per key (one per possible CPU for per-CPU maps).
+pub struct Entries<K, V> {
+    keys: Vec<K>,
+    values: Vec<V>,
+    values_per_key: usize,
+}
+
+impl<K: Pod, V: Pod> Entries<K, V> {
+    /// `(key, values)` pairs; for per-CPU maps, `values[cpu]`.
+    pub fn iter(&self) -> impl Iterator<Item = (K, &[V])> {
+        self.keys
+            .iter()
+            .copied()
+            .zip(self.values.chunks_exact(self.values_per_key))
+    }
+}
+
+impl<K: Pod, V: Pod> BatchReader<K, V> {
+    pub fn new(map: &MapData) -> anyhow::Result<Self> {
+        let info = map.info()?;
+        let (key_size, value_size) = (info.key_size() as usize, info.value_size() as usize);
+        anyhow::ensure!(
+            key_size == size_of::<K>() && value_size == size_of::<V>(),
+            "map {:?}: key/value size {key_size}/{value_size}, expected {}/{}",
+            info.name_as_str(),
+            size_of::<K>(),
+            size_of::<V>()
+        );
+        let per_cpu = matches!(
+            info.map_type(),
+            Ok(MapType::PerCpuArray | MapType::PerCpuHash | MapType::LruPerCpuHash)
+        );
+        let (value_stride, values_per_key) = if per_cpu {
+            let cpus = aya::util::nr_cpus().map_err(|(path, e)| anyhow::anyhow!("{path}: {e}"))?;
+            (value_size.next_multiple_of(8), cpus)
+        } else {
+            (value_size, 1)
+        };
+        Ok(Self {
+            value_stride,
+            values_per_key,
+            cursor_size: key_size.max(size_of::<u32>()),
+            chunk: (MAX_CHUNK_BYTES / (value_stride * values_per_key)).clamp(1, MAX_CHUNK),
+            _types: PhantomData,
+        })
+    }
+
+    /// Reads every entry of `map`, the map this reader was made for.
+    pub fn read(&self, map: &MapData) -> io::Result<Entries<K, V>> {
+        let mut entries = Entries {
+            keys: Vec::new(),
+            values: Vec::new(),
+            values_per_key: self.values_per_key,
+        };
+        let mut chunk = self.chunk;
+        let mut cursor = vec![0u8; self.cursor_size];
+        let mut next_cursor = vec![0u8; self.cursor_size];
+        let mut keys: Vec<u8> = Vec::new();
+        let mut values: Vec<u8> = Vec::new();
+        let mut first = true;
+        loop {
+            keys.resize(chunk * size_of::<K>(), 0);
+            values.resize(chunk * self.values_per_key * self.value_stride, 0);
+            let mut attr = BatchAttr {
+                in_batch: if first { 0 } else { cursor.as_ptr() as u64 },
+                out_batch: next_cursor.as_mut_ptr() as u64,
+                map_fd: map.fd().as_fd().as_raw_fd() as u32,
+                keys: keys.as_mut_ptr() as u64,
+                values: values.as_mut_ptr() as u64,
+                count: chunk as u32,
+                ..BatchAttr::default()
+            };
+            // SAFETY: the kernel writes at most `count` keys and values into buffers sized for
+            // `count`, and a cursor of the map's key size (or a u32 bucket index) to out_batch.
+            let result = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_MAP_LOOKUP_BATCH,
+                    &mut attr as *mut BatchAttr,
+                    size_of::<BatchAttr>(),
+                )
+            };
+            let error = (result < 0).then(io::Error::last_os_error);
+            match error.as_ref().and_then(io::Error::raw_os_error) {
+                // The hash bucket at the cursor holds more than `chunk` entries.
+                Some(libc::ENOSPC) if attr.count == 0 => {
+                    chunk *= 2;
+                    continue;
+                }
+                None | Some(libc::ENOENT) => {}
+                Some(_) => return Err(error.expect("an errno comes from an error")),
+            }
+            let filled = attr.count as usize;
+            entries.keys.extend(
+                keys[..filled * size_of::<K>()]
+                    .chunks_exact(size_of::<K>())
+                    .map(decode::<K>),
+            );
+            entries.values.extend(
+                values[..filled * self.values_per_key * self.value_stride]
+                    .chunks_exact(self.value_stride)
+                    .map(decode::<V>),
+            );
+            // ENOENT: the walk reached the end.
+            if error.is_some() {
+                return Ok(entries);
+            }
+            std::mem::swap(&mut cursor, &mut next_cursor);
+            first = false;
+        }
+    }
+}
+
+/// A `T` from the first `size_of::<T>()` bytes the kernel wrote.
+fn decode<T: Pod>(bytes: &[u8]) -> T {
+    assert!(bytes.len() >= size_of::<T>());
+    // SAFETY: T is Pod (any bit pattern is valid) and `bytes` holds enough of them.
+    unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+
+    use super::*;
+
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+
+    /// A new map straight from the kernel; `None` without the privilege to create one.
+    fn create_map(map_type: u32, key_size: u32, value_size: u32, entries: u32) -> Option<MapData> {
+        // map_type, key_size, value_size, max_entries, map_flags; the rest of the attr zero.
+        let attr: [u32; 30] = {
+            let mut attr = [0; 30];
+            attr[..4].copy_from_slice(&[map_type, key_size, value_size, entries]);
+            attr
+        };
+        // SAFETY: BPF_MAP_CREATE reads a bpf_attr of the given size.
+        let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, attr.as_ptr(), 120) };
+        if fd < 0 {
+            let error = io::Error::last_os_error();
+            assert_eq!(
+                error.raw_os_error(),
+                Some(libc::EPERM),
+                "BPF_MAP_CREATE: {error}"
+            );
+            eprintln!("skipped: creating BPF maps needs CAP_BPF");
+            return None;
+        }
+        // SAFETY: the kernel just returned this descriptor to us.
+        Some(MapData::from_fd(unsafe { OwnedFd::from_raw_fd(fd as i32) }).unwrap())
+    }
+
+    fn update<K, V>(map: &MapData, key: &K, value: &V) {
+        #[repr(C)]
+        struct Attr {
+            map_fd: u32,
+            _pad: u32,
+            key: u64,
+            value: u64,
+            flags: u64,
+        }
+        let attr = Attr {
+            map_fd: map.fd().as_fd().as_raw_fd() as u32,
+            _pad: 0,
+            key: std::ptr::from_ref(key) as u64,
+            value: std::ptr::from_ref(value) as u64,
+            flags: 0,
+        };
+        // SAFETY: key and value point to the map's key and value sizes.
+        let result =
+            unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_ELEM, &attr, size_of::<Attr>()) };
+        assert_eq!(result, 0, "{}", io::Error::last_os_error());
+    }
+
+    #[test]
+    fn reads_every_entry_of_a_hash_map_across_chunks_and_crowded_buckets() {
+        const HASH: u32 = 1;
+        let Some(map) = create_map(HASH, 8, 8, 1000) else {
+            return;
+        };
+        for key in 0..1000u64 {
+            update(&map, &key, &(key * 3));
+        }
+        let reader = BatchReader::<u64, u64>::new(&map).unwrap();
+        assert_eq!(reader.chunk, MAX_CHUNK);
+        // One entry per call: buckets holding two or more are refused until the chunk grows.
+        let mut one_at_a_time = BatchReader::<u64, u64>::new(&map).unwrap();
+        one_at_a_time.chunk = 1;
+        for reader in [reader, one_at_a_time] {
+            let mut seen: Vec<(u64, u64)> = reader
+                .read(&map)
+                .unwrap()
+                .iter()
+                .map(|(key, values)| (key, values[0]))
+                .collect();
+            seen.sort();
+            assert_eq!(seen, (0..1000).map(|k| (k, k * 3)).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn reads_one_value_per_possible_cpu_of_a_per_cpu_array() {
+        const PERCPU_ARRAY: u32 = 6;
+        let Some(map) = create_map(PERCPU_ARRAY, 4, 4, 300) else {
+            return;
+        };
+        let cpus = aya::util::nr_cpus().unwrap();
+        // 4-byte values: the kernel pads each CPU's copy to 8 bytes.
+        let mut padded = vec![0u64; cpus];
+        for key in 0..300u32 {
+            for (cpu, slot) in padded.iter_mut().enumerate() {
+                *slot = u64::from(key * 100 + cpu as u32);
+            }
+            update(&map, &key, &padded[0]);
+        }
+        let entries = BatchReader::<u32, u32>::new(&map)
+            .unwrap()
+            .read(&map)
+            .unwrap();
+        let read: Vec<(u32, Vec<u32>)> = entries.iter().map(|(k, v)| (k, v.to_vec())).collect();
+        assert_eq!(read.len(), 300);
+        for (key, values) in read {
+            let expected: Vec<u32> = (0..cpus as u32).map(|cpu| key * 100 + cpu).collect();
+            assert_eq!(values, expected, "key {key}");
+        }
+    }
+
+    #[test]
+    fn attr_matches_the_kernel_layout() {
+        // offsetof in union bpf_attr's batch member, from include/uapi/linux/bpf.h.
+        assert_eq!(std::mem::offset_of!(BatchAttr, keys), 16);
+        assert_eq!(std::mem::offset_of!(BatchAttr, values), 24);
+        assert_eq!(std::mem::offset_of!(BatchAttr, count), 32);
+        assert_eq!(std::mem::offset_of!(BatchAttr, map_fd), 36);
+        assert_eq!(std::mem::offset_of!(BatchAttr, flags), 48);
+        assert_eq!(size_of::<BatchAttr>(), 56);
+    }
+}
