@@ -50,6 +50,13 @@ pub struct Options {
 }
 
 const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
+const EBPF_COLLECTORS: [&str; 5] = [
+    "ebpf.sched",
+    "ebpf.irq",
+    "ebpf.block",
+    "ebpf.net",
+    "ebpf.cgroup",
+];
 
 pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
     if !crate::setup::is_root() {
@@ -61,11 +68,22 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
         .unwrap_or_else(|| root.join("target/release/collector"));
     let mut report = String::new();
 
-    let ours = scrape_cost(
-        "collector",
-        Command::new(&collector).arg("--ebpf.enable-stats"),
-        options.scrapes,
-    )?;
+    let ours = [
+        scrape_cost(
+            "collector",
+            Command::new(&collector).arg("--ebpf.enable-stats"),
+            options.scrapes,
+        )?,
+        // The foundation's scope: the kernel programs' metrics and the exporter's own.
+        scrape_cost(
+            "collector, eBPF only",
+            Command::new(&collector)
+                .arg("--ebpf.enable-stats")
+                .arg("--collector.disable-defaults")
+                .args(EBPF_COLLECTORS.map(|name| format!("--collector.{name}"))),
+            options.scrapes,
+        )?,
+    ];
     let theirs = scrape_cost(
         "node_exporter",
         &mut Command::new(NODE_EXPORTER),
@@ -121,6 +139,8 @@ fn write_report(root: &Path, report: &str) -> anyhow::Result<()> {
 struct ScrapeCost {
     name: &'static str,
     cpu_per_scrape: Duration,
+    /// The part of `cpu_per_scrape` spent in the kernel (system time), mostly reading files.
+    kernel_cpu_per_scrape: Duration,
     wall_per_scrape: Duration,
     rss_bytes: u64,
     peak_rss_bytes: u64,
@@ -197,16 +217,25 @@ fn scrape_cost(
         body = exporter.get()?; // warm up: first scrapes allocate caches
     }
     let cpu_before = process_cpu(exporter.pid())?;
+    let ticks_before = user_and_system_ticks(exporter.pid())?;
     let started = Instant::now();
     for _ in 0..scrapes {
         exporter.get()?;
     }
     let wall = started.elapsed();
     let cpu = process_cpu(exporter.pid())?.saturating_sub(cpu_before);
+    let ticks_after = user_and_system_ticks(exporter.pid())?;
+    // Clock ticks only say how the (exact) schedstat time splits between user and kernel.
+    let (user, system) = (
+        ticks_after.0.saturating_sub(ticks_before.0),
+        ticks_after.1.saturating_sub(ticks_before.1),
+    );
+    let kernel_share = system as f64 / (user + system).max(1) as f64;
     let status = std::fs::read_to_string(format!("/proc/{}/status", exporter.pid()))?;
     Ok(ScrapeCost {
         name,
         cpu_per_scrape: cpu / scrapes as u32,
+        kernel_cpu_per_scrape: cpu.mul_f64(kernel_share) / scrapes as u32,
         wall_per_scrape: wall / scrapes as u32,
         rss_bytes: status_kib(&status, "VmRSS:")? * 1024,
         peak_rss_bytes: status_kib(&status, "VmHWM:")? * 1024,
@@ -232,6 +261,26 @@ fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
     Ok(Duration::from_nanos(total))
 }
 
+/// `utime` and `stime` of `pid` (all threads), in clock ticks, from `/proc/<pid>/stat`.
+fn user_and_system_ticks(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name, which may itself hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("malformed /proc/<pid>/stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let field = |n: usize| -> anyhow::Result<u64> {
+        // Field n of proc(5), counting from 1 with the pid and the name as fields 1 and 2.
+        Ok(fields
+            .get(n - 3)
+            .context("short /proc/<pid>/stat")?
+            .parse()?)
+    };
+    Ok((field(14)?, field(15)?))
+}
+
 fn status_kib(status: &str, key: &str) -> anyhow::Result<u64> {
     status
         .lines()
@@ -240,7 +289,8 @@ fn status_kib(status: &str, key: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("no {key} in /proc/<pid>/status"))
 }
 
-fn scrape_table(ours: &ScrapeCost, theirs: &ScrapeCost, scrapes: usize) -> String {
+/// One column per configuration of ours, node_exporter's, then our ratios to it.
+fn scrape_table(ours: &[ScrapeCost], theirs: &ScrapeCost, scrapes: usize) -> String {
     let ratio = |a: f64, b: f64| {
         if b > 0.0 {
             format!("{:.3}", a / b)
@@ -248,41 +298,40 @@ fn scrape_table(ours: &ScrapeCost, theirs: &ScrapeCost, scrapes: usize) -> Strin
             "n/a".into()
         }
     };
+    let names: Vec<&str> = ours.iter().map(|c| c.name).collect();
+    let ratios: Vec<String> = names.iter().map(|n| format!("ratio ({n})")).collect();
     let mut table = format!(
         "## Scrape cost ({scrapes} sequential scrapes on one loopback connection, same run)\n\n\
-         | | {} | {} | ratio |\n|---|---:|---:|---:|\n",
-        ours.name, theirs.name
+         | | {} | {} | {} |\n|---|{}\n",
+        names.join(" | "),
+        theirs.name,
+        ratios.join(" | "),
+        "---:|".repeat(2 * ours.len() + 1),
     );
-    let rows = [
-        (
-            "CPU per scrape (ms)",
-            ms(ours.cpu_per_scrape),
-            ms(theirs.cpu_per_scrape),
-        ),
-        (
-            "wall time per scrape (ms)",
-            ms(ours.wall_per_scrape),
-            ms(theirs.wall_per_scrape),
-        ),
-        (
-            "resident memory (MiB)",
-            mib(ours.rss_bytes),
-            mib(theirs.rss_bytes),
-        ),
-        (
-            "peak resident memory (MiB)",
-            mib(ours.peak_rss_bytes),
-            mib(theirs.peak_rss_bytes),
-        ),
-        (
-            "body size (KiB)",
-            ours.body_bytes as f64 / 1024.0,
-            theirs.body_bytes as f64 / 1024.0,
-        ),
-        ("series", ours.series as f64, theirs.series as f64),
+    type Row = (&'static str, fn(&ScrapeCost) -> f64);
+    let rows: [Row; 7] = [
+        ("CPU per scrape (ms)", |c| ms(c.cpu_per_scrape)),
+        ("of which in the kernel (ms)", |c| {
+            ms(c.kernel_cpu_per_scrape)
+        }),
+        ("wall time per scrape (ms)", |c| ms(c.wall_per_scrape)),
+        ("resident memory (MiB)", |c| mib(c.rss_bytes)),
+        ("peak resident memory (MiB)", |c| mib(c.peak_rss_bytes)),
+        ("body size (KiB)", |c| c.body_bytes as f64 / 1024.0),
+        ("series", |c| c.series as f64),
     ];
-    for (label, a, b) in rows {
-        table += &format!("| {label} | {a:.3} | {b:.3} | {} |\n", ratio(a, b));
+    for (label, value) in rows {
+        let values: Vec<String> = ours.iter().map(|c| format!("{:.3}", value(c))).collect();
+        let ratios: Vec<String> = ours
+            .iter()
+            .map(|c| ratio(value(c), value(theirs)))
+            .collect();
+        table += &format!(
+            "| {label} | {} | {:.3} | {} |\n",
+            values.join(" | "),
+            value(theirs),
+            ratios.join(" | ")
+        );
     }
     table
 }
