@@ -41,9 +41,9 @@ pub struct InflightKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InflightRequest {
     /// `bpf_ktime_get_ns` at `block_rq_insert`; 0 when the request was issued directly (no
-    /// scheduler queue, so no queue time).
+    /// scheduler queue, so no queue time), and once it completed.
     pub inserted_ns: u64,
-    /// At `block_rq_issue`; 0 until issued.
+    /// At `block_rq_issue`; 0 until issued, and again once completed.
     pub issued_ns: u64,
     /// Size at issue, in bytes.
     pub bytes: u32,

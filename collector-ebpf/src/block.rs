@@ -5,6 +5,12 @@
 //! runs on another CPU, in the interrupt); completion records all three histograms at once, so a
 //! request costs one lookup of the per-CPU histogram map. Our own timestamps are used rather
 //! than `request.io_start_time_ns`, which the kernel fills in only with I/O statistics on.
+//!
+//! The BTF and raw programs key requests by their `struct request` pointer. Those are few and
+//! reused (one per tag of each queue), so an entry is written over in place by the request's
+//! next use instead of being deleted at completion and created again: a lookup instead of an
+//! LRU delete and insert (about 30% less per request). Classic tracepoints key by (disk, sector),
+//! which does not repeat, so their entries are deleted.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::bpf_ktime_get_ns,
@@ -49,14 +55,29 @@ static BLOCK_HISTOGRAMS_ZERO: Array<BlockHistograms> = Array::with_max_entries(1
 #[map]
 static BLOCK_COUNTERS: PerCpuArray<CpuBlockCounters> = PerCpuArray::with_max_entries(1, 0);
 
+/// How a request's entry ends, by how requests are keyed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keys {
+    /// `struct request` pointers: reused, so entries are kept and written over.
+    Reused,
+    /// (disk, sector): deleted at completion.
+    OneOff,
+}
+
 #[inline(always)]
-fn on_insert(key: InflightKey) {
+fn on_insert(key: InflightKey, keys: Keys) {
     let request = InflightRequest {
         inserted_ns: unsafe { bpf_ktime_get_ns() },
         cgroup_id: submitter_cgroup(),
         ..InflightRequest::default()
     };
     // A re-inserted (requeued) request starts over.
+    if keys == Keys::Reused
+        && let Some(entry) = BLOCK_INFLIGHT.get_ptr_mut(key)
+    {
+        unsafe { *entry = request };
+        return;
+    }
     if BLOCK_INFLIGHT.insert(key, request, 0).is_err() {
         with_slot(&BLOCK_COUNTERS, |c| c.inflight_map_full += 1);
     }
@@ -67,6 +88,12 @@ fn on_issue(key: InflightKey, dev: u32, op: u32, bytes: u32) {
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(request) = BLOCK_INFLIGHT.get_ptr_mut(key) {
         let request = unsafe { &mut *request };
+        // Not waiting in a queue (a kept entry whose request completed, or was issued and
+        // never completed): issued directly, with no queue time, by the task submitting it.
+        if request.inserted_ns == 0 || request.issued_ns != 0 {
+            request.inserted_ns = 0;
+            request.cgroup_id = submitter_cgroup();
+        }
         request.issued_ns = now;
         request.dev = dev;
         request.op = op;
@@ -89,14 +116,23 @@ fn on_issue(key: InflightKey, dev: u32, op: u32, bytes: u32) {
 }
 
 #[inline(always)]
-fn on_complete(key: InflightKey) {
-    let Some(request) = BLOCK_INFLIGHT.get_ptr(key) else {
+fn on_complete(key: InflightKey, keys: Keys) {
+    let Some(entry) = BLOCK_INFLIGHT.get_ptr_mut(key) else {
         return; // issued before we were attached, or evicted
     };
-    let request = unsafe { *request };
-    let _ = BLOCK_INFLIGHT.remove(key);
+    let request = unsafe { *entry };
+    match keys {
+        // Completed: a later completion of the same request (a partial one) finds nothing.
+        Keys::Reused => unsafe {
+            (*entry).inserted_ns = 0;
+            (*entry).issued_ns = 0;
+        },
+        Keys::OneOff => {
+            let _ = BLOCK_INFLIGHT.remove(key);
+        }
+    }
     if request.issued_ns == 0 {
-        return;
+        return; // issued before we were attached, or already completed
     }
     let now = unsafe { bpf_ktime_get_ns() };
     let histogram_key = BlockKey {
@@ -242,7 +278,7 @@ btf_and_raw!(
     "block_rq_insert",
     block_rq_insert_btf,
     block_rq_insert_raw,
-    |ctx| { on_insert(pointer_key(ctx.arg(0))) }
+    |ctx| { on_insert(pointer_key(ctx.arg(0)), Keys::Reused) }
 );
 
 btf_and_raw!(
@@ -256,7 +292,7 @@ btf_and_raw!(
     "block_rq_complete",
     block_rq_complete_btf,
     block_rq_complete_raw,
-    |ctx| { on_complete(pointer_key(ctx.arg(0))) }
+    |ctx| { on_complete(pointer_key(ctx.arg(0)), Keys::Reused) }
 );
 
 // ---- Classic tracepoints: no request pointer, so requests are keyed by (dev, sector). ----
@@ -300,7 +336,7 @@ pub fn block_rq_insert_tp(ctx: TracePointContext) -> u32 {
     if let Some((key, _)) =
         tracepoint_key(&ctx, layout!(tp_block_rq_dev), layout!(tp_block_rq_sector))
     {
-        on_insert(key);
+        on_insert(key, Keys::OneOff);
     }
     0
 }
@@ -325,7 +361,7 @@ pub fn block_rq_complete_tp(ctx: TracePointContext) -> u32 {
         layout!(tp_block_rq_complete_dev),
         layout!(tp_block_rq_complete_sector),
     ) {
-        on_complete(key);
+        on_complete(key, Keys::OneOff);
     }
     0
 }
