@@ -40,6 +40,9 @@ pub struct Options {
     /// MiB sent over one loopback TCP connection in one run of the network workload.
     #[arg(long, default_value_t = 512)]
     tcp_mib: usize,
+    /// Scrapes of each collector alone, for where the scrape time goes (0 skips it).
+    #[arg(long, default_value_t = 200)]
+    collector_scrapes: usize,
     /// Only the scrape-cost comparison, without the kernel program workloads.
     #[arg(long)]
     scrape_only: bool,
@@ -90,6 +93,9 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
         options.scrapes,
     )?;
     report += &scrape_table(&ours, &theirs, options.scrapes);
+    if options.collector_scrapes > 0 {
+        report += &per_collector_table(&collector, &ours[0].collectors, options.collector_scrapes)?;
+    }
     if options.scrape_only {
         return write_report(root, &report);
     }
@@ -137,7 +143,7 @@ fn write_report(root: &Path, report: &str) -> anyhow::Result<()> {
 }
 
 struct ScrapeCost {
-    name: &'static str,
+    name: String,
     cpu_per_scrape: Duration,
     /// The part of `cpu_per_scrape` spent in the kernel (system time), mostly reading files.
     kernel_cpu_per_scrape: Duration,
@@ -146,6 +152,8 @@ struct ScrapeCost {
     peak_rss_bytes: u64,
     body_bytes: usize,
     series: usize,
+    /// The collectors that ran (`node_scrape_collector_success` labels).
+    collectors: Vec<String>,
 }
 
 /// An exporter child process on a loopback port, killed when dropped.
@@ -205,11 +213,7 @@ impl Drop for Exporter {
     }
 }
 
-fn scrape_cost(
-    name: &'static str,
-    command: &mut Command,
-    scrapes: usize,
-) -> anyhow::Result<ScrapeCost> {
+fn scrape_cost(name: &str, command: &mut Command, scrapes: usize) -> anyhow::Result<ScrapeCost> {
     eprintln!("scraping {name} {scrapes} times...");
     let exporter = Exporter::start(command)?;
     let mut body = String::new();
@@ -233,7 +237,7 @@ fn scrape_cost(
     let kernel_share = system as f64 / (user + system).max(1) as f64;
     let status = std::fs::read_to_string(format!("/proc/{}/status", exporter.pid()))?;
     Ok(ScrapeCost {
-        name,
+        name: name.to_owned(),
         cpu_per_scrape: cpu / scrapes as u32,
         kernel_cpu_per_scrape: cpu.mul_f64(kernel_share) / scrapes as u32,
         wall_per_scrape: wall / scrapes as u32,
@@ -244,6 +248,11 @@ fn scrape_cost(
             .lines()
             .filter(|l| !l.starts_with('#') && !l.is_empty())
             .count(),
+        collectors: body
+            .lines()
+            .filter_map(|l| l.strip_prefix("node_scrape_collector_success{collector=\""))
+            .filter_map(|rest| Some(rest.split_once('"')?.0.to_owned()))
+            .collect(),
     })
 }
 
@@ -298,7 +307,7 @@ fn scrape_table(ours: &[ScrapeCost], theirs: &ScrapeCost, scrapes: usize) -> Str
             "n/a".into()
         }
     };
-    let names: Vec<&str> = ours.iter().map(|c| c.name).collect();
+    let names: Vec<&str> = ours.iter().map(|c| c.name.as_str()).collect();
     let ratios: Vec<String> = names.iter().map(|n| format!("ratio ({n})")).collect();
     let mut table = format!(
         "## Scrape cost ({scrapes} sequential scrapes on one loopback connection, same run)\n\n\
@@ -336,6 +345,44 @@ fn scrape_table(ours: &[ScrapeCost], theirs: &ScrapeCost, scrapes: usize) -> Str
     table
 }
 
+/// Where the scrape time goes: each collector run alone, its CPU per scrape above that of an
+/// empty collector set (the HTTP exchange, encoding and the exporter's own metrics).
+fn per_collector_table(
+    collector: &Path,
+    names: &[String],
+    scrapes: usize,
+) -> anyhow::Result<String> {
+    let alone = |name: Option<&str>| {
+        let mut command = Command::new(collector);
+        command.arg("--collector.disable-defaults");
+        command.args(name.map(|n| format!("--collector.{n}")));
+        scrape_cost(name.unwrap_or("no collector"), &mut command, scrapes)
+    };
+    let base = alone(None)?;
+    let mut costs = Vec::new();
+    for name in names {
+        let cost = alone(Some(name))?;
+        costs.push((name, cost));
+    }
+    costs.sort_by_key(|(_, cost)| std::cmp::Reverse(cost.cpu_per_scrape));
+    let mut table = format!(
+        "\n## Where the scrape time goes\n\n\
+         Each collector alone, {scrapes} scrapes: CPU per scrape above an empty collector set \
+         ({:.3} ms: the HTTP exchange, encoding and the exporter's own metrics). Too few clock \
+         ticks pass for a kernel/user split per collector.\n\n\
+         | collector | CPU per scrape (ms) | series |\n|---|---:|---:|\n",
+        ms(base.cpu_per_scrape),
+    );
+    for (name, cost) in costs {
+        table += &format!(
+            "| {name} | {:.3} | {} |\n",
+            ms(cost.cpu_per_scrape) - ms(base.cpu_per_scrape),
+            cost.series.saturating_sub(base.series),
+        );
+    }
+    Ok(table)
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -369,7 +416,7 @@ fn kernel_cost(collector: &PathBuf, workload: &Workload, runs: usize) -> anyhow:
     eprintln!("measuring ns per event from BPF statistics...");
     let exporter = Exporter::start(Command::new(collector).arg("--ebpf.enable-stats"))?;
     let before = exporter.get()?;
-    let _ = (workload.run)();
+    let measured_run = (workload.run)();
     let after = exporter.get()?;
     drop(exporter);
 
@@ -388,13 +435,23 @@ fn kernel_cost(collector: &PathBuf, workload: &Workload, runs: usize) -> anyhow:
         .map(|(p, _)| p)
         .collect();
     programs.sort();
+    let mut program_seconds = 0.0;
     for program in programs {
         let runs = delta(&before, &after, "ebpf_program_runs_total", &program);
         let seconds = delta(&before, &after, "ebpf_program_run_seconds_total", &program);
+        program_seconds += seconds;
         if runs > 0.0 {
             table += &format!("| {program} | {runs:.0} | {:.0} |\n", seconds * 1e9 / runs);
         }
     }
+    // How much of the slowdown the programs' bodies explain; the rest is entering and leaving
+    // them (the trampoline) and the caches they disturb.
+    table += &format!(
+        "\nThe programs ran {:.1} ms in that {:.1} ms run: {:.2}% of the workload's time.\n",
+        program_seconds * 1e3,
+        ms(measured_run),
+        program_seconds / measured_run.as_secs_f64() * 100.0
+    );
     Ok(table)
 }
 
