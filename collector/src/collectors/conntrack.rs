@@ -1,10 +1,10 @@
 //! `conntrack`: netfilter connection tracking table usage (/proc/sys/net/netfilter) and the
 //! per-CPU statistics of /proc/net/stat/nf_conntrack, summed.
-use std::{path::PathBuf, sync::Arc};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use super::{BuildContext, CollectorSpec, read};
+use super::{BuildContext, CollectorSpec, read, read::KeptFile};
 use crate::{
     metrics::MetricFamily,
     scrape::{Collector, NoData},
@@ -59,22 +59,23 @@ const STATS: [(usize, &str, &str); 8] = [
 ];
 
 struct ConntrackCollector {
-    count: PathBuf,
-    max: PathBuf,
-    stat: PathBuf,
+    count: KeptFile,
+    max: KeptFile,
+    stat: KeptFile,
 }
 
 fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     Ok(Arc::new(ConntrackCollector {
-        count: context.proc_path("sys/net/netfilter/nf_conntrack_count"),
-        max: context.proc_path("sys/net/netfilter/nf_conntrack_max"),
-        stat: context.proc_path("net/stat/nf_conntrack"),
+        count: KeptFile::new(context.proc_path("sys/net/netfilter/nf_conntrack_count")),
+        max: KeptFile::new(context.proc_path("sys/net/netfilter/nf_conntrack_max")),
+        stat: KeptFile::new(context.proc_path("net/stat/nf_conntrack")),
     }))
 }
 
 /// Upstream's `handleErr`: no such file means conntrack is not loaded.
-fn read_file(path: &std::path::Path) -> anyhow::Result<String> {
-    match std::fs::read_to_string(path) {
+fn read_file(file: &KeptFile) -> anyhow::Result<String> {
+    let path = file.path();
+    match file.read() {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             Err(NoData(format!("conntrack probably not loaded: {}", path.display())).into())
         }
@@ -117,7 +118,8 @@ fn parse_stat(text: &str, path: &std::path::Path) -> anyhow::Result<[u64; 8]> {
 
 impl Collector for ConntrackCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        let count: u64 = read::parse_number(read_file(&self.count)?.trim(), "count", &self.count)?;
+        let count: u64 =
+            read::parse_number(read_file(&self.count)?.trim(), "count", self.count.path())?;
         out.push(
             MetricFamily::gauge(
                 "node_nf_conntrack_entries",
@@ -125,7 +127,7 @@ impl Collector for ConntrackCollector {
             )
             .with_value(count as f64),
         );
-        let max: u64 = read::parse_number(read_file(&self.max)?.trim(), "max", &self.max)?;
+        let max: u64 = read::parse_number(read_file(&self.max)?.trim(), "max", self.max.path())?;
         out.push(
             MetricFamily::gauge(
                 "node_nf_conntrack_entries_limit",
@@ -133,7 +135,7 @@ impl Collector for ConntrackCollector {
             )
             .with_value(max as f64),
         );
-        let sums = parse_stat(&read_file(&self.stat)?, &self.stat)?;
+        let sums = parse_stat(&read_file(&self.stat)?, self.stat.path())?;
         for (sum, (_, name, help)) in sums.iter().zip(STATS) {
             out.push(
                 MetricFamily::gauge(format!("node_nf_conntrack_stat_{name}"), help)

@@ -47,7 +47,7 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 const JUMP_BACK_SECONDS: f64 = 3.0;
 
 struct CpuCollector {
-    stat_path: PathBuf,
+    stat_file: read::KeptFile,
     cpuinfo_path: PathBuf,
     sys_cpu: PathBuf,
     guest: bool,
@@ -97,7 +97,7 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
         }
     };
     Ok(Arc::new(CpuCollector {
-        stat_path: context.proc_path("stat"),
+        stat_file: read::KeptFile::new(context.proc_path("stat")),
         cpuinfo_path: context.proc_path("cpuinfo"),
         sys_cpu: context.sys_path("devices/system/cpu"),
         guest: flags.bool("collector.cpu.guest"),
@@ -203,7 +203,7 @@ impl CpuCollector {
     }
 
     fn update_stat(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        let stat = read_proc_stat(&self.stat_path)?;
+        let stat = read_proc_stat(&self.stat_file)?;
         let mut cached = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         merge_cpu_stats(&mut cached, &stat.cpus);
         let mut seconds = MetricFamily::counter(

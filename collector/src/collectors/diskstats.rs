@@ -213,7 +213,7 @@ const QUEUE_INT_FILES: &[&CStr] = &[c"io_poll_delay", c"wbt_lat_usec"];
 const QUEUE_TEXT_FILES: &[&CStr] = &[c"write_cache", c"zoned", c"scheduler"];
 
 struct DiskstatsCollector {
-    diskstats: PathBuf,
+    diskstats: read::KeptFile,
     sys_block: PathBuf,
     udev_data: PathBuf,
     filter: DeviceFilter,
@@ -227,7 +227,7 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
         );
     }
     Ok(Arc::new(DiskstatsCollector {
-        diskstats: context.proc_path("diskstats"),
+        diskstats: read::KeptFile::new(context.proc_path("diskstats")),
         sys_block: context.sys_path("block"),
         udev_data: context.udev_data.clone(),
         filter: DeviceFilter::from_flags(&context.flags, EXCLUDE, IGNORED, INCLUDE)?,
@@ -345,8 +345,12 @@ impl DiskstatsCollector {
 
 impl Collector for DiskstatsCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        let text = read::to_string(&self.diskstats).context("couldn't get diskstats")?;
-        let disks = parse_diskstats(&text, &self.diskstats).context("couldn't get diskstats")?;
+        let text = self
+            .diskstats
+            .to_string()
+            .context("couldn't get diskstats")?;
+        let disks =
+            parse_diskstats(&text, self.diskstats.path()).context("couldn't get diskstats")?;
 
         let mut info = MetricFamily::gauge("node_disk_info", "Info of /sys/block/<block_device>.");
         let mut stats: Vec<MetricFamily> = STATS

@@ -1,7 +1,7 @@
 //! `entropy`: the kernel's available entropy and pool size from /proc/sys/kernel/random.
-use std::{path::PathBuf, sync::Arc};
+use std::sync::Arc;
 
-use super::{BuildContext, CollectorSpec, read};
+use super::{BuildContext, CollectorSpec, read, read::KeptFile};
 use crate::{metrics::MetricFamily, scrape::Collector};
 
 pub const SPEC: CollectorSpec = CollectorSpec {
@@ -13,34 +13,36 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 };
 
 struct EntropyCollector {
-    dir: PathBuf,
+    entropy_avail: KeptFile,
+    poolsize: KeptFile,
 }
 
 fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     Ok(Arc::new(EntropyCollector {
-        dir: context.proc_path("sys/kernel/random"),
+        entropy_avail: KeptFile::new(context.proc_path("sys/kernel/random/entropy_avail")),
+        poolsize: KeptFile::new(context.proc_path("sys/kernel/random/poolsize")),
     }))
 }
 
 impl EntropyCollector {
     /// procfs' `KernelRandom`: a missing file is no value, an unreadable one an error.
-    fn read(&self, file: &str) -> anyhow::Result<Option<u64>> {
-        let path = self.dir.join(file);
-        match std::fs::read_to_string(&path) {
+    fn read(file: &KeptFile, name: &str) -> anyhow::Result<Option<u64>> {
+        let path = file.path();
+        match file.read() {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(error) => Err(anyhow::Error::new(error).context(format!(
                 "failed to get kernel random stats: reading {}",
                 path.display()
             ))),
-            Ok(text) => Ok(Some(read::parse_number(text.trim(), file, &path)?)),
+            Ok(text) => Ok(Some(read::parse_number(text.trim(), name, path)?)),
         }
     }
 }
 
 impl Collector for EntropyCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        let available = self.read("entropy_avail")?;
-        let pool_size = self.read("poolsize")?;
+        let available = Self::read(&self.entropy_avail, "entropy_avail")?;
+        let pool_size = Self::read(&self.poolsize, "poolsize")?;
         let Some(available) = available else {
             anyhow::bail!("couldn't get entropy_avail");
         };
@@ -67,7 +69,10 @@ mod tests {
     fn missing_and_malformed_files() {
         let dir = std::env::temp_dir().join(format!("entropy-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let collector = EntropyCollector { dir: dir.clone() };
+        let collector = EntropyCollector {
+            entropy_avail: KeptFile::new(dir.join("entropy_avail")),
+            poolsize: KeptFile::new(dir.join("poolsize")),
+        };
         let mut out = Vec::new();
         assert!(collector.update(&mut out).is_err());
         std::fs::write(dir.join("entropy_avail"), "256\n").unwrap();

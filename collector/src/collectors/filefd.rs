@@ -1,5 +1,5 @@
 //! `filefd`: allocated and maximum file handles from /proc/sys/fs/file-nr.
-use std::{path::PathBuf, sync::Arc};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 
@@ -15,29 +15,29 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 };
 
 struct FilefdCollector {
-    path: PathBuf,
+    file: read::KeptFile,
 }
 
 fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     Ok(Arc::new(FilefdCollector {
-        path: context.proc_path("sys/fs/file-nr"),
+        file: read::KeptFile::new(context.proc_path("sys/fs/file-nr")),
     }))
 }
 
 impl Collector for FilefdCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        let text = read::to_string(&self.path)?;
+        let text = self.file.to_string()?;
         // "allocated  unused(always 0 since 2.6)  maximum"
         let fields: Vec<&str> = text.split_whitespace().collect();
         let [allocated, _, maximum] = fields[..] else {
             anyhow::bail!(
                 "{}: expected 3 fields, found {}",
-                self.path.display(),
+                self.file.path().display(),
                 fields.len()
             );
         };
         for (name, field) in [("allocated", allocated), ("maximum", maximum)] {
-            let value: u64 = read::parse_number(field, name, &self.path)
+            let value: u64 = read::parse_number(field, name, self.file.path())
                 .with_context(|| format!("node_filefd_{name}"))?;
             out.push(
                 MetricFamily::gauge(

@@ -1,5 +1,5 @@
 //! `loadavg`: the 1, 5 and 15 minute load averages from /proc/loadavg.
-use std::{path::PathBuf, sync::Arc};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 
@@ -15,18 +15,18 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 };
 
 struct LoadavgCollector {
-    path: PathBuf,
+    file: read::KeptFile,
 }
 
 fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     Ok(Arc::new(LoadavgCollector {
-        path: context.proc_path("loadavg"),
+        file: read::KeptFile::new(context.proc_path("loadavg")),
     }))
 }
 
 impl Collector for LoadavgCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        let text = read::to_string(&self.path)?;
+        let text = self.file.to_string()?;
         let mut fields = text.split_whitespace();
         for (name, help) in [
             ("node_load1", "1m load average."),
@@ -35,8 +35,8 @@ impl Collector for LoadavgCollector {
         ] {
             let field = fields
                 .next()
-                .with_context(|| format!("{}: too few fields", self.path.display()))?;
-            let value: f64 = read::parse_number(field, name, &self.path)?;
+                .with_context(|| format!("{}: too few fields", self.file.path().display()))?;
+            let value: f64 = read::parse_number(field, name, self.file.path())?;
             out.push(MetricFamily::gauge(name, help).with_value(value));
         }
         Ok(())

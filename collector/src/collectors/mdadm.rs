@@ -25,13 +25,13 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 };
 
 struct MdadmCollector {
-    mdstat: PathBuf,
+    mdstat: read::KeptFile,
     sys_block: PathBuf,
 }
 
 fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     Ok(Arc::new(MdadmCollector {
-        mdstat: context.proc_path("mdstat"),
+        mdstat: read::KeptFile::new(context.proc_path("mdstat")),
         sys_block: context.sys_path("block"),
     }))
 }
@@ -305,14 +305,14 @@ impl MdRaidError {
 
 impl Collector for MdadmCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        let text = read::optional(&self.mdstat)?.ok_or_else(|| {
+        let text = self.mdstat.optional()?.ok_or_else(|| {
             NoData(format!(
                 "Not collecting mdstat, file does not exist: {}",
-                self.mdstat.display()
+                self.mdstat.path().display()
             ))
         })?;
         let arrays = parse_mdstat(&text)
-            .with_context(|| format!("error parsing mdstatus {}", self.mdstat.display()))?;
+            .with_context(|| format!("error parsing mdstatus {}", self.mdstat.path().display()))?;
 
         let mut disks_required =
             MetricFamily::gauge("node_md_disks_required", "Total number of disks of device.");
@@ -512,7 +512,7 @@ md6 : inactive sdv1[1](S) sdu1[0](S)
     #[test]
     fn missing_mdstat_is_no_data() {
         let collector = MdadmCollector {
-            mdstat: PathBuf::from("/nonexistent/mdstat"),
+            mdstat: read::KeptFile::new("/nonexistent/mdstat".into()),
             sys_block: PathBuf::from("/nonexistent/block"),
         };
         let mut out = Vec::new();
@@ -529,7 +529,7 @@ md6 : inactive sdv1[1](S) sdu1[0](S)
         std::fs::write(dir.join("mdstat"), HEALTHY).unwrap();
         std::fs::write(md.join("level"), "raid1\n").unwrap();
         let collector = MdadmCollector {
-            mdstat: dir.join("mdstat"),
+            mdstat: read::KeptFile::new(dir.join("mdstat")),
             sys_block: dir.join("block"),
         };
         let mut out = Vec::new();

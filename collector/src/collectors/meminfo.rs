@@ -1,7 +1,7 @@
 //! `meminfo`: /proc/meminfo as node_exporter 1.12 reads it through procfs's `Meminfo`: the
 //! fields procfs knows, in bytes (`node_memory_<Field>_bytes`, kB × 1024; `(anon)` and
 //! `(file)` become `_anon` and `_file`), and the four `HugePages_*` page counts unsuffixed.
-use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc};
 
 use anyhow::Context as _;
 
@@ -76,12 +76,12 @@ const COUNT_FIELDS: &[&str] = &[
 ];
 
 struct MeminfoCollector {
-    path: PathBuf,
+    file: read::KeptFile,
 }
 
 fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     Ok(Arc::new(MeminfoCollector {
-        path: context.proc_path("meminfo"),
+        file: read::KeptFile::new(context.proc_path("meminfo")),
     }))
 }
 
@@ -116,9 +116,10 @@ fn parse(text: &str) -> anyhow::Result<BTreeMap<&'static str, f64>> {
 
 impl Collector for MeminfoCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        let text = read::to_string(&self.path)?;
-        let metrics = parse(&text)
-            .with_context(|| format!("failed to get memory info: {}", self.path.display()))?;
+        let text = self.file.to_string()?;
+        let metrics = parse(&text).with_context(|| {
+            format!("failed to get memory info: {}", self.file.path().display())
+        })?;
         for (name, value) in metrics {
             out.push(
                 MetricFamily::gauge(

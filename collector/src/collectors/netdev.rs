@@ -96,7 +96,7 @@ const TRANSMIT_COLUMNS: [&str; 8] = [
 ];
 
 struct NetdevCollector {
-    path: PathBuf,
+    file: read::KeptFile,
     class_net: PathBuf,
     filter: DeviceFilter,
     detailed: bool,
@@ -127,7 +127,7 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
         anyhow::bail!("device-exclude & device-include are mutually exclusive");
     }
     Ok(Arc::new(NetdevCollector {
-        path: context.proc_path("net/dev"),
+        file: read::KeptFile::new(context.proc_path("net/dev")),
         class_net: context.sys_path("class/net"),
         filter: DeviceFilter::new(exclude, include),
         detailed: context.flags.bool(DETAILED),
@@ -212,8 +212,8 @@ impl NetdevCollector {
 
 impl Collector for NetdevCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        let text = read::to_string(&self.path)?;
-        let devices = parse(&text, &self.path)?;
+        let text = self.file.to_string()?;
+        let devices = parse(&text, self.file.path())?;
         let aliases = if self.ifalias {
             Some(self.ifaliases()?)
         } else {
@@ -427,7 +427,7 @@ mod tests {
     fn netlink_mode_adds_rx_nohandler_and_ifalias_labels() {
         let host = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/host");
         let collector = NetdevCollector {
-            path: host.join("proc/net/dev"),
+            file: read::KeptFile::new(host.join("proc/net/dev")),
             class_net: host.join("sys/class/net"),
             filter: DeviceFilter::new(None, Some(regex::Regex::new("^(eth0|ib0)$").unwrap())),
             detailed: false,

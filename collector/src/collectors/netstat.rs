@@ -3,7 +3,7 @@
 //! matching `--collector.netstat.fields`.
 use std::{
     collections::{BTreeMap, HashMap},
-    path::{Path, PathBuf},
+    path::Path,
     sync::{Arc, Mutex},
 };
 
@@ -33,9 +33,9 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 };
 
 struct NetstatCollector {
-    netstat: PathBuf,
-    snmp: PathBuf,
-    snmp6: PathBuf,
+    netstat: read::KeptFile,
+    snmp: read::KeptFile,
+    snmp6: read::KeptFile,
     fields: Option<Regex>,
     /// Whether `fields` matches a key, for every key seen so far.
     selected: Mutex<HashMap<String, bool>>,
@@ -43,9 +43,9 @@ struct NetstatCollector {
 
 fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     Ok(Arc::new(NetstatCollector {
-        netstat: context.proc_path("net/netstat"),
-        snmp: context.proc_path("net/snmp"),
-        snmp6: context.proc_path("net/snmp6"),
+        netstat: read::KeptFile::new(context.proc_path("net/netstat")),
+        snmp: read::KeptFile::new(context.proc_path("net/snmp")),
+        snmp6: read::KeptFile::new(context.proc_path("net/snmp6")),
         fields: context.flags.regex(FIELDS)?,
         selected: Mutex::default(),
     }))
@@ -97,13 +97,13 @@ fn parse_snmp6(text: &str) -> Stats<'_> {
 
 impl Collector for NetstatCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        let netstat = read::to_string(&self.netstat)?;
-        let snmp = read::to_string(&self.snmp)?;
+        let netstat = self.netstat.to_string()?;
+        let snmp = self.snmp.to_string()?;
         // IPv6 may be disabled: no snmp6 then.
-        let snmp6 = read::optional(&self.snmp6)?.unwrap_or_default();
-        let mut stats = parse_pairs(&netstat, &self.netstat)?;
+        let snmp6 = self.snmp6.optional()?.unwrap_or_default();
+        let mut stats = parse_pairs(&netstat, self.netstat.path())?;
         // Later files replace a protocol as a whole, as upstream merges them.
-        stats.extend(parse_pairs(&snmp, &self.snmp)?);
+        stats.extend(parse_pairs(&snmp, self.snmp.path())?);
         stats.extend(parse_snmp6(&snmp6));
 
         let mut families = Vec::new();
@@ -184,9 +184,9 @@ mod tests {
         std::fs::write(dir.join("netstat"), "TcpExt: A\nTcpExt: x1\n").unwrap();
         std::fs::write(dir.join("snmp"), "Tcp: B\nTcp: 2\n").unwrap();
         let collector = NetstatCollector {
-            netstat: dir.join("netstat"),
-            snmp: dir.join("snmp"),
-            snmp6: dir.join("snmp6"),
+            netstat: read::KeptFile::new(dir.join("netstat")),
+            snmp: read::KeptFile::new(dir.join("snmp")),
+            snmp6: read::KeptFile::new(dir.join("snmp6")),
             fields: None,
             selected: Mutex::default(),
         };

@@ -1,10 +1,10 @@
 //! `pressure`: pressure stall information totals from /proc/pressure/{cpu,io,memory,irq}
 //! (the `some` line as "waiting", the `full` line as "stalled"; irq has only `full`).
-use std::{path::PathBuf, sync::Arc};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use super::{BuildContext, CollectorSpec};
+use super::{BuildContext, CollectorSpec, read::KeptFile};
 use crate::{
     metrics::MetricFamily,
     scrape::{Collector, NoData},
@@ -70,12 +70,16 @@ const RESOURCES: [Resource; 4] = [
 ];
 
 struct PressureCollector {
-    dir: PathBuf,
+    /// /proc/pressure/<resource>, in the order of RESOURCES.
+    files: Vec<KeptFile>,
 }
 
 fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     Ok(Arc::new(PressureCollector {
-        dir: context.proc_path("pressure"),
+        files: RESOURCES
+            .iter()
+            .map(|resource| KeptFile::new(context.proc_path("pressure").join(resource.name)))
+            .collect(),
     }))
 }
 
@@ -124,9 +128,9 @@ fn seconds(microseconds: u64) -> f64 {
 impl Collector for PressureCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
         let mut found = 0;
-        for resource in &RESOURCES {
-            let path = self.dir.join(resource.name);
-            let text = match std::fs::read_to_string(&path) {
+        for (resource, file) in RESOURCES.iter().zip(&self.files) {
+            let path = file.path();
+            let text = match file.read() {
                 Ok(text) => text,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     tracing::debug!(

@@ -2,9 +2,10 @@
 use std::{
     ffi::CStr,
     fs::File,
-    io::Read as _,
+    io::{Read as _, Seek as _},
     os::fd::{AsRawFd as _, FromRawFd as _},
-    path::Path,
+    path::{Path, PathBuf},
+    sync::Mutex,
 };
 
 use anyhow::Context as _;
@@ -32,6 +33,67 @@ pub fn optional(path: &Path) -> anyhow::Result<Option<String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
+}
+
+/// A /proc file read every scrape, kept open between scrapes. Reading again from offset 0 makes
+/// the kernel produce the file afresh (a seq_file starts over at 0, a sysctl handler reads at 0), and
+/// the open and close this saves, with their walk through `/proc/self/net`, cost about as much
+/// as the read. A kept file that stops reading (a module unloaded: EIO) is opened again by
+/// path, so a file that went away is found missing exactly as a fresh open finds it.
+pub struct KeptFile {
+    path: PathBuf,
+    file: Mutex<Option<File>>,
+}
+
+impl KeptFile {
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            file: Mutex::new(None),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The whole file, as text.
+    pub fn read(&self) -> std::io::Result<String> {
+        let mut kept = self.file.lock().expect("kept file lock poisoned");
+        if let Some(file) = kept.as_ref() {
+            match read_from_start(file) {
+                Ok(text) => return Ok(text),
+                Err(_) => *kept = None, // gone or broken: opened again below
+            }
+        }
+        let file = File::open(&self.path)?;
+        let text = read_from_start(&file)?;
+        *kept = Some(file);
+        Ok(text)
+    }
+
+    /// [`read`](Self::read) with an error naming the file.
+    pub fn to_string(&self) -> anyhow::Result<String> {
+        self.read()
+            .with_context(|| format!("reading {}", self.path.display()))
+    }
+
+    /// [`to_string`](Self::to_string), `None` when the file does not exist (see [`optional`]).
+    pub fn optional(&self) -> anyhow::Result<Option<String>> {
+        match self.read() {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", self.path.display())),
+        }
+    }
+}
+
+/// `file` from its start to its end, read as [`whole_file`] reads.
+fn read_from_start(mut file: &File) -> std::io::Result<String> {
+    file.seek(std::io::SeekFrom::Start(0))?;
+    let mut text = String::with_capacity(16 * 1024);
+    file.take(u64::MAX).read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// procfs's `parseCPURange` ("0-3,8,10-11"): sysfs CPU lists such as `isolated` and `offline`.
@@ -254,6 +316,38 @@ mod tests {
         assert!(parse_cpu_range("1-2-3").is_err());
         assert!(parse_cpu_range("a").is_err());
         assert!(parse_cpu_range("1-b").is_err());
+    }
+
+    #[test]
+    fn kept_files_read_afresh_and_find_a_removed_file_missing() {
+        let dir = std::env::temp_dir().join(format!("kept-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("counter");
+        let kept = KeptFile::new(path.clone());
+        assert_eq!(kept.optional().unwrap(), None);
+        // Longer than the first read, so it takes several.
+        let long = "x".repeat(40 * 1024);
+        std::fs::write(&path, &long).unwrap();
+        assert_eq!(kept.to_string().unwrap(), long);
+        // Rewritten in place (the same open file): read again from the start.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"2\n"))
+            .unwrap();
+        assert_eq!(kept.to_string().unwrap(), "2\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+        // Still open, so still readable: regular files outlive their name. /proc entries of an
+        // unloaded module fail instead, and are then opened again by path.
+        assert_eq!(kept.to_string().unwrap(), "2\n");
+        assert!(
+            KeptFile::new(path)
+                .to_string()
+                .unwrap_err()
+                .to_string()
+                .contains("counter")
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `schedstat`: per-CPU running and waiting time and timeslices from /proc/schedstat, read as
 //! procfs does (the `cpuN` lines; lines that do not match, or whose numbers overflow, are
 //! skipped).
-use std::{path::PathBuf, sync::Arc, sync::LazyLock};
+use std::{sync::Arc, sync::LazyLock};
 
 use regex::Regex;
 
@@ -30,12 +30,12 @@ static CPU_LINE: LazyLock<Regex> = LazyLock::new(|| {
 const NS_PER_SEC: f64 = 1e9;
 
 struct SchedstatCollector {
-    path: PathBuf,
+    file: read::KeptFile,
 }
 
 fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     Ok(Arc::new(SchedstatCollector {
-        path: context.proc_path("schedstat"),
+        file: read::KeptFile::new(context.proc_path("schedstat")),
     }))
 }
 
@@ -57,7 +57,9 @@ fn parse(text: &str) -> Vec<(&str, u64, u64, u64)> {
 
 impl Collector for SchedstatCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        let text = read::optional(&self.path)?
+        let text = self
+            .file
+            .optional()?
             .ok_or_else(|| NoData("schedstat file does not exist".to_owned()))?;
         let mut running = MetricFamily::counter(
             "node_schedstat_running_seconds_total",

@@ -1,13 +1,10 @@
 //! `sockstat`: socket counts from /proc/net/sockstat and /proc/net/sockstat6, as
 //! node_exporter's sockstat collector (TCP/UDP `mem` in pages is also exported in bytes).
-use std::{
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{path::Path, sync::Arc};
 
 use anyhow::Context as _;
 
-use super::{BuildContext, CollectorSpec};
+use super::{BuildContext, CollectorSpec, read::KeptFile};
 use crate::{metrics::MetricFamily, scrape::Collector};
 
 pub const SPEC: CollectorSpec = CollectorSpec {
@@ -19,8 +16,8 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 };
 
 struct SockstatCollector {
-    sockstat: PathBuf,
-    sockstat6: PathBuf,
+    sockstat: KeptFile,
+    sockstat6: KeptFile,
     page_size: i64,
 }
 
@@ -28,8 +25,8 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     // SAFETY: sysconf has no preconditions.
     let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     Ok(Arc::new(SockstatCollector {
-        sockstat: context.proc_path("net/sockstat"),
-        sockstat6: context.proc_path("net/sockstat6"),
+        sockstat: KeptFile::new(context.proc_path("net/sockstat")),
+        sockstat6: KeptFile::new(context.proc_path("net/sockstat6")),
         page_size: if page_size > 0 { page_size } else { 4096 },
     }))
 }
@@ -89,9 +86,9 @@ fn parse(text: &str, path: &Path) -> anyhow::Result<Sockstat> {
 }
 
 /// The file, `None` if it does not exist (IPv4 or IPv6 disabled).
-fn read_optional(path: &Path) -> anyhow::Result<Option<Sockstat>> {
-    super::read::optional(path)?
-        .map(|text| parse(&text, path))
+fn read_optional(file: &KeptFile) -> anyhow::Result<Option<Sockstat>> {
+    file.optional()?
+        .map(|text| parse(&text, file.path()))
         .transpose()
 }
 
@@ -177,7 +174,7 @@ mod tests {
     #[test]
     fn missing_sockstat6_is_skipped() {
         assert_eq!(
-            read_optional(Path::new("/nonexistent/sockstat6")).unwrap(),
+            read_optional(&KeptFile::new("/nonexistent/sockstat6".into())).unwrap(),
             None
         );
     }

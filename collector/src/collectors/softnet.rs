@@ -1,10 +1,7 @@
 //! `softnet`: per-CPU packet processing statistics from /proc/net/softnet_stat, as
 //! node_exporter's softnet collector. Rows map to CPUs by the 13th column (the CPU index) on
 //! kernels that print it (5.10+), by row number before, as procfs does.
-use std::{
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{path::Path, sync::Arc};
 
 use super::{BuildContext, CollectorSpec, read};
 use crate::{metrics::MetricFamily, scrape::Collector};
@@ -18,12 +15,12 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 };
 
 struct SoftnetCollector {
-    path: PathBuf,
+    file: read::KeptFile,
 }
 
 fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     Ok(Arc::new(SoftnetCollector {
-        path: context.proc_path("net/softnet_stat"),
+        file: read::KeptFile::new(context.proc_path("net/softnet_stat")),
     }))
 }
 
@@ -92,7 +89,7 @@ fn parse(text: &str, path: &Path) -> anyhow::Result<Vec<Row>> {
 
 impl Collector for SoftnetCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        let rows = parse(&read::to_string(&self.path)?, &self.path)?;
+        let rows = parse(&self.file.to_string()?, self.file.path())?;
         let counters: [Counter; 6] = [
             ("processed_total", "Number of processed packets", |r| {
                 r.processed

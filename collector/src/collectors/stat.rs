@@ -1,7 +1,7 @@
 //! `stat`: interrupts, context switches, forks, boot time and process states from /proc/stat,
 //! and with `--collector.stat.softirq` the softirq calls per vector. The /proc/stat parser here
 //! is procfs's `Stat()`, shared with the `cpu` collector.
-use std::{collections::BTreeMap, path::Path, path::PathBuf, sync::Arc};
+use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use anyhow::Context as _;
 
@@ -148,26 +148,26 @@ pub fn parse_proc_stat(text: &str, path: &Path) -> anyhow::Result<ProcStat> {
     Ok(stat)
 }
 
-/// Reads and parses `path` (/proc/stat).
-pub fn read_proc_stat(path: &Path) -> anyhow::Result<ProcStat> {
-    parse_proc_stat(&read::to_string(path)?, path)
+/// Reads and parses /proc/stat.
+pub fn read_proc_stat(file: &read::KeptFile) -> anyhow::Result<ProcStat> {
+    parse_proc_stat(&file.to_string()?, file.path())
 }
 
 struct StatCollector {
-    path: PathBuf,
+    file: read::KeptFile,
     softirq: bool,
 }
 
 fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     Ok(Arc::new(StatCollector {
-        path: context.proc_path("stat"),
+        file: read::KeptFile::new(context.proc_path("stat")),
         softirq: context.flags.bool("collector.stat.softirq"),
     }))
 }
 
 impl Collector for StatCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        let stat = read_proc_stat(&self.path)?;
+        let stat = read_proc_stat(&self.file)?;
         out.push(
             MetricFamily::counter("node_intr_total", "Total number of interrupts serviced.")
                 .with_value(stat.intr as f64),

@@ -1,9 +1,6 @@
 //! `udp_queues`: bytes queued in UDP sockets, summed from /proc/net/udp and /proc/net/udp6, as
 //! node_exporter's udp_queues collector.
-use std::{
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{path::Path, sync::Arc};
 
 use super::{BuildContext, CollectorSpec, read};
 use crate::{
@@ -20,14 +17,14 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 };
 
 struct UdpQueuesCollector {
-    udp: PathBuf,
-    udp6: PathBuf,
+    udp: read::KeptFile,
+    udp6: read::KeptFile,
 }
 
 fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     Ok(Arc::new(UdpQueuesCollector {
-        udp: context.proc_path("net/udp"),
-        udp6: context.proc_path("net/udp6"),
+        udp: read::KeptFile::new(context.proc_path("net/udp")),
+        udp6: read::KeptFile::new(context.proc_path("net/udp6")),
     }))
 }
 
@@ -76,9 +73,9 @@ fn parse(text: &str, path: &Path) -> anyhow::Result<(u64, u64)> {
 }
 
 /// The summed queues, `None` if the file does not exist (that IP version is disabled).
-fn summary(path: &Path) -> anyhow::Result<Option<(u64, u64)>> {
-    read::optional(path)?
-        .map(|text| parse(&text, path))
+fn summary(file: &read::KeptFile) -> anyhow::Result<Option<(u64, u64)>> {
+    file.optional()?
+        .map(|text| parse(&text, file.path()))
         .transpose()
 }
 
@@ -148,8 +145,8 @@ mod tests {
     #[test]
     fn missing_files_are_no_data() {
         let collector = UdpQueuesCollector {
-            udp: PathBuf::from("/nonexistent/udp"),
-            udp6: PathBuf::from("/nonexistent/udp6"),
+            udp: read::KeptFile::new("/nonexistent/udp".into()),
+            udp6: read::KeptFile::new("/nonexistent/udp6".into()),
         };
         let mut out = Vec::new();
         let error = collector.update(&mut out).unwrap_err();

@@ -1,6 +1,6 @@
 //! `vmstat`: the /proc/vmstat fields matching `--collector.vmstat.fields`, untyped, as
 //! `node_vmstat_<field>`.
-use std::{path::PathBuf, sync::Arc};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use regex::Regex;
@@ -25,14 +25,14 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 };
 
 struct VmstatCollector {
-    path: PathBuf,
+    file: read::KeptFile,
     /// `None` for an empty pattern, which (as Go's empty regexp) matches every field.
     fields: Option<Regex>,
 }
 
 fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     Ok(Arc::new(VmstatCollector {
-        path: context.proc_path("vmstat"),
+        file: read::KeptFile::new(context.proc_path("vmstat")),
         fields: context.flags.regex("collector.vmstat.fields")?,
     }))
 }
@@ -56,8 +56,8 @@ fn parse(text: &str) -> anyhow::Result<Vec<(&str, f64)>> {
 
 impl Collector for VmstatCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        let text = read::to_string(&self.path)?;
-        let values = parse(&text).with_context(|| self.path.display().to_string())?;
+        let text = self.file.to_string()?;
+        let values = parse(&text).with_context(|| self.file.path().display().to_string())?;
         for (name, value) in values {
             if self.fields.as_ref().is_some_and(|re| !re.is_match(name)) {
                 continue;
