@@ -6,10 +6,11 @@
 //! request costs one lookup of the per-CPU histogram map. Our own timestamps are used rather
 //! than `request.io_start_time_ns`, which the kernel fills in only with I/O statistics on.
 //!
-//! The BTF and raw programs key requests by their `struct request` pointer. Those are few and
-//! reused (one per tag of each queue), so an entry is written over in place by the request's
-//! next use instead of being deleted at completion and created again: a lookup instead of an
-//! LRU delete and insert (about 30% less per request). Classic tracepoints key by (disk, sector),
+//! The BTF and raw programs key requests by their `struct request` pointer. Requests are
+//! allocated once per tag of each hardware and scheduler queue and reused, so an entry is
+//! written over in place at the request's next use instead of being deleted at completion and
+//! created again: a lookup instead of an LRU delete and insert (about 30% less per request). The
+//! daemon sizes the map for every tag of every disk. Classic tracepoints key by (disk, sector),
 //! which does not repeat, so their entries are deleted.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -35,8 +36,10 @@ use crate::{
     with_slot,
 };
 
-/// Requests between insert/issue and completion. LRU: a request whose completion we miss (the
-/// programs were attached mid-flight, a partial completion) is evicted instead of leaking.
+/// What is known of each request since its insert or issue, by key (see the module doc). LRU,
+/// sized by the daemon from the disks' tag counts: a key whose completion never comes (a
+/// request merged into another, classic keys of requests issued before we attached) is evicted
+/// instead of leaking.
 #[map]
 static BLOCK_INFLIGHT: LruHashMap<InflightKey, InflightRequest> =
     LruHashMap::with_max_entries(8192, 0);
@@ -65,19 +68,27 @@ enum Keys {
 }
 
 #[inline(always)]
-fn on_insert(key: InflightKey, keys: Keys) {
+fn on_insert(key: InflightKey) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(entry) = BLOCK_INFLIGHT.get_ptr_mut(key) {
+        let entry = unsafe { &mut *entry };
+        if entry.issued_ns != 0 {
+            // Requeued after its issue, and inserted again by a kernel worker: it waits in
+            // the queue again, still on behalf of the task that submitted it.
+            entry.inserted_ns = now;
+            entry.issued_ns = 0;
+        } else {
+            // A kept entry of a completed request, or of one merged away: a new request.
+            entry.inserted_ns = now;
+            entry.cgroup_id = submitter_cgroup();
+        }
+        return;
+    }
     let request = InflightRequest {
-        inserted_ns: unsafe { bpf_ktime_get_ns() },
+        inserted_ns: now,
         cgroup_id: submitter_cgroup(),
         ..InflightRequest::default()
     };
-    // A re-inserted (requeued) request starts over.
-    if keys == Keys::Reused
-        && let Some(entry) = BLOCK_INFLIGHT.get_ptr_mut(key)
-    {
-        unsafe { *entry = request };
-        return;
-    }
     if BLOCK_INFLIGHT.insert(key, request, 0).is_err() {
         with_slot(&BLOCK_COUNTERS, |c| c.inflight_map_full += 1);
     }
@@ -88,10 +99,10 @@ fn on_issue(key: InflightKey, dev: u32, op: u32, bytes: u32) {
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(request) = BLOCK_INFLIGHT.get_ptr_mut(key) {
         let request = unsafe { &mut *request };
-        // Not waiting in a queue (a kept entry whose request completed, or was issued and
-        // never completed): issued directly, with no queue time, by the task submitting it.
-        if request.inserted_ns == 0 || request.issued_ns != 0 {
-            request.inserted_ns = 0;
+        // A kept entry of a completed request: this one is issued directly (no queue time)
+        // by the task submitting it. Otherwise it was inserted, or it is issued again after
+        // the driver was busy (no insert in between): its queue time and cgroup stand.
+        if request.inserted_ns == 0 && request.issued_ns == 0 {
             request.cgroup_id = submitter_cgroup();
         }
         request.issued_ns = now;
@@ -278,7 +289,7 @@ btf_and_raw!(
     "block_rq_insert",
     block_rq_insert_btf,
     block_rq_insert_raw,
-    |ctx| { on_insert(pointer_key(ctx.arg(0)), Keys::Reused) }
+    |ctx| { on_insert(pointer_key(ctx.arg(0))) }
 );
 
 btf_and_raw!(
@@ -336,7 +347,7 @@ pub fn block_rq_insert_tp(ctx: TracePointContext) -> u32 {
     if let Some((key, _)) =
         tracepoint_key(&ctx, layout!(tp_block_rq_dev), layout!(tp_block_rq_sector))
     {
-        on_insert(key, Keys::OneOff);
+        on_insert(key);
     }
     0
 }

@@ -93,6 +93,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             enable_stats: options.enable_bpf_stats,
             runqueue_max_tasks: options.runqueue_max_tasks,
             cgroup_map_entries,
+            block_inflight_entries: ebpf::block::inflight_map_entries(&options.sysfs),
         };
         match tokio::task::spawn_blocking(move || EbpfRuntime::start(&hooks, &loader_options))
             .await

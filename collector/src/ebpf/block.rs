@@ -177,6 +177,35 @@ impl Collector for BlockCollector {
     }
 }
 
+/// Entries of the kernel's map of in-flight requests: the programs keep one per `struct request`
+/// ever used, and the kernel allocates one per tag of each disk's hardware queues
+/// (`mq/*/nr_tags`) and per scheduler request (`queue/nr_requests`). Twice the disks' total, for
+/// disks added later, between 8192 and 262144 (~30 MiB of kernel memory).
+pub fn inflight_map_entries(sysfs: &Path) -> u32 {
+    let number = |path: PathBuf| -> u64 {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let entries = |dir: PathBuf| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    let requests: u64 = entries(sysfs.join("block"))
+        .into_iter()
+        .map(|disk| {
+            let tags: u64 = entries(disk.join("mq"))
+                .into_iter()
+                .map(|queue| number(queue.join("nr_tags")))
+                .sum();
+            tags + number(disk.join("queue/nr_requests"))
+        })
+        .sum();
+    (2 * requests).clamp(8192, 1 << 18) as u32
+}
+
 /// Kernel device numbers → the names /proc/diskstats uses, through sysfs, partitions folded
 /// into their disk. Cached: a device number keeps its name while the disk exists.
 struct DeviceNames {
@@ -225,6 +254,27 @@ fn disk_name(link: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_the_inflight_map_for_every_tag_of_every_disk() {
+        let sysfs = std::env::temp_dir().join(format!("block-tags-{}", std::process::id()));
+        for (disk, queues, tags, requests) in [("nvme0n1", 8, 1023, 256), ("vda", 1, 128, 256)] {
+            for queue in 0..queues {
+                let dir = sysfs.join(format!("block/{disk}/mq/{queue}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join("nr_tags"), format!("{tags}\n")).unwrap();
+            }
+            let dir = sysfs.join(format!("block/{disk}/queue"));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("nr_requests"), format!("{requests}\n")).unwrap();
+        }
+        assert_eq!(
+            inflight_map_entries(&sysfs),
+            2 * (8 * 1023 + 256 + 128 + 256)
+        );
+        std::fs::remove_dir_all(&sysfs).unwrap();
+        assert_eq!(inflight_map_entries(&sysfs), 8192, "no disks: the floor");
+    }
 
     #[test]
     fn names_disks_and_folds_partitions() {

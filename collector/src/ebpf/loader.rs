@@ -47,6 +47,8 @@ pub struct LoaderOptions {
     pub runqueue_max_tasks: u32,
     /// Size of the per-cgroup counter map when per-cgroup accounting is on (`ebpf.cgroup`).
     pub cgroup_map_entries: Option<u32>,
+    /// Size of the in-flight block request map (`ebpf::block::inflight_map_entries`).
+    pub block_inflight_entries: u32,
 }
 
 /// The cgroup_skb programs counting each cgroup's socket traffic, attached to the cgroup v2 root.
@@ -115,7 +117,10 @@ impl EbpfRuntime {
                 "TASKS_SEEN",
                 lru_entries(options.runqueue_max_tasks, possible_cpus),
             )
-            .map_max_entries("BLOCK_INFLIGHT", lru_entries(8192, possible_cpus))
+            .map_max_entries(
+                "BLOCK_INFLIGHT",
+                lru_entries(options.block_inflight_entries, possible_cpus),
+            )
             .map_max_entries("MIGRATIONS_TO_CPU", possible_cpus)
             .map_max_entries(
                 "SKB_DROP_REASONS",
