@@ -8,7 +8,7 @@ use std::{
     io,
     marker::PhantomData,
     mem::size_of,
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::{AsFd as _, AsRawFd as _, RawFd},
 };
 
 use aya::{
@@ -40,6 +40,8 @@ struct BatchAttr {
 
 /// How to read one map in batches: its key and value sizes, checked against `K` and `V` once.
 pub struct BatchReader<K, V> {
+    /// The map's descriptor: buffers are sized for this map only, so `read` refuses others.
+    map_fd: RawFd,
     /// Bytes per value: per-CPU maps give one 8-byte-aligned copy per possible CPU.
     value_stride: usize,
     values_per_key: usize,
@@ -89,6 +91,7 @@ impl<K: Pod, V: Pod> BatchReader<K, V> {
             (value_size, 1)
         };
         Ok(Self {
+            map_fd: map.fd().as_fd().as_raw_fd(),
             value_stride,
             values_per_key,
             cursor_size: key_size.max(size_of::<u32>()),
@@ -97,8 +100,16 @@ impl<K: Pod, V: Pod> BatchReader<K, V> {
         })
     }
 
-    /// Reads every entry of `map`, the map this reader was made for.
+    /// Reads every entry of `map`, the map this reader was made for (another is refused: the
+    /// kernel would write past buffers sized for this one).
     pub fn read(&self, map: &MapData) -> io::Result<Entries<K, V>> {
+        let map_fd = map.fd().as_fd().as_raw_fd();
+        if map_fd != self.map_fd {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "batch reader used with another map than its own",
+            ));
+        }
         let mut entries = Entries {
             keys: Vec::new(),
             values: Vec::new(),
@@ -116,7 +127,7 @@ impl<K: Pod, V: Pod> BatchReader<K, V> {
             let mut attr = BatchAttr {
                 in_batch: if first { 0 } else { cursor.as_ptr() as u64 },
                 out_batch: next_cursor.as_mut_ptr() as u64,
-                map_fd: map.fd().as_fd().as_raw_fd() as u32,
+                map_fd: map_fd as u32,
                 keys: keys.as_mut_ptr() as u64,
                 values: values.as_mut_ptr() as u64,
                 count: chunk as u32,
@@ -236,7 +247,8 @@ mod tests {
         }
         let reader = BatchReader::<u64, u64>::new(&map).unwrap();
         assert_eq!(reader.chunk, MAX_CHUNK);
-        // One entry per call: buckets holding two or more are refused until the chunk grows.
+        // Starting at one entry per call: a bucket holding two or more is refused (ENOSPC)
+        // until the chunk has grown to fit it.
         let mut one_at_a_time = BatchReader::<u64, u64>::new(&map).unwrap();
         one_at_a_time.chunk = 1;
         for reader in [reader, one_at_a_time] {
@@ -249,6 +261,37 @@ mod tests {
             seen.sort();
             assert_eq!(seen, (0..1000).map(|k| (k, k * 3)).collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    fn reads_an_lru_hash_filled_to_a_multiple_of_the_chunk() {
+        // The last full chunk ends the walk with an empty call (ENOENT, count 0).
+        const LRU_HASH: u32 = 9;
+        let Some(map) = create_map(LRU_HASH, 8, 8, 4096) else {
+            return;
+        };
+        for key in 0..512u64 {
+            update(&map, &key, &!key);
+        }
+        let entries = BatchReader::<u64, u64>::new(&map)
+            .unwrap()
+            .read(&map)
+            .unwrap();
+        let mut read: Vec<(u64, u64)> = entries.iter().map(|(k, v)| (k, v[0])).collect();
+        read.sort();
+        assert_eq!(read, (0..512).map(|k| (k, !k)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn refuses_a_map_it_was_not_made_for() {
+        const HASH: u32 = 1;
+        let (Some(small), Some(large)) = (create_map(HASH, 8, 8, 4), create_map(HASH, 8, 64, 4))
+        else {
+            return;
+        };
+        let reader = BatchReader::<u64, u64>::new(&small).unwrap();
+        let error = reader.read(&large).err().unwrap();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
     }
 
     #[test]
