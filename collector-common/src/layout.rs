@@ -37,6 +37,9 @@ pub struct KernelLayout {
     pub request_cmd_flags: u32,
     /// `offsetof(struct request, __data_len)`: bytes left to transfer (the size, at issue).
     pub request_data_len: u32,
+    /// `offsetof(struct request, start_time_ns)`: when the request was allocated (0 when the
+    /// queue keeps no time stamps); optional, it tells a kept entry's earlier use apart.
+    pub request_start_time_ns: u32,
     /// Disk, first choice (4.x–6.x): `request.q` → `request_queue.disk` (5.15+) → `gendisk`.
     pub request_q: u32,
     pub request_queue_disk: u32,
@@ -93,6 +96,7 @@ impl KernelLayout {
         tp_softirq_vec: UNKNOWN_OFFSET,
         request_cmd_flags: UNKNOWN_OFFSET,
         request_data_len: UNKNOWN_OFFSET,
+        request_start_time_ns: UNKNOWN_OFFSET,
         request_q: UNKNOWN_OFFSET,
         request_queue_disk: UNKNOWN_OFFSET,
         request_rq_disk: UNKNOWN_OFFSET,

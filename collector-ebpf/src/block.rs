@@ -67,21 +67,28 @@ enum Keys {
     OneOff,
 }
 
+/// Whether a kept entry is of an earlier use of its `struct request`: the kernel stamps each
+/// use at allocation (`start_time_ns`, on our clock; `allocated_ns` 0 when unknown), and all we
+/// record of a use comes after. Catches the entries no completion closed: a request merged into
+/// another, or a completion we missed.
 #[inline(always)]
-fn on_insert(key: InflightKey) {
+fn from_earlier_use(entry: &InflightRequest, allocated_ns: u64) -> bool {
+    allocated_ns != 0 && entry.inserted_ns.max(entry.issued_ns) < allocated_ns
+}
+
+#[inline(always)]
+fn on_insert(key: InflightKey, allocated_ns: u64) {
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(entry) = BLOCK_INFLIGHT.get_ptr_mut(key) {
         let entry = unsafe { &mut *entry };
-        if entry.issued_ns != 0 {
-            // Requeued after its issue, and inserted again by a kernel worker: it waits in
-            // the queue again, still on behalf of the task that submitted it.
-            entry.inserted_ns = now;
-            entry.issued_ns = 0;
-        } else {
-            // A kept entry of a completed request, or of one merged away: a new request.
-            entry.inserted_ns = now;
+        if entry.issued_ns == 0 || from_earlier_use(entry, allocated_ns) {
+            // A kept entry of a completed request, or of an earlier use: a new request.
             entry.cgroup_id = submitter_cgroup();
         }
+        // Otherwise requeued after its issue and inserted again by a kernel worker: it waits
+        // in the queue again, still on behalf of the task that submitted it.
+        entry.inserted_ns = now;
+        entry.issued_ns = 0;
         return;
     }
     let request = InflightRequest {
@@ -95,14 +102,18 @@ fn on_insert(key: InflightKey) {
 }
 
 #[inline(always)]
-fn on_issue(key: InflightKey, dev: u32, op: u32, bytes: u32) {
+fn on_issue(key: InflightKey, dev: u32, op: u32, bytes: u32, allocated_ns: u64) {
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(request) = BLOCK_INFLIGHT.get_ptr_mut(key) {
         let request = unsafe { &mut *request };
-        // A kept entry of a completed request: this one is issued directly (no queue time)
-        // by the task submitting it. Otherwise it was inserted, or it is issued again after
-        // the driver was busy (no insert in between): its queue time and cgroup stand.
-        if request.inserted_ns == 0 && request.issued_ns == 0 {
+        // A kept entry of a completed request or of an earlier use: this one is issued
+        // directly (no queue time) by the task submitting it. Otherwise it was inserted, or
+        // it is issued again after the driver was busy (no insert in between): its queue
+        // time and cgroup stand.
+        if (request.inserted_ns == 0 && request.issued_ns == 0)
+            || from_earlier_use(request, allocated_ns)
+        {
+            request.inserted_ns = 0;
             request.cgroup_id = submitter_cgroup();
         }
         request.issued_ns = now;
@@ -269,6 +280,15 @@ fn pointer_key(request: u64) -> InflightKey {
     InflightKey { request, sector: 0 }
 }
 
+/// When this use of `request` was allocated (`start_time_ns`), 0 when unknown.
+#[inline(always)]
+fn allocated_ns<M: KernelMemory>(request: u64) -> u64 {
+    if layout!(request_start_time_ns) == UNKNOWN_OFFSET {
+        return 0;
+    }
+    M::read::<u64>(request, layout!(request_start_time_ns)).unwrap_or(0)
+}
+
 #[inline(always)]
 fn issue_from_request<M: KernelMemory>(request: u64) {
     let cmd_flags = M::read::<u32>(request, layout!(request_cmd_flags)).unwrap_or(0);
@@ -278,6 +298,7 @@ fn issue_from_request<M: KernelMemory>(request: u64) {
         request_dev::<M>(request),
         op_from_cmd_flags(cmd_flags),
         bytes,
+        allocated_ns::<M>(request),
     );
 }
 
@@ -289,7 +310,10 @@ btf_and_raw!(
     "block_rq_insert",
     block_rq_insert_btf,
     block_rq_insert_raw,
-    |ctx| { on_insert(pointer_key(ctx.arg(0))) }
+    |ctx, Memory| {
+        let request = ctx.arg(0);
+        on_insert(pointer_key(request), allocated_ns::<Memory>(request))
+    }
 );
 
 btf_and_raw!(
@@ -347,7 +371,7 @@ pub fn block_rq_insert_tp(ctx: TracePointContext) -> u32 {
     if let Some((key, _)) =
         tracepoint_key(&ctx, layout!(tp_block_rq_dev), layout!(tp_block_rq_sector))
     {
-        on_insert(key);
+        on_insert(key, 0);
     }
     0
 }
@@ -361,7 +385,7 @@ pub fn block_rq_issue_tp(ctx: TracePointContext) -> u32 {
     };
     let bytes = read_tracepoint_field::<u32>(&ctx, layout!(tp_block_rq_bytes)).unwrap_or(0);
     let rwbs = read_tracepoint_field::<[u8; 2]>(&ctx, layout!(tp_block_rq_rwbs)).unwrap_or([0; 2]);
-    on_issue(key, dev, op_from_rwbs(rwbs), bytes);
+    on_issue(key, dev, op_from_rwbs(rwbs), bytes, 0);
     0
 }
 

@@ -120,6 +120,7 @@ fn fill_block_from_btf(btf: &Btf, layout: &mut KernelLayout) -> anyhow::Result<(
     layout.request_cmd_flags = member(&request, "cmd_flags").context("request has no cmd_flags")?;
     layout.request_data_len =
         member(&request, "__data_len").context("request has no __data_len")?;
+    layout.request_start_time_ns = member(&request, "start_time_ns").unwrap_or(UNKNOWN_OFFSET);
     if let Ok(gendisk) = btf.find("gendisk", KIND_STRUCT)
         && let (Some(major), Some(first_minor)) =
             (member(&gendisk, "major"), member(&gendisk, "first_minor"))
@@ -563,6 +564,7 @@ mod tests {
         assert_eq!(problems.len(), 1, "only tracefs is missing: {problems:?}");
         assert_ne!(layout.request_cmd_flags, UNKNOWN_OFFSET);
         assert_ne!(layout.request_data_len, UNKNOWN_OFFSET);
+        assert_ne!(layout.request_start_time_ns, UNKNOWN_OFFSET);
         assert!(!block_dev_path_unknown(&layout), "{layout:?}");
         // 6.x: request.part is a struct block_device *, so that path is known too.
         assert_ne!(layout.request_part, UNKNOWN_OFFSET);
