@@ -34,9 +34,13 @@ pub struct Options {
     /// Pipe round trips in one run of the context-switch workload.
     #[arg(long, default_value_t = 200_000)]
     rounds: usize,
-    /// Runs of the workload in each configuration (the median is kept).
-    #[arg(long, default_value_t = 7)]
+    /// Pairs of runs of each workload, one without the collector and one with it (the median
+    /// of the pairs' ratios is kept).
+    #[arg(long, default_value_t = 9)]
     runs: usize,
+    /// Only these kernel workloads (repeatable; all three by default).
+    #[arg(long, value_enum)]
+    workload: Vec<WorkloadKind>,
     /// 4 KiB writes, each followed by fdatasync, in one run of the I/O workload.
     #[arg(long, default_value_t = 2_000)]
     fsync_writes: usize,
@@ -68,6 +72,7 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
     if !crate::setup::is_root() {
         bail!("the benchmark loads eBPF programs: run it as root");
     }
+    refuse_programs_already_loaded()?;
     let collector = options
         .binary
         .clone()
@@ -107,6 +112,7 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
     std::fs::create_dir_all(root.join("target/bench"))?;
     let workloads = [
         Workload {
+            kind: WorkloadKind::PingPong,
             description: format!(
                 "Context-switch workload: {} pipe round trips between two threads pinned to CPU 0",
                 options.rounds
@@ -114,6 +120,7 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
             run: Box::new(|| timed(|| workload::pipe_ping_pong(options.rounds, 0))),
         },
         Workload {
+            kind: WorkloadKind::Io,
             description: format!(
                 "I/O workload: {} 4 KiB writes to {}, each followed by fdatasync",
                 options.fsync_writes,
@@ -122,6 +129,7 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
             run: Box::new(|| timed(|| workload::fsync_writes(&fsync_file, options.fsync_writes))),
         },
         Workload {
+            kind: WorkloadKind::Tcp,
             description: format!(
                 "Network workload: {} MiB over one loopback TCP connection",
                 options.tcp_mib
@@ -129,11 +137,40 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
             run: Box::new(|| timed(|| workload::loopback_tcp(options.tcp_mib << 20))),
         },
     ];
-    for workload in &workloads {
+    for workload in workloads
+        .iter()
+        .filter(|w| options.workload.is_empty() || options.workload.contains(&w.kind))
+    {
         report += &kernel_cost(&collector, workload, options.runs)?;
     }
     let _ = std::fs::remove_file(&fsync_file);
     write_report(root, &report)
+}
+
+/// Another collector's programs (a daemon left running, a test) would run in every baseline
+/// and skew every comparison: their names are ours (`sched_switch_btf`, truncated by the kernel).
+fn refuse_programs_already_loaded() -> anyhow::Result<()> {
+    let output = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .context("running bpftool (cargo xtask setup installs it)")?;
+    let listing = String::from_utf8_lossy(&output.stdout);
+    let ours: Vec<&str> = listing
+        .lines()
+        .filter(|line| {
+            ["name sched_switch_", "name block_rq_", "name cgroup_skb_"]
+                .iter()
+                .any(|name| line.contains(name))
+        })
+        .collect();
+    if !ours.is_empty() {
+        bail!(
+            "the collector's eBPF programs are already loaded (is another collector running?); \
+             they would run in every baseline. Stop it first:\n{}",
+            ours.join("\n")
+        );
+    }
+    Ok(())
 }
 
 fn write_report(root: &Path, report: &str) -> anyhow::Result<()> {
@@ -395,8 +432,16 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum WorkloadKind {
+    PingPong,
+    Io,
+    Tcp,
+}
+
 /// A workload of known size whose slowdown the kernel programs cause is measured.
 struct Workload<'a> {
+    kind: WorkloadKind,
     description: String,
     /// Runs it once, returning its wall time.
     run: Box<dyn Fn() -> Duration + 'a>,
@@ -404,18 +449,30 @@ struct Workload<'a> {
 
 fn kernel_cost(collector: &PathBuf, workload: &Workload, runs: usize) -> anyhow::Result<String> {
     eprintln!("{}:", workload.description);
-    eprintln!("timing it without the collector...");
-    let mut without: Vec<Duration> = (0..runs).map(|_| (workload.run)()).collect();
-
-    eprintln!("... and with it attached (BPF statistics off, as in production)...");
-    let exporter = Exporter::start(&mut Command::new(collector))?;
-    let with: Vec<Duration> = (0..runs).map(|_| (workload.run)()).collect();
-    drop(exporter);
-
-    eprintln!("... and without it again, to bracket drift...");
-    without.extend((0..runs).map(|_| (workload.run)()));
-    let (base, attached) = (median(&mut without), median(&mut with.clone()));
-    let slowdown = (attached.as_secs_f64() / base.as_secs_f64() - 1.0) * 100.0;
+    // Runs in pairs, one without the collector and one with it attached (BPF statistics off, as
+    // in production), in alternating order: the VM's load drifts over seconds, and a pair sees
+    // the same drift. The slowdown is the median of the pairs' ratios.
+    let (mut without, mut with, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for pair in 0..runs {
+        eprintln!("pair {} of {runs}...", pair + 1);
+        let attached_run = || -> anyhow::Result<Duration> {
+            let _exporter = Exporter::start(&mut Command::new(collector))?;
+            Ok((workload.run)())
+        };
+        let (base, attached) = if pair % 2 == 0 {
+            let base = (workload.run)();
+            (base, attached_run()?)
+        } else {
+            let attached = attached_run()?;
+            ((workload.run)(), attached)
+        };
+        without.push(base);
+        with.push(attached);
+        ratios.push(attached.as_secs_f64() / base.as_secs_f64());
+    }
+    ratios.sort_by(f64::total_cmp);
+    let slowdown = (ratios[ratios.len() / 2] - 1.0) * 100.0;
+    let (base, attached) = (median(&mut without), median(&mut with));
 
     eprintln!("measuring ns per event from BPF statistics...");
     let exporter = Exporter::start(Command::new(collector).arg("--ebpf.enable-stats"))?;
@@ -426,8 +483,8 @@ fn kernel_cost(collector: &PathBuf, workload: &Workload, runs: usize) -> anyhow:
 
     let mut table = format!(
         "\n## Kernel program cost\n\n\
-         {}; median of {runs} runs each.\n\n\
-         | | without collector | with collector | slowdown |\n|---|---:|---:|---:|\n\
+         {}; {runs} pairs of runs, without and with the collector, in alternating order.\n\n\
+         | | without collector (median) | with collector (median) | slowdown (median of the pairs) |\n|---|---:|---:|---:|\n\
          | workload time (ms) | {:.1} | {:.1} | {slowdown:.2}% |\n\n\
          | program | events during workload | ns per event |\n|---|---:|---:|\n",
         workload.description,
