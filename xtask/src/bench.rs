@@ -432,6 +432,10 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
+/// How long a freshly started collector is left alone before a timed run: what it costs is its
+/// steady state, not its start-up.
+const SETTLE: Duration = Duration::from_secs(2);
+
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum WorkloadKind {
     PingPong,
@@ -457,6 +461,8 @@ fn kernel_cost(collector: &PathBuf, workload: &Workload, runs: usize) -> anyhow:
         eprintln!("pair {} of {runs}...", pair + 1);
         let attached_run = || -> anyhow::Result<Duration> {
             let _exporter = Exporter::start(&mut Command::new(collector))?;
+            // Past its start-up: the page-out of its binary and the first scrape's caches.
+            std::thread::sleep(SETTLE);
             Ok((workload.run)())
         };
         let (base, attached) = if pair % 2 == 0 {
