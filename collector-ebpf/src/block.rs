@@ -138,7 +138,7 @@ fn on_issue(key: InflightKey, dev: u32, op: u32, bytes: u32, allocated_ns: u64) 
 }
 
 #[inline(always)]
-fn on_complete(key: InflightKey, keys: Keys) {
+fn on_complete(key: InflightKey, keys: Keys, allocated_ns: u64) {
     let Some(entry) = BLOCK_INFLIGHT.get_ptr_mut(key) else {
         return; // issued before we were attached, or evicted
     };
@@ -153,7 +153,7 @@ fn on_complete(key: InflightKey, keys: Keys) {
             let _ = BLOCK_INFLIGHT.remove(key);
         }
     }
-    if request.issued_ns == 0 {
+    if request.issued_ns == 0 || from_earlier_use(&request, allocated_ns) {
         return; // issued before we were attached, or already completed
     }
     let now = unsafe { bpf_ktime_get_ns() };
@@ -327,7 +327,14 @@ btf_and_raw!(
     "block_rq_complete",
     block_rq_complete_btf,
     block_rq_complete_raw,
-    |ctx| { on_complete(pointer_key(ctx.arg(0)), Keys::Reused) }
+    |ctx, Memory| {
+        let request = ctx.arg(0);
+        on_complete(
+            pointer_key(request),
+            Keys::Reused,
+            allocated_ns::<Memory>(request),
+        )
+    }
 );
 
 // ---- Classic tracepoints: no request pointer, so requests are keyed by (dev, sector). ----
@@ -396,7 +403,7 @@ pub fn block_rq_complete_tp(ctx: TracePointContext) -> u32 {
         layout!(tp_block_rq_complete_dev),
         layout!(tp_block_rq_complete_sector),
     ) {
-        on_complete(key, Keys::OneOff);
+        on_complete(key, Keys::OneOff, 0);
     }
     0
 }
