@@ -2,10 +2,15 @@
 //! cgroup's id (its kernfs inode number, as `bpf_get_current_cgroup_id` returns it).
 
 /// Counters of one cgroup, in an LRU hash shared by all CPUs (updated with atomic adds): a
-/// per-CPU copy for thousands of cgroups would cost `cgroups × CPUs` of kernel memory.
+/// per-CPU copy for thousands of cgroups would cost `cgroups × CPUs` of kernel memory. Received
+/// and sent traffic sit at the two ends, more than a cache line apart: a socket's packets are
+/// received in one CPU's softirq while its task sends from another, at packet rate.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CgroupCounters {
+    /// Bytes and packets its sockets received (cgroup_skb ingress).
+    pub net_receive_bytes: u64,
+    pub net_receive_packets: u64,
     /// Time its tasks ran on a CPU, in nanoseconds.
     pub cpu_ns: u64,
     /// Time its tasks waited on a run queue while runnable, and the number of such waits.
@@ -16,12 +21,16 @@ pub struct CgroupCounters {
     pub io_requests: [u64; 2],
     pub io_bytes: [u64; 2],
     pub io_time_ns: [u64; 2],
-    /// Bytes and packets its sockets received and sent (cgroup_skb ingress/egress).
-    pub net_receive_bytes: u64,
-    pub net_receive_packets: u64,
+    /// Bytes and packets its sockets sent (cgroup_skb egress).
     pub net_transmit_bytes: u64,
     pub net_transmit_packets: u64,
 }
+
+// Receive and transmit counters are more than a cache line apart.
+const _: () = assert!(
+    core::mem::offset_of!(CgroupCounters, net_transmit_bytes)
+        >= core::mem::offset_of!(CgroupCounters, net_receive_packets) + 8 + 64
+);
 
 pub const CGROUP_IO_READ: usize = 0;
 pub const CGROUP_IO_WRITE: usize = 1;
