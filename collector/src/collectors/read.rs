@@ -63,13 +63,18 @@ impl KeptFile {
         if let Some(file) = kept.as_ref() {
             match read_from_start(file) {
                 Ok(text) => return Ok(text),
-                Err(_) => *kept = None, // gone or broken: opened again below
+                // Gone under the open file: opened again below, which finds it missing or new.
+                Err(error) if went_away(&error) => *kept = None,
+                // Refused by the kernel on every read (PSI off: EOPNOTSUPP): stays open.
+                Err(error) => return Err(error),
             }
         }
         let file = File::open(&self.path)?;
-        let text = read_from_start(&file)?;
-        *kept = Some(file);
-        Ok(text)
+        let result = read_from_start(&file);
+        if !result.as_ref().is_err_and(went_away) {
+            *kept = Some(file);
+        }
+        result
     }
 
     /// [`read`](Self::read) with an error naming the file.
@@ -86,6 +91,15 @@ impl KeptFile {
             Err(e) => Err(e).with_context(|| format!("reading {}", self.path.display())),
         }
     }
+}
+
+/// Whether a read error of a kept file means its /proc entry went away: a module's entry
+/// removed (EIO), a sysctl table unregistered (ENOENT), a device gone (ENODEV, ESTALE).
+fn went_away(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EIO | libc::ENOENT | libc::ENODEV | libc::ESTALE)
+    )
 }
 
 /// `file` from its start to its end, read as [`whole_file`] reads.
@@ -347,6 +361,17 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("counter")
+        );
+
+        // A read the kernel refuses for good (here EISDIR; PSI turned off gives EOPNOTSUPP)
+        // keeps the file open rather than opening it again every scrape.
+        let refused = KeptFile::new(std::env::temp_dir());
+        let error = refused.read().unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::EISDIR));
+        assert!(refused.file.lock().unwrap().is_some());
+        assert_eq!(
+            refused.read().unwrap_err().raw_os_error(),
+            Some(libc::EISDIR)
         );
     }
 
