@@ -12,26 +12,35 @@ use anyhow::Context as _;
 
 /// The whole file, as text.
 pub fn to_string(path: &Path) -> anyhow::Result<String> {
-    whole_file(path).with_context(|| format!("reading {}", path.display()))
+    naming(File::open(path).and_then(|file| read_rest(&file)), path)
 }
 
-/// Reads a /proc or /sys file into a buffer sized for the usual ones. `fs::read_to_string` asks
-/// for the size first (always 0 here) and then starts with a 32-byte read, and every read of a
-/// /proc table makes the kernel walk back to where the last one stopped.
-fn whole_file(path: &Path) -> std::io::Result<String> {
+/// Reads the rest of a /proc or /sys file into a buffer sized for the usual ones.
+/// `fs::read_to_string` asks for the size first (always 0 here) and then starts with a 32-byte
+/// read, and every read of a /proc table makes the kernel walk back to where the last one stopped.
+fn read_rest(file: &File) -> std::io::Result<String> {
     let mut text = String::with_capacity(16 * 1024);
     // `Take` has no size hint to ask for: it reads straight into the spare capacity.
-    File::open(path)?.take(u64::MAX).read_to_string(&mut text)?;
+    file.take(u64::MAX).read_to_string(&mut text)?;
     Ok(text)
 }
 
 /// The whole file, as text; `None` when it does not exist (an optional file: a disabled
 /// protocol, an absent module).
 pub fn optional(path: &Path) -> anyhow::Result<Option<String>> {
-    match whole_file(path) {
-        Ok(text) => Ok(Some(text)),
+    optional_naming(File::open(path).and_then(|file| read_rest(&file)), path)
+}
+
+/// A read's result with an error naming the file.
+fn naming(result: std::io::Result<String>, path: &Path) -> anyhow::Result<String> {
+    result.with_context(|| format!("reading {}", path.display()))
+}
+
+/// [`naming`], with a file that does not exist as `None`.
+fn optional_naming(result: std::io::Result<String>, path: &Path) -> anyhow::Result<Option<String>> {
+    match result {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        result => naming(result, path).map(Some),
     }
 }
 
@@ -79,17 +88,12 @@ impl KeptFile {
 
     /// [`read`](Self::read) with an error naming the file.
     pub fn to_string(&self) -> anyhow::Result<String> {
-        self.read()
-            .with_context(|| format!("reading {}", self.path.display()))
+        naming(self.read(), &self.path)
     }
 
     /// [`to_string`](Self::to_string), `None` when the file does not exist (see [`optional`]).
     pub fn optional(&self) -> anyhow::Result<Option<String>> {
-        match self.read() {
-            Ok(text) => Ok(Some(text)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", self.path.display())),
-        }
+        optional_naming(self.read(), &self.path)
     }
 }
 
@@ -102,12 +106,10 @@ fn went_away(error: &std::io::Error) -> bool {
     )
 }
 
-/// `file` from its start to its end, read as [`whole_file`] reads.
+/// `file` from its start to its end.
 fn read_from_start(mut file: &File) -> std::io::Result<String> {
     file.seek(std::io::SeekFrom::Start(0))?;
-    let mut text = String::with_capacity(16 * 1024);
-    file.take(u64::MAX).read_to_string(&mut text)?;
-    Ok(text)
+    read_rest(file)
 }
 
 /// procfs's `parseCPURange` ("0-3,8,10-11"): sysfs CPU lists such as `isolated` and `offline`.
