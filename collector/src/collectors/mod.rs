@@ -31,7 +31,7 @@ mod netdev;
 mod netstat;
 mod os;
 mod pressure;
-mod read;
+pub(crate) mod read;
 mod schedstat;
 mod sockstat;
 mod softnet;

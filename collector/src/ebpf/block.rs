@@ -13,7 +13,7 @@ use collector_common::{
 
 use super::{EbpfRuntime, Hook, batch::BatchReader, histogram, programs};
 use crate::{
-    collectors::{BuildContext, CollectorSpec},
+    collectors::{BuildContext, CollectorSpec, read},
     metrics::MetricFamily,
     scrape::Collector,
 };
@@ -182,12 +182,7 @@ impl Collector for BlockCollector {
 /// (`mq/*/nr_tags`) and per scheduler request (`queue/nr_requests`). Twice the disks' total, for
 /// disks added later, between 8192 and 262144 (~30 MiB of kernel memory).
 pub fn inflight_map_entries(sysfs: &Path) -> u32 {
-    let number = |path: PathBuf| -> u64 {
-        std::fs::read_to_string(path)
-            .ok()
-            .and_then(|text| text.trim().parse().ok())
-            .unwrap_or(0)
-    };
+    let number = |path: PathBuf| read::uint_from_file(&path).unwrap_or(0);
     let entries = |dir: PathBuf| -> Vec<PathBuf> {
         std::fs::read_dir(dir)
             .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect())
