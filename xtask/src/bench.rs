@@ -60,13 +60,6 @@ pub struct Options {
 }
 
 const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
-const EBPF_COLLECTORS: [&str; 5] = [
-    "ebpf.sched",
-    "ebpf.irq",
-    "ebpf.block",
-    "ebpf.net",
-    "ebpf.cgroup",
-];
 
 pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
     if !crate::setup::is_root() {
@@ -79,22 +72,27 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
         .unwrap_or_else(|| root.join("target/release/collector"));
     let mut report = String::new();
 
-    let ours = [
-        scrape_cost(
-            "collector",
-            Command::new(&collector).arg("--ebpf.enable-stats"),
-            options.scrapes,
-        )?,
-        // The foundation's scope: the kernel programs' metrics and the exporter's own.
-        scrape_cost(
-            "collector, eBPF only",
-            Command::new(&collector)
-                .arg("--ebpf.enable-stats")
-                .arg("--collector.disable-defaults")
-                .args(EBPF_COLLECTORS.map(|name| format!("--collector.{name}"))),
-            options.scrapes,
-        )?,
-    ];
+    let full = scrape_cost(
+        "collector",
+        Command::new(&collector).arg("--ebpf.enable-stats"),
+        options.scrapes,
+    )?;
+    // The foundation's scope: the kernel programs' metrics and the exporter's own, with the
+    // eBPF collectors the full run reported.
+    let ebpf_only = scrape_cost(
+        "collector, eBPF only",
+        Command::new(&collector)
+            .arg("--ebpf.enable-stats")
+            .arg("--collector.disable-defaults")
+            .args(
+                full.collectors
+                    .iter()
+                    .filter(|name| name.starts_with("ebpf."))
+                    .map(|name| format!("--collector.{name}")),
+            ),
+        options.scrapes,
+    )?;
+    let ours = [full, ebpf_only];
     let theirs = scrape_cost(
         "node_exporter",
         &mut Command::new(NODE_EXPORTER),
