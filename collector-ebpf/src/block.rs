@@ -68,16 +68,17 @@ enum Keys {
 }
 
 /// Whether a kept entry is of an earlier use of its `struct request`: the kernel stamps each
-/// use at allocation (`start_time_ns`, on our clock; `allocated_ns` 0 when unknown), and all we
-/// record of a use comes after. Catches the entries no completion closed: a request merged into
-/// another, or a completion we missed.
+/// use at allocation (`start_time_ns`, on our clock; `allocated_ns` gives 0 when unknown), and
+/// all we record of a use comes after. Catches the entries no completion closed: a request
+/// merged into another, or a completion we missed. The stamp is read only when asked.
 #[inline(always)]
-fn from_earlier_use(entry: &InflightRequest, allocated_ns: u64) -> bool {
+fn from_earlier_use(entry: &InflightRequest, allocated_ns: impl FnOnce() -> u64) -> bool {
+    let allocated_ns = allocated_ns();
     allocated_ns != 0 && entry.inserted_ns.max(entry.issued_ns) < allocated_ns
 }
 
 #[inline(always)]
-fn on_insert(key: InflightKey, allocated_ns: u64) {
+fn on_insert(key: InflightKey, allocated_ns: impl FnOnce() -> u64) {
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(entry) = BLOCK_INFLIGHT.get_ptr_mut(key) {
         let entry = unsafe { &mut *entry };
@@ -102,7 +103,7 @@ fn on_insert(key: InflightKey, allocated_ns: u64) {
 }
 
 #[inline(always)]
-fn on_issue(key: InflightKey, dev: u32, op: u32, bytes: u32, allocated_ns: u64) {
+fn on_issue(key: InflightKey, dev: u32, op: u32, bytes: u32, allocated_ns: impl FnOnce() -> u64) {
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(request) = BLOCK_INFLIGHT.get_ptr_mut(key) {
         let request = unsafe { &mut *request };
@@ -138,7 +139,7 @@ fn on_issue(key: InflightKey, dev: u32, op: u32, bytes: u32, allocated_ns: u64) 
 }
 
 #[inline(always)]
-fn on_complete(key: InflightKey, keys: Keys, allocated_ns: u64) {
+fn on_complete(key: InflightKey, keys: Keys, allocated_ns: impl FnOnce() -> u64) {
     let Some(entry) = BLOCK_INFLIGHT.get_ptr_mut(key) else {
         return; // issued before we were attached, or evicted
     };
@@ -298,7 +299,7 @@ fn issue_from_request<M: KernelMemory>(request: u64) {
         request_dev::<M>(request),
         op_from_cmd_flags(cmd_flags),
         bytes,
-        allocated_ns::<M>(request),
+        || allocated_ns::<M>(request),
     );
 }
 
@@ -312,7 +313,7 @@ btf_and_raw!(
     block_rq_insert_raw,
     |ctx, Memory| {
         let request = ctx.arg(0);
-        on_insert(pointer_key(request), allocated_ns::<Memory>(request))
+        on_insert(pointer_key(request), || allocated_ns::<Memory>(request))
     }
 );
 
@@ -329,11 +330,9 @@ btf_and_raw!(
     block_rq_complete_raw,
     |ctx, Memory| {
         let request = ctx.arg(0);
-        on_complete(
-            pointer_key(request),
-            Keys::Reused,
-            allocated_ns::<Memory>(request),
-        )
+        on_complete(pointer_key(request), Keys::Reused, || {
+            allocated_ns::<Memory>(request)
+        })
     }
 );
 
@@ -378,7 +377,7 @@ pub fn block_rq_insert_tp(ctx: TracePointContext) -> u32 {
     if let Some((key, _)) =
         tracepoint_key(&ctx, layout!(tp_block_rq_dev), layout!(tp_block_rq_sector))
     {
-        on_insert(key, 0);
+        on_insert(key, || 0);
     }
     0
 }
@@ -392,7 +391,7 @@ pub fn block_rq_issue_tp(ctx: TracePointContext) -> u32 {
     };
     let bytes = read_tracepoint_field::<u32>(&ctx, layout!(tp_block_rq_bytes)).unwrap_or(0);
     let rwbs = read_tracepoint_field::<[u8; 2]>(&ctx, layout!(tp_block_rq_rwbs)).unwrap_or([0; 2]);
-    on_issue(key, dev, op_from_rwbs(rwbs), bytes, 0);
+    on_issue(key, dev, op_from_rwbs(rwbs), bytes, || 0);
     0
 }
 
@@ -403,7 +402,7 @@ pub fn block_rq_complete_tp(ctx: TracePointContext) -> u32 {
         layout!(tp_block_rq_complete_dev),
         layout!(tp_block_rq_complete_sector),
     ) {
-        on_complete(key, Keys::OneOff, 0);
+        on_complete(key, Keys::OneOff, || 0);
     }
     0
 }
