@@ -35,37 +35,47 @@ const _: () = assert!(
 pub const CGROUP_IO_READ: usize = 0;
 pub const CGROUP_IO_WRITE: usize = 1;
 
-/// What the BTF `sched_switch` program last read of a task when it left the CPU: the
-/// scheduler's own totals, so the next switch-out sees only what accrued since; and what of that
-/// is not yet charged to the task's cgroup.
+/// Run time and run-queue waits of one cgroup that `sched_switch` has not yet added to its
+/// counters. Adding costs a hash lookup (a helper call) and atomic adds on a line all CPUs
+/// write; each CPU gathers them here first, in a slot picked by the cgroup id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TaskSeen {
-    /// `task->sched_info.run_delay`: total time spent waiting on a run queue.
-    pub run_delay: u64,
-    /// `task->se.sum_exec_runtime`: total time on a CPU.
-    pub exec_runtime: u64,
-    /// Accrued since the last charge to the cgroup. Charging every switch-out costs a hash
-    /// lookup and three atomic adds on a line shared by all CPUs; this batches them.
-    pub uncharged_cpu_ns: u64,
-    pub uncharged_wait_ns: u64,
-    pub uncharged_waits: u64,
+pub struct PendingCharge {
+    /// 0: the slot is free.
+    pub cgroup_id: u64,
+    pub cpu_ns: u64,
+    pub wait_ns: u64,
+    pub waits: u64,
 }
 
-/// A task's uncharged time goes to its cgroup when it exits, or once it holds this much CPU time,
-/// this much waiting or this many waits: a scrape misses at most that much of each task.
+/// The pending charges of one CPU: a small direct-mapped cache, slot `cgroup_id % PENDING_SLOTS`.
+/// A cgroup taking an occupied slot first moves the occupant's charges to its counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingCharges {
+    pub slots: [PendingCharge; PENDING_SLOTS],
+}
+
+/// A power of two: the slot is `cgroup_id & (PENDING_SLOTS - 1)`.
+pub const PENDING_SLOTS: usize = 8;
+const _: () = assert!(PENDING_SLOTS.is_power_of_two());
+
+/// A slot's charges go to its cgroup's counters once they hold this much CPU time, this much
+/// waiting or this many waits, when a task of the cgroup exits, or when another cgroup needs the
+/// slot: a scrape misses at most that much per cgroup and CPU.
 pub const CHARGE_AFTER_CPU_NS: u64 = 5_000_000;
 pub const CHARGE_AFTER_WAIT_NS: u64 = 5_000_000;
 pub const CHARGE_AFTER_WAITS: u64 = 16;
 
-/// The task running on one CPU, for the raw and classic `sched_switch` programs, which time
-/// runs themselves: charged to its cgroup when it is switched out (it is `current` then).
+/// The task running on one CPU, charged to its cgroup when it is switched out (it is `current`
+/// then).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RunningTask {
-    /// `bpf_ktime_get_ns` when it was switched in; 0 when unknown (idle, or just attached).
+    /// When it was switched in: the run queue's task clock (`tp_btf`) or `bpf_ktime_get_ns`
+    /// (raw and classic tracepoints); 0 when unknown (idle, or just attached).
     pub switched_in_ns: u64,
-    /// The run-queue wait that ended with that switch-in; `waited` is 0 when none was timed.
+    /// The run-queue wait that ended with that switch-in; `waited` is 0 when none was seen.
     pub wait_ns: u64,
     pub waited: u64,
 }
@@ -74,6 +84,5 @@ pub struct RunningTask {
 mod pod {
     // SAFETY: `repr(C)` structs of `u64` fields and arrays, no padding; any bit pattern is valid.
     unsafe impl aya::Pod for super::CgroupCounters {}
-    unsafe impl aya::Pod for super::TaskSeen {}
     unsafe impl aya::Pod for super::RunningTask {}
 }

@@ -15,12 +15,23 @@ pub struct KernelLayout {
     /// `offsetof(struct task_struct, __state)` (`state` before 5.14); read only when the
     /// `sched_switch` tracepoint does not pass `prev_state` itself (before 5.18).
     pub task_state: u32,
-    /// `offsetof(struct task_struct, sched_info.run_delay)`: the run-queue wait the scheduler
-    /// accounts itself (CONFIG_SCHED_INFO), which the BTF tracepoints read instead of timing it.
-    pub task_run_delay: u32,
-    /// `offsetof(struct task_struct, se.sum_exec_runtime)`: the task's total CPU time, which the
-    /// BTF `sched_switch` charges to its cgroup.
-    pub task_exec_runtime: u32,
+    /// `offsetof(struct task_struct, sched_info.last_queued)`: when the scheduler queued the task
+    /// (CONFIG_SCHED_INFO), by its run queue's clock; 0 when not queued. The BTF `sched_switch`
+    /// takes the wait from it instead of timing wake-ups itself.
+    pub task_last_queued: u32,
+    /// This CPU's `struct rq`, from a task on it: `task_struct.se.cfs_rq` → `cfs_rq.rq`
+    /// (CONFIG_FAIR_GROUP_SCHED), and the run queue's clocks, which the scheduler updates once
+    /// per switch: `rq.clock` stamps `last_queued`, `rq.clock_task` times runs.
+    pub task_se_cfs_rq: u32,
+    pub cfs_rq_rq: u32,
+    pub rq_clock: u32,
+    pub rq_clock_task: u32,
+    /// A task's cgroup v2 id, as `bpf_get_current_cgroup_id` finds it, without the helper
+    /// call: `task_struct.cgroups` → `css_set.dfl_cgrp` → `cgroup.kn` → `kernfs_node.id`.
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
     /// 1 when the BTF/raw `sched_switch` tracepoint has the 4th `prev_state` argument.
     pub sched_switch_has_prev_state: u32,
     /// Classic tracepoint field offsets, from `events/<category>/<name>/format`.
@@ -84,8 +95,15 @@ impl KernelLayout {
     pub const UNKNOWN: Self = Self {
         task_pid: UNKNOWN_OFFSET,
         task_state: UNKNOWN_OFFSET,
-        task_run_delay: UNKNOWN_OFFSET,
-        task_exec_runtime: UNKNOWN_OFFSET,
+        task_last_queued: UNKNOWN_OFFSET,
+        task_se_cfs_rq: UNKNOWN_OFFSET,
+        cfs_rq_rq: UNKNOWN_OFFSET,
+        rq_clock: UNKNOWN_OFFSET,
+        rq_clock_task: UNKNOWN_OFFSET,
+        task_cgroups: UNKNOWN_OFFSET,
+        css_set_dfl_cgrp: UNKNOWN_OFFSET,
+        cgroup_kn: UNKNOWN_OFFSET,
+        kernfs_node_id: UNKNOWN_OFFSET,
         sched_switch_has_prev_state: 0,
         tp_sched_switch_prev_pid: UNKNOWN_OFFSET,
         tp_sched_switch_prev_state: UNKNOWN_OFFSET,

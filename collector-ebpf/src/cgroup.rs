@@ -3,18 +3,29 @@
 //!
 //! One LRU hash keyed by cgroup id, shared by all CPUs, updated with atomic adds: the LRU bounds
 //! kernel memory whatever the cgroup churn, and the daemon removes the entries of deleted cgroups.
+//! Runs and waits, charged at every context switch, gather per CPU first (`PENDING_CHARGES`).
 //! The scheduler and block programs charge only when the daemon turned accounting on
 //! (`CGROUP_ACCOUNTING`, read-only, so the verifier drops the code when it is off).
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_cgroup_id, bpf_skb_cgroup_id},
     macros::{cgroup_skb, map},
-    maps::LruHashMap,
+    maps::{LruHashMap, PerCpuArray},
     programs::SkBuffContext,
 };
-use collector_common::CgroupCounters;
+use collector_common::{
+    CgroupCounters, PendingCharges,
+    cgroup::{
+        CHARGE_AFTER_CPU_NS, CHARGE_AFTER_WAIT_NS, CHARGE_AFTER_WAITS, PENDING_SLOTS, PendingCharge,
+    },
+    layout::UNKNOWN_OFFSET,
+};
 
-use crate::atomic::add;
+use crate::{
+    atomic::add,
+    layout::{layout, read_trusted_field},
+    with_slot,
+};
 
 /// Set to 1 by the daemon when the `ebpf.cgroup` collector is enabled.
 #[unsafe(no_mangle)]
@@ -23,6 +34,11 @@ static CGROUP_ACCOUNTING: u32 = 0;
 /// cgroup id → its counters. Sized by the daemon at load time.
 #[map]
 static CGROUP_STATS: LruHashMap<u64, CgroupCounters> = LruHashMap::with_max_entries(1, 0);
+
+/// Per CPU, the runs and waits of a few cgroups not yet added to `CGROUP_STATS`. Only
+/// `sched_switch` uses it, with interrupts off, so plain read-modify-writes are safe.
+#[map]
+static PENDING_CHARGES: PerCpuArray<PendingCharges> = PerCpuArray::with_max_entries(1, 0);
 
 /// Whether the scheduler and block programs should charge cgroups.
 #[inline(always)]
@@ -58,11 +74,69 @@ pub fn charge(cgroup_id: u64, update: impl FnOnce(*mut CgroupCounters)) {
     update(counters);
 }
 
-/// Charges the current task's cgroup for a run that has just ended.
+/// The cgroup v2 id of `task`, a task pointer the verifier trusts (a BTF tracepoint argument),
+/// with four loads instead of a helper call; the helper (for `current`) where the kernel's BTF
+/// lacks the path.
+///
+/// # Safety
+///
+/// `task` must be a trusted BTF pointer, and `current` when the path is unknown.
 #[inline(always)]
-pub fn charge_run(cpu_ns: u64, wait_ns: u64, waits: u64) {
+pub unsafe fn task_cgroup_id(task: u64) -> u64 {
+    if layout!(kernfs_node_id) == UNKNOWN_OFFSET {
+        return current_cgroup_id();
+    }
+    unsafe {
+        let css_set = read_trusted_field::<u64>(task, layout!(task_cgroups));
+        let cgroup = read_trusted_field::<u64>(css_set, layout!(css_set_dfl_cgrp));
+        let kernfs_node = read_trusted_field::<u64>(cgroup, layout!(cgroup_kn));
+        read_trusted_field::<u64>(kernfs_node, layout!(kernfs_node_id))
+    }
+}
+
+/// Charges `cgroup_id` for a run that has just ended on this CPU and the wait before it. The
+/// charge gathers in this CPU's pending slot for the cgroup and reaches its counters in batches
+/// (`CHARGE_AFTER_*`), at once when `last_run` (its task exits).
+#[inline(always)]
+pub fn charge_run(cgroup_id: u64, cpu_ns: u64, wait_ns: u64, waits: u64, last_run: bool) {
+    if cgroup_id == 0 {
+        return;
+    }
+    with_slot(&PENDING_CHARGES, |pending| {
+        let Some(slot) = pending
+            .slots
+            .get_mut(cgroup_id as usize & (PENDING_SLOTS - 1))
+        else {
+            return;
+        };
+        if slot.cgroup_id != cgroup_id {
+            flush(slot);
+            slot.cgroup_id = cgroup_id;
+        }
+        slot.cpu_ns += cpu_ns;
+        slot.wait_ns += wait_ns;
+        slot.waits += waits;
+        if last_run
+            || slot.cpu_ns >= CHARGE_AFTER_CPU_NS
+            || slot.wait_ns >= CHARGE_AFTER_WAIT_NS
+            || slot.waits >= CHARGE_AFTER_WAITS
+        {
+            flush(slot);
+        }
+    });
+}
+
+/// Adds a pending slot's charges to its cgroup's counters and empties it.
+#[inline(always)]
+fn flush(slot: &mut PendingCharge) {
+    if slot.cpu_ns == 0 && slot.waits == 0 {
+        return;
+    }
+    let cpu_ns = core::mem::take(&mut slot.cpu_ns);
+    let wait_ns = core::mem::take(&mut slot.wait_ns);
+    let waits = core::mem::take(&mut slot.waits);
     charge(
-        current_cgroup_id(),
+        slot.cgroup_id,
         #[inline(always)]
         |c| unsafe {
             add(&raw mut (*c).cpu_ns, cpu_ns);

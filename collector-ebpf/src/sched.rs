@@ -1,23 +1,21 @@
 //! Scheduler: context switches, wake-ups, migrations and run-queue latency.
 //!
 //! Run-queue latency is the time from a task becoming runnable (woken, newly forked, or preempted
-//! while still runnable) to it being switched in. The raw and classic tracepoints time it
-//! themselves: the enqueue time is kept per pid in an LRU hash map shared by all CPUs (wake-up and
-//! switch-in usually happen on different CPUs). The BTF tracepoints read what the scheduler
-//! already accounts (`task->sched_info.run_delay`), which saves a clock read on every wake-up and
-//! switch (the clock costs more than the rest of a program in a VM). Counters are per-CPU; the
-//! per-pid maps are LRU hashes, updated in place once a task is known.
+//! while still runnable) to it being switched in. The BTF `sched_switch` reads it from the
+//! scheduler's own stamps: `next->sched_info.last_queued` (when the task was queued on this CPU)
+//! against this run queue's clock, which the scheduler set for this switch. That costs no clock
+//! read and no map lookup: each helper call costs more than the rest of the program in a VM. The
+//! raw and classic tracepoints cannot follow kernel pointers cheaply, so they time the wait
+//! themselves: the enqueue time is kept per pid in an LRU hash map shared by all CPUs (wake-up
+//! and switch-in usually happen on different CPUs). Counters are per-CPU.
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
     helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
     maps::{Array, LruHashMap, PerCpuArray},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use collector_common::{
-    CpuSchedCounters, Log2Histogram, RunningTask, TaskSeen,
-    cgroup::{CHARGE_AFTER_CPU_NS, CHARGE_AFTER_WAIT_NS, CHARGE_AFTER_WAITS},
-    layout::TP_TASK_REPORT_MASK,
+    CpuSchedCounters, Log2Histogram, RunningTask, layout::TP_TASK_REPORT_MASK,
     layout::UNKNOWN_OFFSET,
 };
 
@@ -32,16 +30,7 @@ use crate::{
 #[map]
 static RUNQUEUE_ENQUEUED_AT: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
 
-/// pid → what the BTF `sched_switch` last read of the task and has not yet charged to its
-/// cgroup. Created zeroed at `sched_wakeup_new` (everything a new task does is new), or as a
-/// baseline at the first switch-out of a task older than the programs; written in place after
-/// that. An exiting task's entry is removed; the LRU evicts other stale ones, and with them up to
-/// one batch of uncharged time (`CHARGE_AFTER_*`). Sized by the daemon at load time.
-#[map]
-static TASKS_SEEN: LruHashMap<u32, TaskSeen> = LruHashMap::with_max_entries(16384, 0);
-
-/// The task running on each CPU, for charging runs to cgroups from the raw and classic
-/// `sched_switch` (they time runs themselves).
+/// The task running on each CPU, for charging its run to its cgroup when it is switched out.
 #[map]
 static RUNNING_TASK: PerCpuArray<RunningTask> = PerCpuArray::with_max_entries(1, 0);
 
@@ -61,6 +50,9 @@ static MIGRATIONS_TO_CPU: Array<u64> = Array::with_max_entries(1, 0);
 const TASK_RUNNING: u64 = 0;
 /// `TASK_DEAD`: the task is switched out for the last time.
 const TASK_DEAD: u64 = 0x80;
+/// In classic tracepoints, a task switched out for the last time reports `EXIT_ZOMBIE` or
+/// `EXIT_DEAD`.
+const TP_EXITED: u64 = 0x20 | 0x10;
 
 /// Updates this CPU's counters.
 #[inline(always)]
@@ -110,10 +102,11 @@ fn on_wakeup(pid: u32, new_task: bool) {
     });
 }
 
-/// `still_runnable`: the previous task was preempted (or switched out while runnable) and so
-/// goes straight back onto the run queue.
+/// The raw and classic `sched_switch`. `still_runnable`: the previous task was preempted (or
+/// switched out while runnable) and so goes straight back onto the run queue; `prev_exits`: it
+/// is switched out for the last time.
 #[inline(always)]
-fn on_switch(prev_pid: u32, next_pid: u32, still_runnable: bool) {
+fn on_switch(prev_pid: u32, next_pid: u32, still_runnable: bool, prev_exits: bool) {
     // Two programs share this body: without the attribute LLVM makes it a BPF-to-BPF call.
     with_counters(
         #[inline(always)]
@@ -130,7 +123,14 @@ fn on_switch(prev_pid: u32, next_pid: u32, still_runnable: bool) {
                 record_latency(wait);
             }
             if cgroup::accounting_on() {
-                switch_running_task(prev_pid, next_pid, next_wait, now);
+                switch_running_task(
+                    prev_pid,
+                    next_pid,
+                    next_wait,
+                    now,
+                    cgroup::current_cgroup_id,
+                    prev_exits,
+                );
             }
         },
     );
@@ -147,16 +147,25 @@ fn take_wait(pid: u32, now: u64) -> Option<u64> {
     now.checked_sub(enqueued_at)
 }
 
-/// Charges the run that ends now to `prev`'s cgroup (it is still `current`), with the wait that
-/// preceded it, and starts timing `next`'s run.
+/// Charges the run that ends at `now` to `prev`'s cgroup (`prev_cgroup`: `prev` is still
+/// `current`), with the wait that preceded it, and starts timing `next`'s run.
 #[inline(always)]
-fn switch_running_task(prev_pid: u32, next_pid: u32, next_wait: Option<u64>, now: u64) {
+fn switch_running_task(
+    prev_pid: u32,
+    next_pid: u32,
+    next_wait: Option<u64>,
+    now: u64,
+    prev_cgroup: impl FnOnce() -> u64,
+    prev_exits: bool,
+) {
     with_slot(&RUNNING_TASK, |running| {
         if prev_pid != 0 && running.switched_in_ns != 0 && now >= running.switched_in_ns {
             cgroup::charge_run(
+                prev_cgroup(),
                 now - running.switched_in_ns,
                 running.wait_ns,
                 running.waited,
+                prev_exits,
             );
         }
         *running = RunningTask {
@@ -209,18 +218,15 @@ fn switched_out_state(
     }
 }
 
-/// Latency from the scheduler's own accounting: when a task leaves the CPU, its
-/// `sched_info.run_delay` has grown by the wait before the run that just ended (the scheduler adds
-/// it at switch-in, and when a waiting task is moved to another CPU). The sample is so recorded
-/// one run late. A task older than the programs first only sets its baseline; one forked since
-/// starts from zero (`sched_wakeup_new`).
+/// Latency from the scheduler's own stamps, read where it is about to use them: after this
+/// tracepoint, `sched_info_arrive` adds `rq_clock(rq) - next->sched_info.last_queued` to
+/// `next`'s run delay, and the clock is not updated in between. A waiting task the load
+/// balancer moves counts from its arrival on the CPU that runs it.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
-    if layout!(task_pid) == UNKNOWN_OFFSET || layout!(task_run_delay) == UNKNOWN_OFFSET {
-        return 0;
-    }
     with_counters(|counters| {
         let prev: u64 = ctx.arg(1);
+        let next: u64 = ctx.arg(2);
         let prev_state = switched_out_state(
             || ctx.arg(3),
             |offset| unsafe { read_trusted_field::<u32>(prev, offset) } as u64,
@@ -229,57 +235,33 @@ pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
             counters,
             (ctx.arg::<u64>(0) & 0xff) != 0 || prev_state == TASK_RUNNING,
         );
-        let pid = unsafe { read_trusted_field::<i32>(prev, layout!(task_pid)) } as u32;
-        if pid == 0 {
-            return; // the idle task is never queued
-        }
-        let charge_cgroup = cgroup::accounting_on() && layout!(task_exec_runtime) != UNKNOWN_OFFSET;
-        let run_delay = unsafe { read_trusted_field::<u64>(prev, layout!(task_run_delay)) };
-        let exec_runtime = if charge_cgroup {
-            unsafe { read_trusted_field::<u64>(prev, layout!(task_exec_runtime)) }
+        // SAFETY (all loads): arguments of a BTF tracepoint, and pointers loaded from them, at
+        // KERNEL_LAYOUT offsets.
+        // This CPU's run queue, through `prev`'s scheduling entity: `prev` is on it.
+        let rq = unsafe {
+            let cfs_rq = read_trusted_field::<u64>(prev, layout!(task_se_cfs_rq));
+            read_trusted_field::<u64>(cfs_rq, layout!(cfs_rq_rq))
+        };
+        let next_pid = unsafe { read_trusted_field::<i32>(next, layout!(task_pid)) } as u32;
+        let queued_at = unsafe { read_trusted_field::<u64>(next, layout!(task_last_queued)) };
+        let next_wait = if next_pid != 0 && queued_at != 0 {
+            unsafe { read_trusted_field::<u64>(rq, layout!(rq_clock)) }.checked_sub(queued_at)
         } else {
-            0
+            None
         };
-        let Some(seen) = TASKS_SEEN.get_ptr_mut(pid) else {
-            // Older than the programs (or evicted): only the baseline.
-            let baseline = TaskSeen {
-                run_delay,
-                exec_runtime,
-                ..TaskSeen::default()
-            };
-            if TASKS_SEEN.insert(pid, baseline, 0).is_err() {
-                counters.runqueue_map_full += 1;
-            }
-            return;
-        };
-        let seen = unsafe { &mut *seen };
-        let previous_delay = core::mem::replace(&mut seen.run_delay, run_delay);
-        let previous_runtime = core::mem::replace(&mut seen.exec_runtime, exec_runtime);
-        let waited = run_delay >= previous_delay;
-        if waited {
-            record_latency(run_delay - previous_delay);
+        if let Some(wait) = next_wait {
+            record_latency(wait);
         }
-        let dead = prev_state & TASK_DEAD != 0;
-        if charge_cgroup {
-            seen.uncharged_cpu_ns += exec_runtime.saturating_sub(previous_runtime);
-            if waited {
-                seen.uncharged_wait_ns += run_delay - previous_delay;
-                seen.uncharged_waits += 1;
-            }
-            if dead
-                || seen.uncharged_cpu_ns >= CHARGE_AFTER_CPU_NS
-                || seen.uncharged_wait_ns >= CHARGE_AFTER_WAIT_NS
-                || seen.uncharged_waits >= CHARGE_AFTER_WAITS
-            {
-                cgroup::charge_run(
-                    core::mem::take(&mut seen.uncharged_cpu_ns),
-                    core::mem::take(&mut seen.uncharged_wait_ns),
-                    core::mem::take(&mut seen.uncharged_waits),
-                );
-            }
-        }
-        if dead {
-            let _ = TASKS_SEEN.remove(pid); // its pid may be reused
+        if cgroup::accounting_on() {
+            let prev_pid = unsafe { read_trusted_field::<i32>(prev, layout!(task_pid)) } as u32;
+            switch_running_task(
+                prev_pid,
+                next_pid,
+                next_wait,
+                unsafe { read_trusted_field::<u64>(rq, layout!(rq_clock_task)) },
+                || unsafe { cgroup::task_cgroup_id(prev) },
+                prev_state & TASK_DEAD != 0,
+            );
         }
     });
     0
@@ -294,26 +276,22 @@ pub fn sched_switch_raw(ctx: RawTracePointContext) -> i32 {
     );
     let still_runnable = (ctx.arg::<u64>(0) & 0xff) != 0 || prev_state == TASK_RUNNING;
     if let (Some(prev_pid), Some(next_pid)) = (task_pid(prev), task_pid(ctx.arg(2))) {
-        on_switch(prev_pid, next_pid, still_runnable);
+        on_switch(
+            prev_pid,
+            next_pid,
+            still_runnable,
+            prev_state & TASK_DEAD != 0,
+        );
     }
     0
 }
 
 macro_rules! wakeup {
     ($tracepoint:literal, $btf:ident, $raw:ident, $new_task:expr) => {
-        /// Counts; `sched_switch_btf` takes the wait from the scheduler's accounting. A new
-        /// task starts with a zeroed entry, so its first run and wait count in full.
+        /// Counts; `sched_switch_btf` reads the wait from the scheduler's own stamps.
         #[btf_tracepoint(function = $tracepoint)]
-        pub fn $btf(ctx: BtfTracePointContext) -> i32 {
-            with_counters(|counters| {
-                count_wakeup(counters, $new_task);
-                if $new_task && layout!(task_pid) != UNKNOWN_OFFSET {
-                    let task: u64 = ctx.arg(0);
-                    let pid = unsafe { read_trusted_field::<i32>(task, layout!(task_pid)) } as u32;
-                    // Fails when present already (a reused pid whose exit was missed).
-                    let _ = TASKS_SEEN.insert(pid, TaskSeen::default(), BPF_NOEXIST as u64);
-                }
-            });
+        pub fn $btf(_ctx: BtfTracePointContext) -> i32 {
+            with_counters(|counters| count_wakeup(counters, $new_task));
             0
         }
 
@@ -350,8 +328,13 @@ pub fn sched_switch_tp(ctx: TracePointContext) -> u32 {
     let next_pid = read_tracepoint_field::<i32>(&ctx, layout!(tp_sched_switch_next_pid));
     let prev_state = read_tracepoint_field::<i64>(&ctx, layout!(tp_sched_switch_prev_state));
     if let (Some(prev_pid), Some(next_pid), Some(prev_state)) = (prev_pid, next_pid, prev_state) {
-        let still_runnable = (prev_state as u64 & TP_TASK_REPORT_MASK) == TASK_RUNNING;
-        on_switch(prev_pid as u32, next_pid as u32, still_runnable);
+        let reported = prev_state as u64 & TP_TASK_REPORT_MASK;
+        on_switch(
+            prev_pid as u32,
+            next_pid as u32,
+            reported == TASK_RUNNING,
+            reported & TP_EXITED != 0,
+        );
     }
     0
 }

@@ -93,7 +93,8 @@ pub struct Options {
     #[arg(long = "ebpf.enable-stats")]
     pub enable_bpf_stats: bool,
 
-    /// Size of the map of tasks waiting on a run queue (pid → enqueue time).
+    /// Size of the map of tasks waiting on a run queue (pid → enqueue time), which the raw_tp
+    /// and tracepoint scheduler hooks keep; tp_btf reads the scheduler's own stamps.
     #[arg(long = "ebpf.runqueue-max-tasks", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(64..))]
     pub runqueue_max_tasks: u32,
 }

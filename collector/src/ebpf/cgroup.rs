@@ -34,10 +34,11 @@ use crate::{
     scrape::Collector,
 };
 
-/// The hooks that charge cgroups (shared with `ebpf.sched` and `ebpf.block`); `sched_wakeup_new`
-/// starts a new task's history, so that all of a short-lived process is charged.
-pub static HOOKS: [Hook; 5] = [
+/// The hooks that charge cgroups (shared with `ebpf.sched` and `ebpf.block`); the raw and classic
+/// flavours time run-queue waits from the wake-ups.
+pub static HOOKS: [Hook; 6] = [
     sched::SCHED_SWITCH,
+    sched::SCHED_WAKEUP,
     sched::SCHED_WAKEUP_NEW,
     block::BLOCK_RQ_INSERT,
     block::BLOCK_RQ_ISSUE,

@@ -91,20 +91,54 @@ fn fill_from_btf(btf: &Btf, layout: &mut KernelLayout) -> anyhow::Result<()> {
         Some(offset) => offset,
         None => member_offset(btf, &task, "state")?.unwrap_or(UNKNOWN_OFFSET),
     };
-    layout.task_run_delay = match member_offset(btf, &task, "sched_info")? {
-        Some(sched_info) => {
-            let info = btf.find("sched_info", KIND_STRUCT)?;
-            member_offset(btf, &info, "run_delay")?.map_or(UNKNOWN_OFFSET, |o| sched_info + o)
-        }
-        None => UNKNOWN_OFFSET, // CONFIG_SCHED_INFO off
-    };
-    layout.task_exec_runtime = match member_offset(btf, &task, "se")? {
-        Some(se) => {
-            let entity = btf.find("sched_entity", KIND_STRUCT)?;
-            member_offset(btf, &entity, "sum_exec_runtime")?.map_or(UNKNOWN_OFFSET, |o| se + o)
-        }
-        None => UNKNOWN_OFFSET,
-    };
+    let member = |parent: &Type, name: &str| member_offset(btf, parent, name).ok().flatten();
+    // CONFIG_SCHED_INFO.
+    if let (Some(sched_info), Ok(info)) = (
+        member(&task, "sched_info"),
+        btf.find("sched_info", KIND_STRUCT),
+    ) && let Some(last_queued) = member(&info, "last_queued")
+    {
+        layout.task_last_queued = sched_info + last_queued;
+    }
+    // `cfs_rq.rq` exists with CONFIG_FAIR_GROUP_SCHED.
+    if let (Some(se), Ok(entity), Ok(cfs_rq), Ok(rq)) = (
+        member(&task, "se"),
+        btf.find("sched_entity", KIND_STRUCT),
+        btf.find("cfs_rq", KIND_STRUCT),
+        btf.find("rq", KIND_STRUCT),
+    ) && points_to(btf, &entity, "cfs_rq", "cfs_rq")
+        && points_to(btf, &cfs_rq, "rq", "rq")
+        && let (Some(entity_cfs_rq), Some(cfs_rq_rq), Some(clock), Some(clock_task)) = (
+            member(&entity, "cfs_rq"),
+            member(&cfs_rq, "rq"),
+            member(&rq, "clock"),
+            member(&rq, "clock_task"),
+        )
+    {
+        layout.task_se_cfs_rq = se + entity_cfs_rq;
+        layout.cfs_rq_rq = cfs_rq_rq;
+        layout.rq_clock = clock;
+        layout.rq_clock_task = clock_task;
+    }
+    if let (Ok(css_set), Ok(cgroup), Ok(kernfs_node)) = (
+        btf.find("css_set", KIND_STRUCT),
+        btf.find("cgroup", KIND_STRUCT),
+        btf.find("kernfs_node", KIND_STRUCT),
+    ) && points_to(btf, &task, "cgroups", "css_set")
+        && points_to(btf, &css_set, "dfl_cgrp", "cgroup")
+        && points_to(btf, &cgroup, "kn", "kernfs_node")
+        && let (Some(cgroups), Some(dfl_cgrp), Some(kn), Some(id)) = (
+            member(&task, "cgroups"),
+            member(&css_set, "dfl_cgrp"),
+            member(&cgroup, "kn"),
+            member(&kernfs_node, "id"),
+        )
+    {
+        layout.task_cgroups = cgroups;
+        layout.css_set_dfl_cgrp = dfl_cgrp;
+        layout.cgroup_kn = kn;
+        layout.kernfs_node_id = id;
+    }
     // btf_trace_sched_switch is `void (*)(void *, bool, struct task_struct *, struct
     // task_struct *[, unsigned int prev_state])`.
     let parameters = tracepoint_parameter_count(btf, "sched_switch")?;
@@ -419,9 +453,12 @@ pub fn missing_for(
     );
     match hook_type {
         // The three run-queue hooks go together: the raw and classic tracepoint flavours time the
-        // wait from wake-up to switch-in, the BTF one reads the scheduler's accounting.
-        HookType::BtfTracepoint if needs_task_pid && unknown(layout.task_run_delay) => {
-            Some("task_struct.sched_info.run_delay offset unknown (no CONFIG_SCHED_INFO)")
+        // wait from wake-up to switch-in, the BTF one reads the scheduler's stamps.
+        HookType::BtfTracepoint if needs_task_pid && unknown(layout.task_last_queued) => {
+            Some("task_struct.sched_info.last_queued offset unknown (no CONFIG_SCHED_INFO)")
+        }
+        HookType::BtfTracepoint if needs_task_pid && unknown(layout.rq_clock) => {
+            Some("no path from a task to its run queue's clock (no CONFIG_FAIR_GROUP_SCHED)")
         }
         HookType::BtfTracepoint | HookType::RawTracepoint => match hook.name {
             // Only issue reads the request, but the three key requests by pointer here and by
@@ -535,8 +572,21 @@ mod tests {
         fill_from_btf(&btf, &mut layout).unwrap();
         assert_ne!(layout.task_pid, UNKNOWN_OFFSET);
         assert_ne!(layout.task_state, UNKNOWN_OFFSET);
-        assert_ne!(layout.task_run_delay, UNKNOWN_OFFSET);
-        assert_ne!(layout.task_exec_runtime, UNKNOWN_OFFSET);
+        // This kernel has CONFIG_SCHED_INFO and CONFIG_FAIR_GROUP_SCHED, as distributions do.
+        for offset in [
+            layout.task_last_queued,
+            layout.task_se_cfs_rq,
+            layout.cfs_rq_rq,
+            layout.rq_clock,
+            layout.rq_clock_task,
+            layout.task_cgroups,
+            layout.css_set_dfl_cgrp,
+            layout.cgroup_kn,
+            layout.kernfs_node_id,
+        ] {
+            assert_ne!(offset, UNKNOWN_OFFSET, "{layout:?}");
+        }
+        assert!(layout.rq_clock_task > layout.rq_clock, "{layout:?}");
         assert!(
             layout.task_pid > layout.task_state,
             "pid comes after __state in task_struct"

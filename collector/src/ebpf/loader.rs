@@ -114,10 +114,6 @@ impl EbpfRuntime {
                 lru_entries(options.runqueue_max_tasks, possible_cpus),
             )
             .map_max_entries(
-                "TASKS_SEEN",
-                lru_entries(options.runqueue_max_tasks, possible_cpus),
-            )
-            .map_max_entries(
                 "BLOCK_INFLIGHT",
                 lru_entries(options.block_inflight_entries, possible_cpus),
             )
@@ -149,6 +145,9 @@ impl EbpfRuntime {
         };
 
         let mut attached = HashMap::new();
+        // sched_switch first: the flavour it gets decides the wake-ups' (`unpaired`).
+        let mut hooks = hooks.to_vec();
+        hooks.sort_by_key(|hook| hook.name != "sched_switch");
         for hook in hooks {
             match attach_first_accepted(
                 &mut ebpf,
@@ -156,6 +155,7 @@ impl EbpfRuntime {
                 &options.hook_types,
                 btf.as_ref(),
                 &kernel_layout,
+                &attached,
             ) {
                 Ok(hook_type) => {
                     tracing::info!(hook = hook.name, hook_type = %hook_type, "attached");
@@ -275,10 +275,13 @@ fn attach_first_accepted(
     hook_types: &[HookType],
     btf: Option<&Btf>,
     kernel_layout: &collector_common::KernelLayout,
+    attached: &HashMap<&'static str, HookType>,
 ) -> Result<HookType, String> {
     let mut reasons = Vec::new();
     for &hook_type in hook_types {
-        let result = match layout::missing_for(kernel_layout, hook, hook_type) {
+        let refusal = layout::missing_for(kernel_layout, hook, hook_type)
+            .or_else(|| unpaired(hook, hook_type, attached));
+        let result = match refusal {
             Some(missing) => Err(anyhow!("{missing}")),
             None => attach(ebpf, hook, hook_type, btf),
         };
@@ -294,6 +297,23 @@ fn attach_first_accepted(
         reasons.push("no hook types allowed (--ebpf.hook-types)".to_owned());
     }
     Err(reasons.join("; "))
+}
+
+/// Why `hook` cannot be attached as `hook_type` beside the hooks already `attached`. The raw and
+/// classic wake-up programs hand enqueue times to the raw and classic `sched_switch`, while the
+/// BTF one reads the scheduler's own stamps: a BTF wake-up beside a raw or classic
+/// `sched_switch` would leave it no wait to measure.
+fn unpaired(
+    hook: &Hook,
+    hook_type: HookType,
+    attached: &HashMap<&'static str, HookType>,
+) -> Option<&'static str> {
+    let wakeup = matches!(hook.name, "sched_wakeup" | "sched_wakeup_new");
+    let switch = attached.get("sched_switch");
+    (wakeup
+        && hook_type == HookType::BtfTracepoint
+        && switch.is_some_and(|&t| t != HookType::BtfTracepoint))
+    .then_some("sched_switch is not attached as tp_btf, and the wake-ups time its waits")
 }
 
 fn attach(

@@ -18,7 +18,11 @@ pub const SCHED_SWITCH: Hook = Hook {
     name: "sched_switch",
 };
 
-/// Forks: a new task's scheduler history starts from zero here.
+/// Wake-ups and forks: the raw and classic flavours time run-queue waits from here.
+pub const SCHED_WAKEUP: Hook = Hook {
+    category: "sched",
+    name: "sched_wakeup",
+};
 pub const SCHED_WAKEUP_NEW: Hook = Hook {
     category: "sched",
     name: "sched_wakeup_new",
@@ -26,10 +30,7 @@ pub const SCHED_WAKEUP_NEW: Hook = Hook {
 
 pub static HOOKS: [Hook; 4] = [
     SCHED_SWITCH,
-    Hook {
-        category: "sched",
-        name: "sched_wakeup",
-    },
+    SCHED_WAKEUP,
     SCHED_WAKEUP_NEW,
     Hook {
         category: "sched",
