@@ -115,7 +115,11 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
                 "Context-switch workload: {} pipe round trips between two threads pinned to CPU 0",
                 options.rounds
             ),
-            run: Box::new(|| timed(|| workload::pipe_ping_pong(options.rounds, 0))),
+            run: Box::new(|| {
+                timed(|| {
+                    workload::pipe_ping_pong(options.rounds, 0);
+                })
+            }),
         },
         Workload {
             kind: WorkloadKind::Io,

@@ -3,6 +3,7 @@ use std::{
     io::{Read as _, Write as _},
     net::{TcpListener, TcpStream},
     path::Path,
+    time::Duration,
 };
 
 /// Pins the calling thread to `cpu`.
@@ -25,28 +26,44 @@ pub fn pin_to_cpu(cpu: usize) {
 /// On one CPU every hand-over needs a context switch (the peer cannot run otherwise), so there
 /// are at least `2 * rounds` switches on `cpu`; and in every round one side finds its pipe empty
 /// and blocks, so at least `rounds - 1` voluntary switches, wake-ups, and wake-up-to-run delays.
-pub fn pipe_ping_pong(rounds: usize, cpu: usize) {
+/// Returns how long the two threads waited on the run queue meanwhile, by the scheduler's own
+/// account (`run_delay` in `/proc/thread-self/schedstat`).
+pub fn pipe_ping_pong(rounds: usize, cpu: usize) -> Duration {
     let (mut ping_rx, mut ping_tx) = std::io::pipe().expect("pipe");
     let (mut pong_rx, mut pong_tx) = std::io::pipe().expect("pipe");
     let echo = std::thread::spawn(move || {
         pin_to_cpu(cpu);
+        let started = run_delay();
         let mut byte = [0u8];
         for _ in 0..rounds {
             ping_rx.read_exact(&mut byte).expect("ping");
             pong_tx.write_all(&byte).expect("pong");
         }
+        run_delay() - started
     });
-    std::thread::scope(|scope| {
-        scope.spawn(|| {
-            pin_to_cpu(cpu);
-            let mut byte = [0u8];
-            for _ in 0..rounds {
-                ping_tx.write_all(&[1]).expect("ping");
-                pong_rx.read_exact(&mut byte).expect("pong");
-            }
-        });
+    let pinger = std::thread::spawn(move || {
+        pin_to_cpu(cpu);
+        let started = run_delay();
+        let mut byte = [0u8];
+        for _ in 0..rounds {
+            ping_tx.write_all(&[1]).expect("ping");
+            pong_rx.read_exact(&mut byte).expect("pong");
+        }
+        run_delay() - started
     });
-    echo.join().expect("echo thread");
+    pinger.join().expect("ping thread") + echo.join().expect("echo thread")
+}
+
+/// The calling thread's total wait on run queues so far: the second field of its schedstat.
+fn run_delay() -> Duration {
+    let schedstat =
+        std::fs::read_to_string("/proc/thread-self/schedstat").expect("reading schedstat");
+    let nanos = schedstat
+        .split_whitespace()
+        .nth(1)
+        .and_then(|field| field.parse().ok())
+        .unwrap_or_else(|| panic!("malformed /proc/thread-self/schedstat: {schedstat:?}"));
+    Duration::from_nanos(nanos)
 }
 
 /// Moves one thread between CPU 0 and CPU 1 `times` times: each move is a task migration.
