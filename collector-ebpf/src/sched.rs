@@ -128,7 +128,7 @@ fn on_switch(prev_pid: u32, next_pid: u32, still_runnable: bool, prev_exits: boo
                     next_pid,
                     next_wait,
                     now,
-                    cgroup::current_cgroup_id,
+                    cgroup::current_cgroup_id(),
                     prev_exits,
                 );
             }
@@ -147,21 +147,29 @@ fn take_wait(pid: u32, now: u64) -> Option<u64> {
     now.checked_sub(enqueued_at)
 }
 
-/// Charges the run that ends at `now` to `prev`'s cgroup (`prev_cgroup`: `prev` is still
-/// `current`), with the wait that preceded it, and starts timing `next`'s run.
+/// Charges the run that ends at `now` to `prev`'s cgroup (`prev_cgroup`), with the wait that
+/// preceded it, and starts timing `next`'s run.
+///
+/// The cgroup id is a value, not a closure to call when needed: a zero-sized closure captured
+/// by the closure below becomes a zero-sized member at the end of its environment in the
+/// object's BTF, which the kernel rejects ("Member exceeds struct_size"), and the whole object
+/// with it, whenever LLVM does not inline that closure.
 #[inline(always)]
 fn switch_running_task(
     prev_pid: u32,
     next_pid: u32,
     next_wait: Option<u64>,
     now: u64,
-    prev_cgroup: impl FnOnce() -> u64,
+    prev_cgroup: u64,
     prev_exits: bool,
 ) {
+    // Plain values into the closure: an `Option` whose `None` leaves its payload uninitialised
+    // is refused by the verifier if the closure is not inlined.
+    let (next_wait_ns, next_waited) = (next_wait.unwrap_or(0), u64::from(next_wait.is_some()));
     with_slot(&RUNNING_TASK, |running| {
         if prev_pid != 0 && running.switched_in_ns != 0 && now >= running.switched_in_ns {
             cgroup::charge_run(
-                prev_cgroup(),
+                prev_cgroup,
                 now - running.switched_in_ns,
                 running.wait_ns,
                 running.waited,
@@ -170,8 +178,8 @@ fn switch_running_task(
         }
         *running = RunningTask {
             switched_in_ns: if next_pid != 0 { now } else { 0 },
-            wait_ns: next_wait.unwrap_or(0),
-            waited: u64::from(next_wait.is_some()),
+            wait_ns: next_wait_ns,
+            waited: next_waited,
         };
     });
 }
@@ -259,7 +267,7 @@ pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
                 next_pid,
                 next_wait,
                 unsafe { read_trusted_field::<u64>(rq, layout!(rq_clock_task)) },
-                || unsafe { cgroup::task_cgroup_id(prev) },
+                unsafe { cgroup::task_cgroup_id(prev) },
                 prev_state & TASK_DEAD != 0,
             );
         }
