@@ -383,3 +383,34 @@ fn raise_memlock_limit() {
         tracing::debug!(err = %std::io::Error::last_os_error(), "cannot raise RLIMIT_MEMLOCK");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ebpf::sched::{SCHED_SWITCH, SCHED_WAKEUP, SCHED_WAKEUP_NEW};
+
+    #[test]
+    fn wake_ups_are_btf_only_beside_a_btf_sched_switch() {
+        let wakeups = [&SCHED_WAKEUP, &SCHED_WAKEUP_NEW];
+        for switch in [HookType::RawTracepoint, HookType::Tracepoint] {
+            let attached = HashMap::from([(SCHED_SWITCH.name, switch)]);
+            for hook in wakeups {
+                assert!(unpaired(hook, HookType::BtfTracepoint, &attached).is_some());
+                assert!(unpaired(hook, HookType::RawTracepoint, &attached).is_none());
+                assert!(unpaired(hook, HookType::Tracepoint, &attached).is_none());
+            }
+        }
+        // Beside a BTF sched_switch, or none at all, any flavour goes.
+        let btf = HashMap::from([(SCHED_SWITCH.name, HookType::BtfTracepoint)]);
+        for attached in [btf, HashMap::new()] {
+            for hook in wakeups {
+                for hook_type in [HookType::BtfTracepoint, HookType::RawTracepoint] {
+                    assert!(unpaired(hook, hook_type, &attached).is_none());
+                }
+            }
+        }
+        // Other hooks are not paired with anything.
+        let raw = HashMap::from([(SCHED_SWITCH.name, HookType::RawTracepoint)]);
+        assert!(unpaired(&SCHED_SWITCH, HookType::BtfTracepoint, &raw).is_none());
+    }
+}
