@@ -48,12 +48,15 @@ pub struct PendingCharge {
     pub waits: u64,
 }
 
-/// The pending charges of one CPU: a small direct-mapped cache, slot `cgroup_id % PENDING_SLOTS`.
-/// A cgroup taking an occupied slot first moves the occupant's charges to its counters.
+/// What one CPU has yet to charge to cgroups: the run in progress, and finished runs gathered in
+/// a small direct-mapped cache, slot `cgroup_id % PENDING_SLOTS`. A cgroup taking an occupied
+/// slot first moves the occupant's charges to its counters. One map value, so `sched_switch`
+/// makes one per-CPU lookup for both.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PendingCharges {
-    pub slots: [PendingCharge; PENDING_SLOTS],
+pub struct CpuCharges {
+    pub running: RunningTask,
+    pub pending: [PendingCharge; PENDING_SLOTS],
 }
 
 /// A power of two: the slot is `cgroup_id & (PENDING_SLOTS - 1)`.
@@ -67,7 +70,7 @@ pub const CHARGE_AFTER_CPU_NS: u64 = 5_000_000;
 pub const CHARGE_AFTER_WAIT_NS: u64 = 5_000_000;
 pub const CHARGE_AFTER_WAITS: u64 = 16;
 
-/// The task running on one CPU, charged to its cgroup when it is switched out (it is `current`
+/// The task running on a CPU, charged to its cgroup when it is switched out (it is `current`
 /// then).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -84,5 +87,4 @@ pub struct RunningTask {
 mod pod {
     // SAFETY: `repr(C)` structs of `u64` fields and arrays, no padding; any bit pattern is valid.
     unsafe impl aya::Pod for super::CgroupCounters {}
-    unsafe impl aya::Pod for super::RunningTask {}
 }

@@ -12,7 +12,7 @@ pub mod net;
 pub mod sched;
 
 pub use block::{BlockHistograms, BlockKey, CpuBlockCounters, InflightKey, InflightRequest};
-pub use cgroup::{CgroupCounters, PendingCharges, RunningTask};
+pub use cgroup::{CgroupCounters, CpuCharges};
 pub use histogram::Log2Histogram;
 pub use layout::KernelLayout;
 pub use net::CpuNetCounters;

@@ -3,7 +3,7 @@
 //!
 //! One LRU hash keyed by cgroup id, shared by all CPUs, updated with atomic adds: the LRU bounds
 //! kernel memory whatever the cgroup churn, and the daemon removes the entries of deleted cgroups.
-//! Runs and waits, charged at every context switch, gather per CPU first (`PENDING_CHARGES`).
+//! Runs and waits, charged at every context switch, gather per CPU first (`CPU_CHARGES`).
 //! The scheduler and block programs charge only when the daemon turned accounting on
 //! (`CGROUP_ACCOUNTING`, read-only, so the verifier drops the code when it is off).
 use aya_ebpf::{
@@ -14,9 +14,10 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use collector_common::{
-    CgroupCounters, PendingCharges,
+    CgroupCounters, CpuCharges,
     cgroup::{
-        CHARGE_AFTER_CPU_NS, CHARGE_AFTER_WAIT_NS, CHARGE_AFTER_WAITS, PENDING_SLOTS, PendingCharge,
+        CHARGE_AFTER_CPU_NS, CHARGE_AFTER_WAIT_NS, CHARGE_AFTER_WAITS, PENDING_SLOTS,
+        PendingCharge, RunningTask,
     },
     layout::UNKNOWN_OFFSET,
 };
@@ -35,10 +36,11 @@ static CGROUP_ACCOUNTING: u32 = 0;
 #[map]
 static CGROUP_STATS: LruHashMap<u64, CgroupCounters> = LruHashMap::with_max_entries(1, 0);
 
-/// Per CPU, the runs and waits of a few cgroups not yet added to `CGROUP_STATS`. Only
-/// `sched_switch` uses it, with interrupts off, so plain read-modify-writes are safe.
+/// Per CPU, the run in progress and the runs and waits of a few cgroups not yet added to
+/// `CGROUP_STATS`. Only `sched_switch` uses it, with interrupts off, so plain read-modify-writes
+/// are safe.
 #[map]
-static PENDING_CHARGES: PerCpuArray<PendingCharges> = PerCpuArray::with_max_entries(1, 0);
+static CPU_CHARGES: PerCpuArray<CpuCharges> = PerCpuArray::with_max_entries(1, 0);
 
 /// Whether the scheduler and block programs should charge cgroups.
 #[inline(always)]
@@ -94,36 +96,76 @@ pub unsafe fn task_cgroup_id(task: u64) -> u64 {
     }
 }
 
-/// Charges `cgroup_id` for a run that has just ended on this CPU and the wait before it. The
-/// charge gathers in this CPU's pending slot for the cgroup and reaches its counters in batches
-/// (`CHARGE_AFTER_*`), at once when `last_run` (its task exits).
+/// At a context switch on this CPU: charges the run that ends `now` to `prev_cgroup` (the cgroup
+/// of the task leaving, if it is a task and not the idle loop), with the wait that preceded it,
+/// and starts timing `next`'s run, which followed a wait of `next_wait_ns` (`next_waited`: 1 if
+/// one was seen). `now` is on whichever clock the caller times runs with.
+///
+/// Plain values only: a zero-sized closure or an `Option` captured by the closure below becomes,
+/// when LLVM does not inline it, a zero-sized BTF member past its environment's end or an
+/// uninitialised register, and the kernel refuses the object or the program.
 #[inline(always)]
-pub fn charge_run(cgroup_id: u64, cpu_ns: u64, wait_ns: u64, waits: u64, last_run: bool) {
+pub fn charge_switch(
+    prev_cgroup: u64,
+    prev_is_task: bool,
+    prev_exits: bool,
+    next_is_task: bool,
+    next_wait_ns: u64,
+    next_waited: u64,
+    now: u64,
+) {
+    with_slot(&CPU_CHARGES, |charges| {
+        let running = charges.running;
+        if prev_is_task && running.switched_in_ns != 0 && now >= running.switched_in_ns {
+            charge_run(
+                &mut charges.pending,
+                prev_cgroup,
+                now - running.switched_in_ns,
+                running.wait_ns,
+                running.waited,
+                prev_exits,
+            );
+        }
+        charges.running = RunningTask {
+            switched_in_ns: if next_is_task { now } else { 0 },
+            wait_ns: next_wait_ns,
+            waited: next_waited,
+        };
+    });
+}
+
+/// Charges `cgroup_id` for a run and the wait before it. The charge gathers in the cgroup's
+/// pending slot and reaches its counters in batches (`CHARGE_AFTER_*`), at once when
+/// `last_run` (its task exits).
+#[inline(always)]
+fn charge_run(
+    pending: &mut [PendingCharge; PENDING_SLOTS],
+    cgroup_id: u64,
+    cpu_ns: u64,
+    wait_ns: u64,
+    waits: u64,
+    last_run: bool,
+) {
     if cgroup_id == 0 {
         return;
     }
-    with_slot(&PENDING_CHARGES, |pending| {
-        let Some(slot) = pending
-            .slots
-            .get_mut(cgroup_id as usize & (PENDING_SLOTS - 1))
-        else {
-            return;
-        };
-        if slot.cgroup_id != cgroup_id {
-            flush(slot);
-            slot.cgroup_id = cgroup_id;
-        }
-        slot.cpu_ns += cpu_ns;
-        slot.wait_ns += wait_ns;
-        slot.waits += waits;
-        if last_run
-            || slot.cpu_ns >= CHARGE_AFTER_CPU_NS
-            || slot.wait_ns >= CHARGE_AFTER_WAIT_NS
-            || slot.waits >= CHARGE_AFTER_WAITS
-        {
-            flush(slot);
-        }
-    });
+    let Some(slot) = pending.get_mut(cgroup_id as usize & (PENDING_SLOTS - 1)) else {
+        return;
+    };
+    if slot.cgroup_id != cgroup_id {
+        flush(slot);
+        slot.cgroup_id = cgroup_id;
+    }
+    slot.cpu_ns += cpu_ns;
+    slot.wait_ns += wait_ns;
+    slot.waits += waits;
+    if last_run
+        || slot.cpu_ns >= CHARGE_AFTER_CPU_NS
+        || slot.wait_ns >= CHARGE_AFTER_WAIT_NS
+        || slot.waits >= CHARGE_AFTER_WAITS
+    {
+        flush(slot);
+    }
 }
 
 /// Adds a pending slot's charges to its cgroup's counters and empties it.

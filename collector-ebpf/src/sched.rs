@@ -15,8 +15,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use collector_common::{
-    CpuSchedCounters, Log2Histogram, RunningTask, layout::TP_TASK_REPORT_MASK,
-    layout::UNKNOWN_OFFSET,
+    CpuSchedCounters, Log2Histogram, layout::TP_TASK_REPORT_MASK, layout::UNKNOWN_OFFSET,
 };
 
 use crate::{
@@ -29,10 +28,6 @@ use crate::{
 /// Sized by the daemon at load time.
 #[map]
 static RUNQUEUE_ENQUEUED_AT: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
-
-/// The task running on each CPU, for charging its run to its cgroup when it is switched out.
-#[map]
-static RUNNING_TASK: PerCpuArray<RunningTask> = PerCpuArray::with_max_entries(1, 0);
 
 /// Run-queue latency histogram in nanoseconds, one copy per CPU (index 0).
 #[map]
@@ -147,13 +142,8 @@ fn take_wait(pid: u32, now: u64) -> Option<u64> {
     now.checked_sub(enqueued_at)
 }
 
-/// Charges the run that ends at `now` to `prev`'s cgroup (`prev_cgroup`), with the wait that
-/// preceded it, and starts timing `next`'s run.
-///
-/// The cgroup id is a value, not a closure to call when needed: a zero-sized closure captured
-/// by the closure below becomes a zero-sized member at the end of its environment in the
-/// object's BTF, which the kernel rejects ("Member exceeds struct_size"), and the whole object
-/// with it, whenever LLVM does not inline that closure.
+/// Charges the run that ends at `now` to `prev`'s cgroup, with the wait that preceded it, and
+/// starts timing `next`'s run.
 #[inline(always)]
 fn switch_running_task(
     prev_pid: u32,
@@ -163,25 +153,15 @@ fn switch_running_task(
     prev_cgroup: u64,
     prev_exits: bool,
 ) {
-    // Plain values into the closure: an `Option` whose `None` leaves its payload uninitialised
-    // is refused by the verifier if the closure is not inlined.
-    let (next_wait_ns, next_waited) = (next_wait.unwrap_or(0), u64::from(next_wait.is_some()));
-    with_slot(&RUNNING_TASK, |running| {
-        if prev_pid != 0 && running.switched_in_ns != 0 && now >= running.switched_in_ns {
-            cgroup::charge_run(
-                prev_cgroup,
-                now - running.switched_in_ns,
-                running.wait_ns,
-                running.waited,
-                prev_exits,
-            );
-        }
-        *running = RunningTask {
-            switched_in_ns: if next_pid != 0 { now } else { 0 },
-            wait_ns: next_wait_ns,
-            waited: next_waited,
-        };
-    });
+    cgroup::charge_switch(
+        prev_cgroup,
+        prev_pid != 0,
+        prev_exits,
+        next_pid != 0,
+        next_wait.unwrap_or(0),
+        u64::from(next_wait.is_some()),
+        now,
+    );
 }
 
 #[inline(always)]
