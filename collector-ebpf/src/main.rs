@@ -36,6 +36,7 @@ macro_rules! btf_and_raw {
 mod atomic;
 mod block;
 mod cgroup;
+mod empty;
 mod irq;
 mod layout;
 mod net;

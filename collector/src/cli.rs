@@ -93,6 +93,11 @@ pub struct Options {
     #[arg(long = "ebpf.enable-stats")]
     pub enable_bpf_stats: bool,
 
+    /// Attach programs that do nothing instead of the collector's (its eBPF metrics stay at
+    /// zero): for benchmarks, to measure what attaching anything at all to the hooks costs.
+    #[arg(long = "ebpf.empty-programs")]
+    pub empty_programs: bool,
+
     /// Size of the map of tasks waiting on a run queue (pid → enqueue time), which the raw_tp
     /// and tracepoint scheduler hooks keep; tp_btf reads the scheduler's own stamps.
     #[arg(long = "ebpf.runqueue-max-tasks", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(64..))]

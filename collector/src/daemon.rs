@@ -94,6 +94,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             runqueue_max_tasks: options.runqueue_max_tasks,
             cgroup_map_entries,
             block_inflight_entries: ebpf::block::inflight_map_entries(&options.sysfs),
+            empty_programs: options.empty_programs,
         };
         match tokio::task::spawn_blocking(move || EbpfRuntime::start(&hooks, &loader_options))
             .await

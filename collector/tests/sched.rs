@@ -95,3 +95,35 @@ test_each_hook_type!(
     raw_tracepoint_fallback_counts_the_workload,
     classic_tracepoint_fallback_counts_the_workload
 );
+
+/// `--ebpf.empty-programs`, the benchmark's floor: programs that do nothing take the place of
+/// the collector's on the same hooks, so they run for every event and nothing is counted.
+#[test]
+fn empty_programs_run_in_place_of_the_collectors() {
+    require_root!();
+    let daemon = Daemon::start(&[
+        "--ebpf.empty-programs",
+        "--ebpf.enable-stats",
+        "--no-collector.ebpf.irq",
+    ]);
+    let before = daemon.scrape();
+    let hook_type = if std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        "tp_btf"
+    } else {
+        "raw_tp"
+    };
+    common::assert_attached(&before, SCHED_PROGRAMS, hook_type);
+
+    workload::pipe_ping_pong(ROUNDS, 0);
+    let after = daemon.scrape();
+    let runs = |scrape: &common::exposition::Scrape| {
+        scrape.value("ebpf_program_runs_total", &[("program", "sched_switch")])
+    };
+    let switches = runs(&after) - runs(&before);
+    assert!(
+        switches >= 2.0 * ROUNDS as f64,
+        "the empty sched_switch ran {switches} times for {ROUNDS} round trips"
+    );
+    assert_eq!(after.sum("ebpf_context_switches_total", &[]), 0.0);
+    assert_eq!(after.sum("ebpf_runqueue_latency_seconds_count", &[]), 0.0);
+}

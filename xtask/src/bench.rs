@@ -11,7 +11,9 @@
 //! - Kernel program cost: ns per event for each program from the kernel's BPF statistics while a
 //!   workload runs, the programs' total run time against the workload's wall time, and that
 //!   workload's slowdown with the collector attached, for three workloads: context-switch-bound
-//!   (pipe ping-pong), I/O-bound (4 KiB writes + fdatasync) and loopback TCP.
+//!   (pipe ping-pong), I/O-bound (4 KiB writes + fdatasync) and loopback TCP. The same with
+//!   programs that do nothing on the same hooks (`--ebpf.empty-programs`) gives the floor: what
+//!   attaching anything at all costs on this kernel.
 use std::{
     io::Read as _,
     path::{Path, PathBuf},
@@ -34,8 +36,8 @@ pub struct Options {
     /// Pipe round trips in one run of the context-switch workload.
     #[arg(long, default_value_t = 200_000)]
     rounds: usize,
-    /// Pairs of runs of each workload, one without the collector and one with it (the median
-    /// of the pairs' ratios is kept).
+    /// Rounds of runs of each workload, one without the collector, one with it and one with its
+    /// empty programs instead (the median of the rounds' ratios is kept).
     #[arg(long, default_value_t = 9)]
     runs: usize,
     /// Only these kernel workloads (repeatable; all three by default).
@@ -453,75 +455,152 @@ struct Workload<'a> {
     run: Box<dyn Fn() -> Duration + 'a>,
 }
 
-fn kernel_cost(collector: &PathBuf, workload: &Workload, runs: usize) -> anyhow::Result<String> {
+/// The collector as the workloads see it: its own programs, or the empty ones on the same hooks.
+#[derive(Clone, Copy)]
+enum Attached {
+    Collector,
+    EmptyPrograms,
+}
+
+impl Attached {
+    fn start(self, collector: &Path, extra: &[&str]) -> anyhow::Result<Exporter> {
+        let mut command = Command::new(collector);
+        command.args(extra);
+        if let Self::EmptyPrograms = self {
+            command.arg("--ebpf.empty-programs");
+        }
+        Exporter::start(&mut command)
+    }
+}
+
+fn kernel_cost(collector: &Path, workload: &Workload, runs: usize) -> anyhow::Result<String> {
     eprintln!("{}:", workload.description);
-    // Runs in pairs, one without the collector and one with it attached (BPF statistics off, as
-    // in production), in alternating order: the VM's load drifts over seconds, and a pair sees
-    // the same drift. The slowdown is the median of the pairs' ratios.
-    let (mut without, mut with, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for pair in 0..runs {
-        eprintln!("pair {} of {runs}...", pair + 1);
-        let attached_run = || -> anyhow::Result<Duration> {
-            let _exporter = Exporter::start(&mut Command::new(collector))?;
+    // Rounds of three runs: without the collector, with it, and with its empty programs
+    // attached instead (the floor: what attaching anything at all to the hooks costs), in a
+    // rotating order, BPF statistics off as in production. The VM's load drifts over seconds,
+    // and a round sees the same drift; each slowdown is the median of the rounds' ratios.
+    let mut times: [Vec<Duration>; 3] = Default::default();
+    let mut ratios: [Vec<f64>; 2] = Default::default();
+    for round in 0..runs {
+        eprintln!("round {} of {runs}...", round + 1);
+        let attached_run = |attached: Attached| -> anyhow::Result<Duration> {
+            let _exporter = attached.start(collector, &[])?;
             // Past its start-up: the page-out of its binary and the first scrape's caches.
             std::thread::sleep(SETTLE);
             Ok((workload.run)())
         };
-        let (base, attached) = if pair % 2 == 0 {
-            let base = (workload.run)();
-            (base, attached_run()?)
-        } else {
-            let attached = attached_run()?;
-            ((workload.run)(), attached)
-        };
-        without.push(base);
-        with.push(attached);
-        ratios.push(attached.as_secs_f64() / base.as_secs_f64());
+        let mut round_times = [Duration::ZERO; 3];
+        for step in 0..3 {
+            let which = (round + step) % 3;
+            round_times[which] = match which {
+                0 => (workload.run)(),
+                1 => attached_run(Attached::Collector)?,
+                _ => attached_run(Attached::EmptyPrograms)?,
+            };
+        }
+        for (which, time) in round_times.iter().enumerate() {
+            times[which].push(*time);
+        }
+        for (ratio, time) in ratios.iter_mut().zip(&round_times[1..]) {
+            ratio.push(time.as_secs_f64() / round_times[0].as_secs_f64());
+        }
     }
-    ratios.sort_by(f64::total_cmp);
-    let slowdown = (ratios[ratios.len() / 2] - 1.0) * 100.0;
-    let (base, attached) = (median(&mut without), median(&mut with));
+    let [base, attached, empty] = times.map(|mut t| median(&mut t));
+    let [slowdown, floor] = ratios.map(|mut r| {
+        r.sort_by(f64::total_cmp);
+        (r[r.len() / 2] - 1.0) * 100.0
+    });
 
     eprintln!("measuring ns per event from BPF statistics...");
-    let exporter = Exporter::start(Command::new(collector).arg("--ebpf.enable-stats"))?;
-    let before = exporter.get()?;
-    let measured_run = (workload.run)();
-    let after = exporter.get()?;
-    drop(exporter);
+    let ours = program_costs(collector, workload, Attached::Collector)?;
+    let floors = program_costs(collector, workload, Attached::EmptyPrograms)?;
 
     let mut table = format!(
         "\n## Kernel program cost\n\n\
-         {}; {runs} pairs of runs, without and with the collector, in alternating order.\n\n\
-         | | without collector (median) | with collector (median) | slowdown (median of the pairs) |\n|---|---:|---:|---:|\n\
-         | workload time (ms) | {:.1} | {:.1} | {slowdown:.2}% |\n\n\
-         | program | events during workload | ns per event |\n|---|---:|---:|\n",
+         {}; {runs} rounds of three runs (without the collector, with it, and with empty \
+         programs on the same hooks instead of its own), in a rotating order.\n\n\
+         | | without collector | with collector | with empty programs |\n|---|---:|---:|---:|\n\
+         | workload time, median (ms) | {:.1} | {:.1} | {:.1} |\n\
+         | slowdown, median of the rounds | | {slowdown:.2}% | {floor:.2}% |\n\n\
+         | program | events during workload | ns per event | ns per event, empty program |\n\
+         |---|---:|---:|---:|\n",
         workload.description,
         ms(base),
         ms(attached),
+        ms(empty),
     );
-    let mut programs: Vec<String> = metric_values(&after, "ebpf_program_runs_total")
-        .into_iter()
-        .map(|(p, _)| p)
-        .collect();
-    programs.sort();
-    let mut program_seconds = 0.0;
-    for program in programs {
-        let runs = delta(&before, &after, "ebpf_program_runs_total", &program);
-        let seconds = delta(&before, &after, "ebpf_program_run_seconds_total", &program);
-        program_seconds += seconds;
-        if runs > 0.0 {
-            table += &format!("| {program} | {runs:.0} | {:.0} |\n", seconds * 1e9 / runs);
-        }
+    for cost in &ours.programs {
+        let floor = floors
+            .programs
+            .iter()
+            .find(|f| f.program == cost.program)
+            .map_or("".to_owned(), |f| format!("{:.0}", f.ns_per_event));
+        table += &format!(
+            "| {} | {:.0} | {:.0} | {floor} |\n",
+            cost.program, cost.events, cost.ns_per_event
+        );
     }
     // The programs' run time on all CPUs against the workload's wall time: for a workload on
     // one CPU (the pinned ping-pong), the part of its slowdown spent inside the programs.
     table += &format!(
-        "\nThe programs ran {:.1} ms (all CPUs) during that {:.1} ms run: {:.2}% of its wall time.\n",
-        program_seconds * 1e3,
-        ms(measured_run),
-        program_seconds / measured_run.as_secs_f64() * 100.0
+        "\nThe programs ran {:.1} ms (all CPUs) during that {:.1} ms run: {:.2}% of its wall time \
+         (empty programs: {:.2}%).\n",
+        ours.seconds * 1e3,
+        ms(ours.run),
+        ours.seconds / ours.run.as_secs_f64() * 100.0,
+        floors.seconds / floors.run.as_secs_f64() * 100.0,
     );
     Ok(table)
+}
+
+/// What each program cost during one run of a workload, from the kernel's BPF statistics.
+struct ProgramCosts {
+    programs: Vec<ProgramCost>,
+    /// Run time of all programs, on all CPUs.
+    seconds: f64,
+    /// The workload's wall time.
+    run: Duration,
+}
+
+struct ProgramCost {
+    program: String,
+    events: f64,
+    ns_per_event: f64,
+}
+
+fn program_costs(
+    collector: &Path,
+    workload: &Workload,
+    attached: Attached,
+) -> anyhow::Result<ProgramCosts> {
+    let exporter = attached.start(collector, &["--ebpf.enable-stats"])?;
+    let before = exporter.get()?;
+    let run = (workload.run)();
+    let after = exporter.get()?;
+    drop(exporter);
+    let mut names: Vec<String> = metric_values(&after, "ebpf_program_runs_total")
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    names.sort();
+    let mut costs = ProgramCosts {
+        programs: Vec::new(),
+        seconds: 0.0,
+        run,
+    };
+    for program in names {
+        let events = delta(&before, &after, "ebpf_program_runs_total", &program);
+        let seconds = delta(&before, &after, "ebpf_program_run_seconds_total", &program);
+        costs.seconds += seconds;
+        if events > 0.0 {
+            costs.programs.push(ProgramCost {
+                program,
+                events,
+                ns_per_event: seconds * 1e9 / events,
+            });
+        }
+    }
+    Ok(costs)
 }
 
 /// `(program label, value)` of every sample of `family` in a scrape.

@@ -317,8 +317,13 @@ impl CgroupCollector {
         }
         out.push(attached);
         if let (Some(runtime), true) = (self.runtime.as_deref(), self.network_attached) {
-            let programs = CGROUP_SKB_PROGRAMS.map(|(name, _)| (name, name));
-            programs::push_run_statistics(runtime, programs, out);
+            let programs =
+                CGROUP_SKB_PROGRAMS.map(|(name, _)| (name, runtime.cgroup_skb_program_name(name)));
+            programs::push_run_statistics(
+                runtime,
+                programs.iter().map(|(label, name)| (*label, name.as_str())),
+                out,
+            );
         }
     }
 }

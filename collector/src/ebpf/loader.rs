@@ -49,6 +49,8 @@ pub struct LoaderOptions {
     pub cgroup_map_entries: Option<u32>,
     /// Size of the in-flight block request map (`ebpf::block::inflight_map_entries`).
     pub block_inflight_entries: u32,
+    /// Attach the programs that do nothing (`collector-ebpf/src/empty.rs`) instead of ours.
+    pub empty_programs: bool,
 }
 
 /// The cgroup_skb programs counting each cgroup's socket traffic, attached to the cgroup v2 root.
@@ -69,6 +71,8 @@ pub struct EbpfRuntime {
     drop_reasons: Option<layout::DropReasons>,
     /// What the programs were told of the kernel's layout.
     kernel_layout: collector_common::KernelLayout,
+    /// The empty programs are attached instead of ours (`--ebpf.empty-programs`).
+    empty_programs: bool,
 }
 
 /// Run time and run count of one program, from the kernel's BPF statistics.
@@ -156,6 +160,7 @@ impl EbpfRuntime {
                 btf.as_ref(),
                 &kernel_layout,
                 &attached,
+                options.empty_programs,
             ) {
                 Ok(hook_type) => {
                     tracing::info!(hook = hook.name, hook_type = %hook_type, "attached");
@@ -173,7 +178,18 @@ impl EbpfRuntime {
             stats_sysctl: Mutex::new(None),
             drop_reasons,
             kernel_layout,
+            empty_programs: options.empty_programs,
         })
+    }
+
+    /// The name in the object of the program attached to `hook` as `hook_type`.
+    pub fn program_name(&self, hook: &Hook, hook_type: HookType) -> String {
+        in_object(hook.program_name(hook_type), self.empty_programs)
+    }
+
+    /// The name in the object of the cgroup_skb program `name` (of `CGROUP_SKB_PROGRAMS`).
+    pub fn cgroup_skb_program_name(&self, name: &str) -> String {
+        in_object(name.to_owned(), self.empty_programs)
     }
 
     /// Hands a map over to the collector that reads it.
@@ -198,11 +214,12 @@ impl EbpfRuntime {
             CgroupAttachMode::AllowMultiple
         };
         let mut ebpf = self.ebpf.lock().expect("ebpf lock poisoned");
-        let mut attached = Vec::new();
+        let mut attached: Vec<String> = Vec::new();
         for (name, attach_type) in CGROUP_SKB_PROGRAMS {
+            let name = in_object(name.to_owned(), self.empty_programs);
             let result = (|| -> anyhow::Result<()> {
                 let program: &mut CgroupSkb = ebpf
-                    .program_mut(name)
+                    .program_mut(&name)
                     .with_context(|| format!("program {name} missing from the eBPF object"))?
                     .try_into()?;
                 program.load()?;
@@ -210,7 +227,7 @@ impl EbpfRuntime {
                 Ok(())
             })();
             if let Err(e) = result {
-                for name in attached {
+                for name in &attached {
                     let program: Option<&mut CgroupSkb> =
                         ebpf.program_mut(name).and_then(|p| p.try_into().ok());
                     if let Some(program) = program {
@@ -276,6 +293,7 @@ fn attach_first_accepted(
     btf: Option<&Btf>,
     kernel_layout: &collector_common::KernelLayout,
     attached: &HashMap<&'static str, HookType>,
+    empty_programs: bool,
 ) -> Result<HookType, String> {
     let mut reasons = Vec::new();
     for &hook_type in hook_types {
@@ -283,7 +301,13 @@ fn attach_first_accepted(
             .or_else(|| unpaired(hook, hook_type, attached));
         let result = match refusal {
             Some(missing) => Err(anyhow!("{missing}")),
-            None => attach(ebpf, hook, hook_type, btf),
+            None => attach(
+                ebpf,
+                hook,
+                hook_type,
+                &in_object(hook.program_name(hook_type), empty_programs),
+                btf,
+            ),
         };
         match result {
             Ok(()) => return Ok(hook_type),
@@ -316,15 +340,25 @@ fn unpaired(
     .then_some("sched_switch is not attached as tp_btf, and the wake-ups time its waits")
 }
 
+/// `name` as the collector's program, or its empty stand-in.
+fn in_object(name: String, empty_programs: bool) -> String {
+    if empty_programs {
+        name + "_empty"
+    } else {
+        name
+    }
+}
+
+/// Loads and attaches the program `name` to `hook` as `hook_type`.
 fn attach(
     ebpf: &mut Ebpf,
     hook: &Hook,
     hook_type: HookType,
+    name: &str,
     btf: Option<&Btf>,
 ) -> anyhow::Result<()> {
-    let name = hook.program_name(hook_type);
     let program = ebpf
-        .program_mut(&name)
+        .program_mut(name)
         .with_context(|| format!("program {name} missing from the eBPF object"))?;
     match hook_type {
         HookType::BtfTracepoint => {

@@ -25,7 +25,7 @@ pub fn push_status(runtime: Option<&EbpfRuntime>, hooks: &[&Hook], out: &mut Vec
         .iter()
         .filter_map(|hook| {
             let hook_type = runtime.attached(hook)?;
-            Some((hook.name, hook.program_name(hook_type)))
+            Some((hook.name, runtime.program_name(hook, hook_type)))
         })
         .collect();
     push_run_statistics(
