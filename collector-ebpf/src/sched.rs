@@ -123,7 +123,12 @@ fn on_switch(prev_pid: u32, next_pid: u32, still_runnable: bool, prev_exits: boo
                     next_pid,
                     next_wait,
                     now,
-                    cgroup::current_cgroup_id(),
+                    // `prev` is still `current`; the idle task is charged nothing.
+                    if prev_pid != 0 {
+                        cgroup::current_cgroup_id()
+                    } else {
+                        0
+                    },
                     prev_exits,
                 );
             }
@@ -247,7 +252,11 @@ pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
                 next_pid,
                 next_wait,
                 unsafe { read_trusted_field::<u64>(rq, layout!(rq_clock_task)) },
-                unsafe { cgroup::task_cgroup_id(prev) },
+                if prev_pid != 0 {
+                    unsafe { cgroup::task_cgroup_id(prev) }
+                } else {
+                    0
+                },
                 prev_state & TASK_DEAD != 0,
             );
         }

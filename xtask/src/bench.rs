@@ -505,6 +505,14 @@ fn kernel_cost(collector: &Path, workload: &Workload, runs: usize) -> anyhow::Re
             ratio.push(time.as_secs_f64() / round_times[0].as_secs_f64());
         }
     }
+    // How far the workload's own time strays from run to run without the collector: a slowdown
+    // smaller than this is below what the measurement resolves.
+    let spread = {
+        let mut base = times[0].clone();
+        base.sort();
+        let quartile = |q: usize| base[(base.len() - 1) * q / 4].as_secs_f64();
+        (quartile(3) - quartile(1)) / quartile(2) * 100.0
+    };
     let [base, attached, empty] = times.map(|mut t| median(&mut t));
     let [slowdown, floor] = ratios.map(|mut r| {
         r.sort_by(f64::total_cmp);
@@ -522,6 +530,8 @@ fn kernel_cost(collector: &Path, workload: &Workload, runs: usize) -> anyhow::Re
          | | without collector | with collector | with empty programs |\n|---|---:|---:|---:|\n\
          | workload time, median (ms) | {:.1} | {:.1} | {:.1} |\n\
          | slowdown, median of the rounds | | {slowdown:.2}% | {floor:.2}% |\n\n\
+         Without the collector, the middle half of the runs spans {spread:.1}% of their median \
+         time.\n\n\
          | program | events during workload | ns per event | ns per event, empty program |\n\
          |---|---:|---:|---:|\n",
         workload.description,
