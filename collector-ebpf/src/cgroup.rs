@@ -114,24 +114,30 @@ pub fn charge_switch(
     next_waited: u64,
     now: u64,
 ) {
-    with_slot(&CPU_CHARGES, |charges| {
-        let running = charges.running;
-        if prev_is_task && running.switched_in_ns != 0 && now >= running.switched_in_ns {
-            charge_run(
-                &mut charges.pending,
-                prev_cgroup,
-                now - running.switched_in_ns,
-                running.wait_ns,
-                running.waited,
-                prev_exits,
-            );
-        }
-        charges.running = RunningTask {
-            switched_in_ns: if next_is_task { now } else { 0 },
-            wait_ns: next_wait_ns,
-            waited: next_waited,
-        };
-    });
+    // Without the attribute LLVM makes the closure a BPF-to-BPF call, its captures spilled to
+    // the stack.
+    with_slot(
+        &CPU_CHARGES,
+        #[inline(always)]
+        |charges| {
+            let running = charges.running;
+            if prev_is_task && running.switched_in_ns != 0 && now >= running.switched_in_ns {
+                charge_run(
+                    &mut charges.pending,
+                    prev_cgroup,
+                    now - running.switched_in_ns,
+                    running.wait_ns,
+                    running.waited,
+                    prev_exits,
+                );
+            }
+            charges.running = RunningTask {
+                switched_in_ns: if next_is_task { now } else { 0 },
+                wait_ns: next_wait_ns,
+                waited: next_waited,
+            };
+        },
+    );
 }
 
 /// Charges `cgroup_id` for a run and the wait before it. The charge gathers in the cgroup's
