@@ -20,8 +20,10 @@ pub struct KernelLayout {
     /// takes the wait from it instead of timing wake-ups itself.
     pub task_last_queued: u32,
     /// This CPU's `struct rq`, from a task on it: `task_struct.se.cfs_rq` → `cfs_rq.rq`
-    /// (CONFIG_FAIR_GROUP_SCHED), and the run queue's clocks, which the scheduler updates once
-    /// per switch: `rq.clock` stamps `last_queued`, `rq.clock_task` times runs.
+    /// (CONFIG_FAIR_GROUP_SCHED), and the run queue's clocks: `rq.clock` stamps `last_queued`,
+    /// `rq.clock_task` times runs. The run queue is locked from the tracepoint to the
+    /// scheduler's own use of them, so `sched_switch` reads the values this switch is stamped
+    /// with.
     pub task_se_cfs_rq: u32,
     pub cfs_rq_rq: u32,
     pub rq_clock: u32,

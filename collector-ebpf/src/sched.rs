@@ -213,54 +213,58 @@ fn switched_out_state(
 
 /// Latency from the scheduler's own stamps, read where it is about to use them: after this
 /// tracepoint, `sched_info_arrive` adds `rq_clock(rq) - next->sched_info.last_queued` to
-/// `next`'s run delay, and the clock is not updated in between. A waiting task the load
+/// `next`'s run delay, and the run queue stays locked in between. A waiting task the load
 /// balancer moves counts from its arrival on the CPU that runs it.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
-    with_counters(|counters| {
-        let prev: u64 = ctx.arg(1);
-        let next: u64 = ctx.arg(2);
-        let prev_state = switched_out_state(
-            || ctx.arg(3),
-            |offset| unsafe { read_trusted_field::<u32>(prev, offset) } as u64,
-        );
-        count_switch(
-            counters,
-            (ctx.arg::<u64>(0) & 0xff) != 0 || prev_state == TASK_RUNNING,
-        );
-        // SAFETY (all loads): arguments of a BTF tracepoint, and pointers loaded from them, at
-        // KERNEL_LAYOUT offsets.
-        // This CPU's run queue, through `prev`'s scheduling entity: `prev` is on it.
-        let rq = unsafe {
-            let cfs_rq = read_trusted_field::<u64>(prev, layout!(task_se_cfs_rq));
-            read_trusted_field::<u64>(cfs_rq, layout!(cfs_rq_rq))
-        };
-        let next_pid = unsafe { read_trusted_field::<i32>(next, layout!(task_pid)) } as u32;
-        let queued_at = unsafe { read_trusted_field::<u64>(next, layout!(task_last_queued)) };
-        let next_wait = if next_pid != 0 && queued_at != 0 {
-            unsafe { read_trusted_field::<u64>(rq, layout!(rq_clock)) }.checked_sub(queued_at)
-        } else {
-            None
-        };
-        if let Some(wait) = next_wait {
-            record_latency(wait);
-        }
-        if cgroup::accounting_on() {
-            let prev_pid = unsafe { read_trusted_field::<i32>(prev, layout!(task_pid)) } as u32;
-            switch_running_task(
-                prev_pid,
-                next_pid,
-                next_wait,
-                unsafe { read_trusted_field::<u64>(rq, layout!(rq_clock_task)) },
-                if prev_pid != 0 {
-                    unsafe { cgroup::task_cgroup_id(prev) }
-                } else {
-                    0
-                },
-                prev_state & TASK_DEAD != 0,
+    // Inline, or LLVM may make the body a BPF-to-BPF call with its captures on the stack.
+    with_counters(
+        #[inline(always)]
+        |counters| {
+            let prev: u64 = ctx.arg(1);
+            let next: u64 = ctx.arg(2);
+            let prev_state = switched_out_state(
+                || ctx.arg(3),
+                |offset| unsafe { read_trusted_field::<u32>(prev, offset) } as u64,
             );
-        }
-    });
+            count_switch(
+                counters,
+                (ctx.arg::<u64>(0) & 0xff) != 0 || prev_state == TASK_RUNNING,
+            );
+            // SAFETY (all loads): arguments of a BTF tracepoint, and pointers loaded from them, at
+            // KERNEL_LAYOUT offsets.
+            // This CPU's run queue, through `prev`'s scheduling entity: `prev` is on it.
+            let rq = unsafe {
+                let cfs_rq = read_trusted_field::<u64>(prev, layout!(task_se_cfs_rq));
+                read_trusted_field::<u64>(cfs_rq, layout!(cfs_rq_rq))
+            };
+            let next_pid = unsafe { read_trusted_field::<i32>(next, layout!(task_pid)) } as u32;
+            let queued_at = unsafe { read_trusted_field::<u64>(next, layout!(task_last_queued)) };
+            let next_wait = if next_pid != 0 && queued_at != 0 {
+                unsafe { read_trusted_field::<u64>(rq, layout!(rq_clock)) }.checked_sub(queued_at)
+            } else {
+                None
+            };
+            if let Some(wait) = next_wait {
+                record_latency(wait);
+            }
+            if cgroup::accounting_on() {
+                let prev_pid = unsafe { read_trusted_field::<i32>(prev, layout!(task_pid)) } as u32;
+                switch_running_task(
+                    prev_pid,
+                    next_pid,
+                    next_wait,
+                    unsafe { read_trusted_field::<u64>(rq, layout!(rq_clock_task)) },
+                    if prev_pid != 0 {
+                        unsafe { cgroup::task_cgroup_id(prev) }
+                    } else {
+                        0
+                    },
+                    prev_state & TASK_DEAD != 0,
+                );
+            }
+        },
+    );
     0
 }
 

@@ -37,9 +37,10 @@ pub struct Options {
     #[arg(long, default_value_t = 200_000)]
     rounds: usize,
     /// Rounds of runs of each workload, one without the collector, one with it and one with its
-    /// empty programs instead (the median of the rounds' ratios is kept).
-    #[arg(long, default_value_t = 9)]
-    runs: usize,
+    /// empty programs instead, in each of the six orders in turn (a multiple of 6 keeps them
+    /// balanced); the median of the rounds' ratios is kept.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(1..))]
+    runs: u16,
     /// Only these kernel workloads (repeatable; all three by default).
     #[arg(long, value_enum)]
     workload: Vec<WorkloadKind>,
@@ -145,7 +146,7 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
         .iter()
         .filter(|w| options.workload.is_empty() || options.workload.contains(&w.kind))
     {
-        report += &kernel_cost(&collector, workload, options.runs)?;
+        report += &kernel_cost(&collector, workload, options.runs.into())?;
     }
     let _ = std::fs::remove_file(&fsync_file);
     write_report(root, &report)
@@ -473,50 +474,58 @@ impl Attached {
     }
 }
 
+/// Every order of the three configurations of a round (0: without the collector, 1: with it,
+/// 2: with its empty programs): rounds cycle through them, so each configuration runs first,
+/// second and third, after each of the others, equally often.
+const ORDERS: [[usize; 3]; 6] = [
+    [0, 1, 2],
+    [1, 2, 0],
+    [2, 0, 1],
+    [0, 2, 1],
+    [2, 1, 0],
+    [1, 0, 2],
+];
+
 fn kernel_cost(collector: &Path, workload: &Workload, runs: usize) -> anyhow::Result<String> {
     eprintln!("{}:", workload.description);
     // Rounds of three runs: without the collector, with it, and with its empty programs
-    // attached instead (the floor: what attaching anything at all to the hooks costs), in a
-    // rotating order, BPF statistics off as in production. The VM's load drifts over seconds,
-    // and a round sees the same drift; each slowdown is the median of the rounds' ratios.
+    // attached instead (the floor: what attaching anything at all to the hooks costs), BPF
+    // statistics off as in production. Every run follows the same pause, so that a baseline does
+    // not overlap the kernel's release of the previous daemon's programs, nor a daemon its own
+    // start-up. The VM's load drifts over seconds, and a round sees the same drift; each
+    // slowdown is the median of the rounds' ratios.
     let mut times: [Vec<Duration>; 3] = Default::default();
-    let mut ratios: [Vec<f64>; 2] = Default::default();
+    // Per round: with the collector and with empty programs against without, and the two
+    // against each other.
+    let mut ratios: [Vec<f64>; 3] = Default::default();
     for round in 0..runs {
         eprintln!("round {} of {runs}...", round + 1);
-        let attached_run = |attached: Attached| -> anyhow::Result<Duration> {
-            let _exporter = attached.start(collector, &[])?;
-            // Past its start-up: the page-out of its binary and the first scrape's caches.
-            std::thread::sleep(SETTLE);
-            Ok((workload.run)())
-        };
         let mut round_times = [Duration::ZERO; 3];
-        for step in 0..3 {
-            let which = (round + step) % 3;
-            round_times[which] = match which {
-                0 => (workload.run)(),
-                1 => attached_run(Attached::Collector)?,
-                _ => attached_run(Attached::EmptyPrograms)?,
+        for which in ORDERS[round % ORDERS.len()] {
+            let _exporter = match which {
+                0 => None,
+                1 => Some(Attached::Collector.start(collector, &[])?),
+                _ => Some(Attached::EmptyPrograms.start(collector, &[])?),
             };
+            // Past the previous daemon's exit, and this one's start-up: the page-out of its
+            // binary and the first scrape's caches.
+            std::thread::sleep(SETTLE);
+            round_times[which] = (workload.run)();
         }
         for (which, time) in round_times.iter().enumerate() {
             times[which].push(*time);
         }
-        for (ratio, time) in ratios.iter_mut().zip(&round_times[1..]) {
-            ratio.push(time.as_secs_f64() / round_times[0].as_secs_f64());
-        }
+        let seconds = round_times.map(|t| t.as_secs_f64());
+        ratios[0].push(seconds[1] / seconds[0]);
+        ratios[1].push(seconds[2] / seconds[0]);
+        ratios[2].push(seconds[1] / seconds[2]);
     }
-    // How far the workload's own time strays from run to run without the collector: a slowdown
-    // smaller than this is below what the measurement resolves.
-    let spread = {
-        let mut base = times[0].clone();
-        base.sort();
-        let quartile = |q: usize| base[(base.len() - 1) * q / 4].as_secs_f64();
-        (quartile(3) - quartile(1)) / quartile(2) * 100.0
-    };
     let [base, attached, empty] = times.map(|mut t| median(&mut t));
-    let [slowdown, floor] = ratios.map(|mut r| {
+    // Median and interquartile range of each ratio, as a slowdown in %.
+    let [slowdown, floor, over_empty] = ratios.map(|mut r| {
         r.sort_by(f64::total_cmp);
-        (r[r.len() / 2] - 1.0) * 100.0
+        let percent = |q: usize| (r[(r.len() - 1) * q / 4] - 1.0) * 100.0;
+        (percent(2), percent(1), percent(3))
     });
 
     eprintln!("measuring ns per event from BPF statistics...");
@@ -526,25 +535,28 @@ fn kernel_cost(collector: &Path, workload: &Workload, runs: usize) -> anyhow::Re
     let mut table = format!(
         "\n## Kernel program cost\n\n\
          {}; {runs} rounds of three runs (without the collector, with it, and with empty \
-         programs on the same hooks instead of its own), in a rotating order.\n\n\
+         programs on the same hooks instead of its own), in every order in turn.\n\n\
          | | without collector | with collector | with empty programs |\n|---|---:|---:|---:|\n\
          | workload time, median (ms) | {:.1} | {:.1} | {:.1} |\n\
-         | slowdown, median of the rounds | | {slowdown:.2}% | {floor:.2}% |\n\n\
-         Without the collector, the middle half of the runs spans {spread:.1}% of their median \
-         time.\n\n\
+         | slowdown, median of the rounds (middle half) | | {} | {} |\n\n\
+         The collector against empty programs, round by round: {}.\n\n\
          | program | events during workload | ns per event | ns per event, empty program |\n\
          |---|---:|---:|---:|\n",
         workload.description,
         ms(base),
         ms(attached),
         ms(empty),
+        spread(slowdown),
+        spread(floor),
+        spread(over_empty),
     );
     for cost in &ours.programs {
         let floor = floors
             .programs
             .iter()
             .find(|f| f.program == cost.program)
-            .map_or("".to_owned(), |f| format!("{:.0}", f.ns_per_event));
+            .map(|f| format!("{:.0}", f.ns_per_event))
+            .unwrap_or_default();
         table += &format!(
             "| {} | {:.0} | {:.0} | {floor} |\n",
             cost.program, cost.events, cost.ns_per_event
@@ -561,6 +573,11 @@ fn kernel_cost(collector: &Path, workload: &Workload, runs: usize) -> anyhow::Re
         floors.seconds / floors.run.as_secs_f64() * 100.0,
     );
     Ok(table)
+}
+
+/// A slowdown's median and the middle half of the rounds: `7.10% (5.20 to 9.00%)`.
+fn spread((median, low, high): (f64, f64, f64)) -> String {
+    format!("{median:.2}% ({low:.2} to {high:.2}%)")
 }
 
 /// What each program cost during one run of a workload, from the kernel's BPF statistics.
