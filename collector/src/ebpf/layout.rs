@@ -100,40 +100,30 @@ fn fill_from_btf(btf: &Btf, layout: &mut KernelLayout) -> anyhow::Result<()> {
     {
         layout.task_last_queued = sched_info + last_queued;
     }
-    // `cfs_rq.rq` exists with CONFIG_FAIR_GROUP_SCHED.
-    if let (Some(se), Ok(entity), Ok(cfs_rq), Ok(rq)) = (
-        member(&task, "se"),
-        btf.find("sched_entity", KIND_STRUCT),
-        btf.find("cfs_rq", KIND_STRUCT),
-        btf.find("rq", KIND_STRUCT),
-    ) && points_to(btf, &entity, "cfs_rq", "cfs_rq")
-        && points_to(btf, &cfs_rq, "rq", "rq")
-        && let (Some(entity_cfs_rq), Some(cfs_rq_rq), Some(clock), Some(clock_task)) = (
-            member(&entity, "cfs_rq"),
-            member(&cfs_rq, "rq"),
-            member(&rq, "clock"),
-            member(&rq, "clock_task"),
-        )
+    // `task->se.cfs_rq->rq`: `cfs_rq.rq` exists with CONFIG_FAIR_GROUP_SCHED.
+    let run_queue = || {
+        let se = member(&task, "se")?;
+        let entity = btf.find("sched_entity", KIND_STRUCT).ok()?;
+        let (entity_cfs_rq, cfs_rq) = pointer_member(btf, &entity, "cfs_rq", "cfs_rq")?;
+        let (cfs_rq_rq, rq) = pointer_member(btf, &cfs_rq, "rq", "rq")?;
+        Some((se + entity_cfs_rq, cfs_rq_rq, rq))
+    };
+    if let Some((task_se_cfs_rq, cfs_rq_rq, rq)) = run_queue()
+        && let (Some(clock), Some(clock_task)) = (member(&rq, "clock"), member(&rq, "clock_task"))
     {
-        layout.task_se_cfs_rq = se + entity_cfs_rq;
+        layout.task_se_cfs_rq = task_se_cfs_rq;
         layout.cfs_rq_rq = cfs_rq_rq;
         layout.rq_clock = clock;
         layout.rq_clock_task = clock_task;
     }
-    if let (Ok(css_set), Ok(cgroup), Ok(kernfs_node)) = (
-        btf.find("css_set", KIND_STRUCT),
-        btf.find("cgroup", KIND_STRUCT),
-        btf.find("kernfs_node", KIND_STRUCT),
-    ) && points_to(btf, &task, "cgroups", "css_set")
-        && points_to(btf, &css_set, "dfl_cgrp", "cgroup")
-        && points_to(btf, &cgroup, "kn", "kernfs_node")
-        && let (Some(cgroups), Some(dfl_cgrp), Some(kn), Some(id)) = (
-            member(&task, "cgroups"),
-            member(&css_set, "dfl_cgrp"),
-            member(&cgroup, "kn"),
-            member(&kernfs_node, "id"),
-        )
-    {
+    // `task->cgroups->dfl_cgrp->kn->id`.
+    let cgroup_id = || {
+        let (cgroups, css_set) = pointer_member(btf, &task, "cgroups", "css_set")?;
+        let (dfl_cgrp, cgroup) = pointer_member(btf, &css_set, "dfl_cgrp", "cgroup")?;
+        let (kn, kernfs_node) = pointer_member(btf, &cgroup, "kn", "kernfs_node")?;
+        Some((cgroups, dfl_cgrp, kn, member(&kernfs_node, "id")?))
+    };
+    if let Some((cgroups, dfl_cgrp, kn, id)) = cgroup_id() {
         layout.task_cgroups = cgroups;
         layout.css_set_dfl_cgrp = dfl_cgrp;
         layout.cgroup_kn = kn;
@@ -175,10 +165,8 @@ fn fill_block_from_btf(btf: &Btf, layout: &mut KernelLayout) -> anyhow::Result<(
     }
     // `request.part` is a `struct block_device *` since 5.11 (a `struct hd_struct *` before,
     // where `bd_dev` would read another field).
-    if let Ok(block_device) = btf.find("block_device", KIND_STRUCT)
-        && points_to(btf, &request, "part", "block_device")
-        && let (Some(part), Some(bd_dev)) =
-            (member(&request, "part"), member(&block_device, "bd_dev"))
+    if let Some((part, block_device)) = pointer_member(btf, &request, "part", "block_device")
+        && let Some(bd_dev) = member(&block_device, "bd_dev")
     {
         layout.request_part = part;
         layout.block_device_bd_dev = bd_dev;
@@ -281,24 +269,21 @@ fn skb_drop_reasons(btf: &Btf) -> anyhow::Result<DropReasons> {
     })
 }
 
-/// Whether member `name` of `parent` is a pointer to `struct <pointee>`.
-fn points_to(btf: &Btf, parent: &Type, name: &str, pointee: &str) -> bool {
-    let pointer = || -> anyhow::Result<bool> {
-        let Some(member) = btf
-            .members(parent)?
-            .filter_map(Result::ok)
-            .find(|m| m.name == name)
-        else {
-            return Ok(false);
-        };
-        let pointer = btf.resolve(member.type_id)?;
-        if pointer.kind != KIND_PTR {
-            return Ok(false);
-        }
-        let target = btf.resolve_referenced(&pointer)?;
-        Ok(target.kind == KIND_STRUCT && btf.type_name(&target)? == pointee)
-    };
-    pointer().unwrap_or(false)
+/// The byte offset of member `name` of `parent` and the struct it points to, if it is a pointer
+/// to `struct <pointee>`.
+fn pointer_member(btf: &Btf, parent: &Type, name: &str, pointee: &str) -> Option<(u32, Type)> {
+    let member = btf
+        .members(parent)
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|m| m.name == name)?;
+    let pointer = btf.resolve(member.type_id).ok()?;
+    if pointer.kind != KIND_PTR {
+        return None;
+    }
+    let target = btf.resolve_referenced(&pointer).ok()?;
+    (target.kind == KIND_STRUCT && btf.type_name(&target).ok()? == pointee)
+        .then_some((member.bit_offset / 8, target))
 }
 
 /// Byte offset of member `name`, looking through anonymous structs and unions.
