@@ -16,7 +16,15 @@ pub const BLOCK_OP_NAMES: [&str; 5] = ["read", "write", "flush", "discard", "oth
 /// `REQ_OP_MASK`: the low `REQ_OP_BITS` (8) bits of `cmd_flags` are the operation.
 pub const REQ_OP_MASK: u32 = 0xff;
 
-/// Key of the histogram map: a whole disk and an operation.
+/// Slots per set of the in-flight array: a request is kept in either slot of the set its key
+/// hashes to, so two requests that hash alike can be in flight together.
+pub const INFLIGHT_WAYS: u32 = 2;
+
+/// Slots per set of the histogram array. Every (disk, operation) that ever does I/O keeps a slot
+/// for good, so four: a set would have to draw five of the node's few pairs to refuse one.
+pub const HISTOGRAM_WAYS: u32 = 4;
+
+/// A whole disk and an operation: what a histogram slot is for.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BlockKey {
@@ -26,20 +34,22 @@ pub struct BlockKey {
     pub op: u32,
 }
 
-/// Key of the in-flight map. The BTF and raw tracepoints see the `struct request *` (`request`,
+/// Which request an in-flight slot holds. The BTF and raw tracepoints see the `struct request *` (`request`,
 /// with `sector` 0); classic tracepoint records have no pointer, so they use the device
 /// (`request`) and start sector instead.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct InflightKey {
     pub request: u64,
     pub sector: u64,
 }
 
-/// What is known of a request between insert/issue and completion.
+/// One slot of the in-flight array: what is known of a request between insert/issue and
+/// completion. A slot whose two stamps are 0 is free, whatever `key` it last held.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InflightRequest {
+    pub key: InflightKey,
     /// `bpf_ktime_get_ns` at `block_rq_insert`; 0 when the request was issued directly (no
     /// scheduler queue, so no queue time), and once it completed.
     pub inserted_ns: u64,
@@ -53,6 +63,27 @@ pub struct InflightRequest {
     /// cgroup v2 id of the task that submitted it (current at insert, or at a direct issue), to
     /// charge the I/O to; 0 when per-cgroup accounting is off.
     pub cgroup_id: u64,
+}
+
+impl InflightRequest {
+    /// Whether the slot holds `key`'s request, in flight or completed.
+    #[inline(always)]
+    pub fn holds(&self, key: &InflightKey) -> bool {
+        self.key == *key
+    }
+
+    /// Whether the slot's request is between insert or issue and completion.
+    #[inline(always)]
+    pub fn in_flight(&self) -> bool {
+        self.inserted_ns != 0 || self.issued_ns != 0
+    }
+
+    /// The later of its stamps: of two requests in flight, the one that waited longest has the
+    /// smaller.
+    #[inline(always)]
+    pub fn stamped_ns(&self) -> u64 {
+        self.inserted_ns.max(self.issued_ns)
+    }
 }
 
 /// The three histograms of one (disk, operation), one copy per CPU. Latency and queue time in
@@ -76,14 +107,27 @@ impl BlockHistograms {
     };
 }
 
+/// One slot of this CPU's copy of the histogram array: the histograms of `key`, once `in_use`
+/// is set. Each CPU fills its copy's slots in its own order, so a pair's histograms are summed
+/// over every slot and CPU that holds it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockHistogramSlot {
+    pub key: BlockKey,
+    pub in_use: u32,
+    pub _pad: u32,
+    pub histograms: BlockHistograms,
+}
+
 /// Samples the block programs could not record, one copy per CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuBlockCounters {
-    /// Completions not recorded because the histogram map had no room for a new (disk, op).
-    pub histogram_map_full: u64,
-    /// Insert/issue events not tracked because the in-flight map update failed.
-    pub inflight_map_full: u64,
+    /// Completions not recorded because the slots of their (disk, op)'s set were all taken.
+    pub histogram_slots_taken: u64,
+    /// Requests whose slot another request took while they were in flight (all slots of their
+    /// set in use), so their completion was not recorded.
+    pub inflight_displaced: u64,
 }
 
 #[cfg(feature = "user")]
@@ -94,5 +138,6 @@ mod pod {
     unsafe impl aya::Pod for super::InflightKey {}
     unsafe impl aya::Pod for super::InflightRequest {}
     unsafe impl aya::Pod for super::BlockHistograms {}
+    unsafe impl aya::Pod for super::BlockHistogramSlot {}
     unsafe impl aya::Pod for super::CpuBlockCounters {}
 }

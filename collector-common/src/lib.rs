@@ -11,7 +11,9 @@ pub mod layout;
 pub mod net;
 pub mod sched;
 
-pub use block::{BlockHistograms, BlockKey, CpuBlockCounters, InflightKey, InflightRequest};
+pub use block::{
+    BlockHistogramSlot, BlockHistograms, BlockKey, CpuBlockCounters, InflightKey, InflightRequest,
+};
 pub use cgroup::{CgroupCounters, CpuCharges};
 pub use histogram::Log2Histogram;
 pub use layout::KernelLayout;

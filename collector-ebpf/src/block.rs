@@ -1,29 +1,33 @@
 //! Block I/O: request latency (issue → completion), queue time (insert → issue) and size, per
 //! disk and operation.
 //!
-//! Insert and issue remember the request in an LRU hash shared by all CPUs (completion usually
-//! runs on another CPU, in the interrupt); completion records all three histograms at once, so a
-//! request costs one lookup of the per-CPU histogram map. Our own timestamps are used rather
-//! than `request.io_start_time_ns`, which the kernel fills in only with I/O statistics on.
+//! Insert and issue remember the request in an array shared by all CPUs (completion usually
+//! runs on another CPU, in the interrupt); completion records all three histograms at once, in
+//! this CPU's copy of a second array. Our own timestamps are used rather than
+//! `request.io_start_time_ns`, which the kernel fills in only with I/O statistics on.
+//!
+//! Both arrays are hash tables of fixed-size sets (`INFLIGHT_WAYS`, `HISTOGRAM_WAYS`): a key
+//! hashes to a set and takes any of its slots. An array lookup is a bounds check the verifier
+//! inlines, where a hash map's is a call that hashes the key and walks a bucket, and one call
+//! costs about as much as a whole short program on this kind of VM. A request that finds every
+//! slot of its set in flight takes the one stamped longest ago and that request goes unrecorded
+//! (counted); sizing makes it rare.
 //!
 //! The BTF and raw programs key requests by their `struct request` pointer. Requests are
-//! allocated once per tag of each hardware and scheduler queue and reused, so an entry is
-//! written over in place at the request's next use instead of being deleted at completion and
-//! created again: a lookup instead of an LRU delete and insert (about 30% less per request). The
-//! daemon sizes the map for every tag of every disk. Classic tracepoints key by (disk, sector),
-//! which does not repeat, so their entries are deleted.
+//! allocated once per tag of each hardware and scheduler queue and reused, so a slot often
+//! still holds the request at its next use. Classic tracepoints key by (disk, sector), which
+//! does not repeat. Either way completion frees the slot by clearing its stamps.
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
     helpers::bpf_ktime_get_ns,
     macros::{map, tracepoint},
-    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, PerCpuArray},
     programs::TracePointContext,
 };
 use collector_common::{
-    BlockHistograms, BlockKey, CpuBlockCounters, InflightKey, InflightRequest,
+    BlockHistogramSlot, BlockHistograms, BlockKey, CpuBlockCounters, InflightKey, InflightRequest,
     block::{
         BLOCK_OP_DISCARD, BLOCK_OP_FLUSH, BLOCK_OP_OTHER, BLOCK_OP_READ, BLOCK_OP_WRITE,
-        REQ_OP_MASK,
+        HISTOGRAM_WAYS, INFLIGHT_WAYS, REQ_OP_MASK,
     },
     cgroup::{CGROUP_IO_READ, CGROUP_IO_WRITE},
     layout::UNKNOWN_OFFSET,
@@ -36,35 +40,118 @@ use crate::{
     with_slot,
 };
 
-/// What is known of each request since its insert or issue, by key (see the module doc). LRU,
-/// sized by the daemon from the disks' tag counts: a key whose completion never comes (a
-/// request merged into another, classic keys of requests issued before we attached) is evicted
-/// instead of leaking.
-#[map]
-static BLOCK_INFLIGHT: LruHashMap<InflightKey, InflightRequest> =
-    LruHashMap::with_max_entries(8192, 0);
+/// log2 of the number of sets in `BLOCK_INFLIGHT` and `BLOCK_HISTOGRAMS`, written by the daemon
+/// with the arrays' sizes (read-only, so the verifier sees constants). Powers of two: a set is
+/// picked with a shift, where a 64-bit division costs tens of cycles.
+#[unsafe(no_mangle)]
+static BLOCK_INFLIGHT_SET_BITS: u32 = 0;
+#[unsafe(no_mangle)]
+static BLOCK_HISTOGRAM_SET_BITS: u32 = 0;
 
-/// Histograms per (disk, operation), one copy per CPU. Not LRU: an evicted entry would make its
-/// counters go backwards. Full → counted in `CpuBlockCounters::histogram_map_full`.
+/// Requests between insert or issue and completion, `INFLIGHT_WAYS` slots per set. Sized by the
+/// daemon from the disks' tag counts.
 #[map]
-static BLOCK_HISTOGRAMS: PerCpuHashMap<BlockKey, BlockHistograms> =
-    PerCpuHashMap::with_max_entries(1024, 0);
+static BLOCK_INFLIGHT: Array<InflightRequest> = Array::with_max_entries(INFLIGHT_WAYS, 0);
 
-/// One all-zero `BlockHistograms`, never written: the initial value of new histogram entries
-/// (the struct does not fit on the 512-byte BPF stack).
+/// Histograms per (disk, operation), one copy per CPU, `HISTOGRAM_WAYS` slots per set. A slot
+/// once taken stays its pair's: freeing it would make counters go backwards. Sized by the
+/// daemon from the number of disks.
 #[map]
-static BLOCK_HISTOGRAMS_ZERO: Array<BlockHistograms> = Array::with_max_entries(1, 0);
+static BLOCK_HISTOGRAMS: PerCpuArray<BlockHistogramSlot> =
+    PerCpuArray::with_max_entries(HISTOGRAM_WAYS, 0);
+
+/// Which slots of `BLOCK_HISTOGRAMS` any CPU has taken (1), so the daemon reads only those and
+/// not every CPU's copy of every slot.
+#[map]
+static BLOCK_HISTOGRAM_SLOTS_USED: Array<u32> = Array::with_max_entries(HISTOGRAM_WAYS, 0);
 
 #[map]
 static BLOCK_COUNTERS: PerCpuArray<CpuBlockCounters> = PerCpuArray::with_max_entries(1, 0);
 
-/// How a request's entry ends, by how requests are keyed.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Keys {
-    /// `struct request` pointers: reused, so entries are kept and written over.
-    Reused,
-    /// (disk, sector): deleted at completion.
-    OneOff,
+/// The low half of a request pointer, as a number to hash. The verifier allows no arithmetic but
+/// addition on a BTF program's pointers, and a 32-bit move turns one into a number (for programs
+/// loaded with CAP_PERFMON, as tracing programs are); a move is what the compiler would not emit
+/// for a truncation, hence the assembly. The low half is what tells requests apart.
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+fn low_half(pointer: u64) -> u64 {
+    let low: u64;
+    // Fixed registers: the `wreg` class needs the alu32 feature enabled for the whole crate.
+    unsafe {
+        core::arch::asm!(
+            "w0 = w1",
+            in("r1") pointer,
+            lateout("r0") low,
+            options(pure, nomem, nostack),
+        );
+    }
+    low
+}
+
+/// Host builds (`cargo check`, clippy) only.
+#[cfg(not(target_arch = "bpf"))]
+fn low_half(pointer: u64) -> u64 {
+    pointer & 0xffff_ffff
+}
+
+/// Index of the first slot of `value`'s set, in an array of `2^set_bits` sets of `ways` slots.
+/// Fibonacci hashing: the top bits of the product depend on every bit of `value`, so pointers a
+/// fixed stride apart spread over all sets.
+#[inline(always)]
+fn first_slot(value: u64, set_bits: &u32, ways: u32) -> u32 {
+    let set_bits = unsafe { core::ptr::read_volatile(set_bits) };
+    if set_bits == 0 {
+        return 0;
+    }
+    let set = value.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - set_bits.min(32));
+    set as u32 * ways
+}
+
+#[inline(always)]
+fn inflight_slots(key: &InflightKey) -> Option<[*mut InflightRequest; INFLIGHT_WAYS as usize]> {
+    let first = first_slot(
+        low_half(key.request) ^ key.sector.rotate_left(32),
+        &BLOCK_INFLIGHT_SET_BITS,
+        INFLIGHT_WAYS,
+    );
+    Some([
+        BLOCK_INFLIGHT.get_ptr_mut(first)?,
+        BLOCK_INFLIGHT.get_ptr_mut(first + 1)?,
+    ])
+}
+
+/// The slot holding `key`'s request, if any.
+#[inline(always)]
+fn find_inflight(key: &InflightKey) -> Option<*mut InflightRequest> {
+    inflight_slots(key)?
+        .into_iter()
+        .find(|slot| unsafe { &**slot }.holds(key))
+}
+
+/// The slot to record `key`'s request in, and whether it already holds it: its own, else a
+/// free one, else the one stamped longest ago, whose request is displaced (counted).
+#[inline(always)]
+fn claim_inflight(key: &InflightKey) -> Option<(*mut InflightRequest, bool)> {
+    let [first, second] = inflight_slots(key)?;
+    let (first_entry, second_entry) = unsafe { (&*first, &*second) };
+    if first_entry.holds(key) {
+        return Some((first, true));
+    }
+    if second_entry.holds(key) {
+        return Some((second, true));
+    }
+    if !first_entry.in_flight() {
+        return Some((first, false));
+    }
+    if !second_entry.in_flight() {
+        return Some((second, false));
+    }
+    with_slot(&BLOCK_COUNTERS, |c| c.inflight_displaced += 1);
+    if first_entry.stamped_ns() <= second_entry.stamped_ns() {
+        Some((first, false))
+    } else {
+        Some((second, false))
+    }
 }
 
 /// Whether a kept entry is of an earlier use of its `struct request`: the kernel stamps each
@@ -74,85 +161,59 @@ enum Keys {
 #[inline(always)]
 fn from_earlier_use(entry: &InflightRequest, allocated_ns: impl FnOnce() -> u64) -> bool {
     let allocated_ns = allocated_ns();
-    allocated_ns != 0 && entry.inserted_ns.max(entry.issued_ns) < allocated_ns
+    allocated_ns != 0 && entry.stamped_ns() < allocated_ns
 }
 
 #[inline(always)]
 fn on_insert(key: InflightKey, allocated_ns: impl FnOnce() -> u64) {
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(entry) = BLOCK_INFLIGHT.get_ptr_mut(key) {
-        let entry = unsafe { &mut *entry };
-        if entry.issued_ns == 0 || from_earlier_use(entry, allocated_ns) {
-            // A kept entry of a completed request, or of an earlier use: a new request.
-            entry.cgroup_id = submitter_cgroup();
-        }
-        // Otherwise requeued after its issue and inserted again by a kernel worker: it waits
-        // in the queue again, still on behalf of the task that submitted it.
-        entry.inserted_ns = now;
-        entry.issued_ns = 0;
+    let Some((entry, held)) = claim_inflight(&key) else {
         return;
-    }
-    let request = InflightRequest {
-        inserted_ns: now,
-        cgroup_id: submitter_cgroup(),
-        ..InflightRequest::default()
     };
-    if BLOCK_INFLIGHT.insert(key, request, 0).is_err() {
-        with_slot(&BLOCK_COUNTERS, |c| c.inflight_map_full += 1);
+    let entry = unsafe { &mut *entry };
+    // Requeued after its issue and inserted again by a kernel worker: it waits in the queue
+    // again, still on behalf of the task that submitted it. Anything else is a new request.
+    let requeued = held && entry.issued_ns != 0 && !from_earlier_use(entry, allocated_ns);
+    if !requeued {
+        entry.key = key;
+        entry.cgroup_id = submitter_cgroup();
     }
+    entry.inserted_ns = now;
+    entry.issued_ns = 0;
 }
 
 #[inline(always)]
 fn on_issue(key: InflightKey, dev: u32, op: u32, bytes: u32, allocated_ns: impl FnOnce() -> u64) {
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(request) = BLOCK_INFLIGHT.get_ptr_mut(key) {
-        let request = unsafe { &mut *request };
-        // A kept entry of a completed request or of an earlier use: this one is issued
-        // directly (no queue time) by the task submitting it. Otherwise it was inserted, or
-        // it is issued again after the driver was busy (no insert in between): its queue
-        // time and cgroup stand.
-        if (request.inserted_ns == 0 && request.issued_ns == 0)
-            || from_earlier_use(request, allocated_ns)
-        {
-            request.inserted_ns = 0;
-            request.cgroup_id = submitter_cgroup();
-        }
-        request.issued_ns = now;
-        request.dev = dev;
-        request.op = op;
-        request.bytes = bytes;
+    let Some((entry, held)) = claim_inflight(&key) else {
         return;
-    }
-    // Issued directly, without passing through a scheduler queue: no queue time.
-    let request = InflightRequest {
-        inserted_ns: 0,
-        issued_ns: now,
-        bytes,
-        dev,
-        op,
-        _pad: 0,
-        cgroup_id: submitter_cgroup(),
     };
-    if BLOCK_INFLIGHT.insert(key, request, 0).is_err() {
-        with_slot(&BLOCK_COUNTERS, |c| c.inflight_map_full += 1);
+    let entry = unsafe { &mut *entry };
+    // Inserted, or issued again after the driver was busy (no insert in between): its queue
+    // time and cgroup stand. Otherwise it is issued directly (no queue time) by the task
+    // submitting it.
+    let queued = held && entry.in_flight() && !from_earlier_use(entry, allocated_ns);
+    if !queued {
+        entry.key = key;
+        entry.inserted_ns = 0;
+        entry.cgroup_id = submitter_cgroup();
     }
+    entry.issued_ns = now;
+    entry.dev = dev;
+    entry.op = op;
+    entry.bytes = bytes;
 }
 
 #[inline(always)]
-fn on_complete(key: InflightKey, keys: Keys, allocated_ns: impl FnOnce() -> u64) {
-    let Some(entry) = BLOCK_INFLIGHT.get_ptr_mut(key) else {
-        return; // issued before we were attached, or evicted
+fn on_complete(key: InflightKey, allocated_ns: impl FnOnce() -> u64) {
+    let Some(entry) = find_inflight(&key) else {
+        return; // issued before we were attached, or displaced
     };
     let request = unsafe { *entry };
-    match keys {
-        // Completed: a later completion of the same request (a partial one) finds nothing.
-        Keys::Reused => unsafe {
-            (*entry).inserted_ns = 0;
-            (*entry).issued_ns = 0;
-        },
-        Keys::OneOff => {
-            let _ = BLOCK_INFLIGHT.remove(key);
-        }
+    // Completed: a later completion of the same request (a partial one) finds nothing.
+    unsafe {
+        (*entry).inserted_ns = 0;
+        (*entry).issued_ns = 0;
     }
     if request.issued_ns == 0 || from_earlier_use(&request, allocated_ns) {
         return; // issued before we were attached, or already completed
@@ -163,7 +224,7 @@ fn on_complete(key: InflightKey, keys: Keys, allocated_ns: impl FnOnce() -> u64)
         op: request.op,
     };
     let Some(histograms) = histograms_for(&histogram_key) else {
-        with_slot(&BLOCK_COUNTERS, |c| c.histogram_map_full += 1);
+        with_slot(&BLOCK_COUNTERS, |c| c.histogram_slots_taken += 1);
         return;
     };
     let histograms = unsafe { &mut *histograms };
@@ -213,16 +274,32 @@ fn charge_cgroup(request: &InflightRequest, latency_ns: u64) {
     });
 }
 
-/// This CPU's histograms of `key`, creating the entry (zeroed) on first use.
+/// This CPU's histograms of `key`: its slot in the key's set, else a free slot of the set,
+/// claimed. Only `block_rq_complete` writes this array, and a program never runs nested in
+/// itself on one CPU, so claiming needs no atomics.
 #[inline(always)]
 fn histograms_for(key: &BlockKey) -> Option<*mut BlockHistograms> {
-    if let Some(histograms) = BLOCK_HISTOGRAMS.get_ptr_mut(key) {
-        return Some(histograms);
+    let first = first_slot(
+        ((key.dev as u64) << 8) | key.op as u64,
+        &BLOCK_HISTOGRAM_SET_BITS,
+        HISTOGRAM_WAYS,
+    );
+    let mut free = None;
+    for way in 0..HISTOGRAM_WAYS {
+        let slot = unsafe { &mut *BLOCK_HISTOGRAMS.get_ptr_mut(first + way)? };
+        if slot.in_use == 0 {
+            free = free.or(Some((slot, first + way)));
+        } else if slot.key == *key {
+            return Some(&raw mut slot.histograms);
+        }
     }
-    let zero = BLOCK_HISTOGRAMS_ZERO.get(0)?;
-    // Fails when full, or when another CPU created it first: the second lookup tells which.
-    let _ = BLOCK_HISTOGRAMS.insert(key, zero, BPF_NOEXIST as u64);
-    BLOCK_HISTOGRAMS.get_ptr_mut(key)
+    let (slot, index) = free?;
+    slot.key = *key;
+    slot.in_use = 1;
+    if let Some(used) = BLOCK_HISTOGRAM_SLOTS_USED.get_ptr_mut(index) {
+        unsafe { *used = 1 };
+    }
+    Some(&raw mut slot.histograms)
 }
 
 /// Folds the kernel's `REQ_OP_*` into the operations the metrics name.
@@ -330,9 +407,7 @@ btf_and_raw!(
     block_rq_complete_raw,
     |ctx, Memory| {
         let request = ctx.arg(0);
-        on_complete(pointer_key(request), Keys::Reused, || {
-            allocated_ns::<Memory>(request)
-        })
+        on_complete(pointer_key(request), || allocated_ns::<Memory>(request))
     }
 );
 
@@ -402,7 +477,7 @@ pub fn block_rq_complete_tp(ctx: TracePointContext) -> u32 {
         layout!(tp_block_rq_complete_dev),
         layout!(tp_block_rq_complete_sector),
     ) {
-        on_complete(key, Keys::OneOff, || 0);
+        on_complete(key, || 0);
     }
     0
 }

@@ -102,6 +102,12 @@ pub struct Options {
     /// and tracepoint scheduler hooks keep; tp_btf reads the scheduler's own stamps.
     #[arg(long = "ebpf.runqueue-max-tasks", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(64..))]
     pub runqueue_max_tasks: u32,
+
+    /// Slots of the array of in-flight block requests (rounded up to a power of two, at least 2).
+    /// By default twice the requests the disks can have in flight, at least 8192; a request
+    /// that finds both slots of its set taken displaces one (`ebpf_block_rq_dropped_total`).
+    #[arg(long = "ebpf.block-inflight-slots", value_name = "SLOTS", value_parser = clap::value_parser!(u32).range(2..=(1 << 21)))]
+    pub block_inflight_slots: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -93,7 +93,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             enable_stats: options.enable_bpf_stats,
             runqueue_max_tasks: options.runqueue_max_tasks,
             cgroup_map_entries,
-            block_inflight_entries: ebpf::block::inflight_map_entries(&options.sysfs),
+            block_sets: ebpf::block::ArraySets::for_disks(&options.sysfs)
+                .with_inflight_slots(options.block_inflight_slots),
             empty_programs: options.empty_programs,
         };
         match tokio::task::spawn_blocking(move || EbpfRuntime::start(&hooks, &loader_options))

@@ -194,3 +194,56 @@ test_each_hook_type!(
     raw_tracepoint_fallback_times_direct_writes,
     classic_tracepoint_fallback_times_direct_writes
 );
+
+/// With two in-flight slots, writers in parallel keep more requests in flight than fit: each
+/// request displaced before its completion is counted, so every write is either timed or
+/// counted as dropped.
+#[test]
+fn requests_displaced_from_a_full_inflight_array_are_counted() {
+    require_root!();
+    const WRITERS: usize = 16;
+    const EACH: usize = 50;
+    let targets: Vec<Target> = (0..WRITERS)
+        .map(|writer| target(&format!("displaced-{writer}")))
+        .collect();
+    let devices: std::collections::BTreeSet<&str> =
+        targets.iter().map(|t| t.device.as_str()).collect();
+    let daemon = Daemon::start(&[
+        "--ebpf.block-inflight-slots=2",
+        "--no-collector.ebpf.irq",
+        "--no-collector.ebpf.sched",
+        "--no-collector.ebpf.net",
+    ]);
+    let before = daemon.scrape();
+    std::thread::scope(|scope| {
+        for target in &targets {
+            scope.spawn(|| direct_writes(&target.path, EACH));
+        }
+    });
+    let after = daemon.scrape();
+    let delta =
+        |name: &str, labels: &[(&str, &str)]| after.sum(name, labels) - before.sum(name, labels);
+    let timed: f64 = devices
+        .iter()
+        .map(|device| {
+            delta(
+                "ebpf_block_rq_latency_seconds_count",
+                &[("device", device), ("operation", "write")],
+            )
+        })
+        .sum();
+    let displaced = delta("ebpf_block_rq_dropped_total", &[("map", "inflight")]);
+    eprintln!(
+        "{} writes: {timed} timed on {devices:?}, {displaced} requests displaced",
+        WRITERS * EACH
+    );
+    assert!(
+        displaced > 0.0,
+        "{WRITERS} writers in parallel never had three requests in flight"
+    );
+    assert!(
+        timed + displaced >= (WRITERS * EACH) as f64,
+        "{timed} writes timed and {displaced} requests displaced, for {} writes",
+        WRITERS * EACH
+    );
+}

@@ -6,9 +6,10 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{IterableMap as _, MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{Array, IterableMap as _, MapData, PerCpuArray};
 use collector_common::{
-    BlockHistograms, BlockKey, CpuBlockCounters, Log2Histogram, block::BLOCK_OP_NAMES,
+    BlockHistogramSlot, CpuBlockCounters, Log2Histogram,
+    block::{BLOCK_OP_NAMES, HISTOGRAM_WAYS, INFLIGHT_WAYS},
 };
 
 use super::{EbpfRuntime, Hook, batch::BatchReader, histogram, programs};
@@ -42,8 +43,9 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 };
 
 struct Maps {
-    histograms: PerCpuHashMap<MapData, BlockKey, BlockHistograms>,
-    histograms_reader: BatchReader<BlockKey, BlockHistograms>,
+    histograms: PerCpuArray<MapData, BlockHistogramSlot>,
+    slots_used: Array<MapData, u32>,
+    slots_used_reader: BatchReader<u32, u32>,
     counters: PerCpuArray<MapData, CpuBlockCounters>,
 }
 
@@ -56,11 +58,12 @@ pub struct BlockCollector {
 fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     let maps = match &context.ebpf {
         Some(runtime) => {
-            let histograms: PerCpuHashMap<MapData, BlockKey, BlockHistograms> =
-                runtime.take_map("BLOCK_HISTOGRAMS")?.try_into()?;
+            let slots_used: Array<MapData, u32> =
+                runtime.take_map("BLOCK_HISTOGRAM_SLOTS_USED")?.try_into()?;
             Some(Maps {
-                histograms_reader: BatchReader::new(histograms.map())?,
-                histograms,
+                histograms: runtime.take_map("BLOCK_HISTOGRAMS")?.try_into()?,
+                slots_used_reader: BatchReader::new(slots_used.map())?,
+                slots_used,
                 counters: runtime.take_map("BLOCK_COUNTERS")?.try_into()?,
             })
         }
@@ -112,21 +115,27 @@ impl Collector for BlockCollector {
         }
 
         let mut totals: BTreeMap<(String, &'static str), Totals> = BTreeMap::new();
-        let entries = maps
-            .histograms_reader
-            .read(maps.histograms.map())
-            .context("reading BLOCK_HISTOGRAMS")?;
-        for (key, per_cpu) in entries.iter() {
-            let device = self.devices.name(key.dev);
-            let operation = BLOCK_OP_NAMES
-                .get(key.op as usize)
-                .copied()
-                .unwrap_or("other");
-            let total = totals.entry((device, operation)).or_default();
-            for copy in per_cpu.iter() {
-                add(&mut total.latency, &copy.latency);
-                add(&mut total.queue, &copy.queue);
-                add(&mut total.size, &copy.size);
+        let used = maps
+            .slots_used_reader
+            .read(maps.slots_used.map())
+            .context("reading BLOCK_HISTOGRAM_SLOTS_USED")?;
+        for (index, _) in used.iter().filter(|(_, used)| used[0] != 0) {
+            let per_cpu = maps
+                .histograms
+                .get(&index, 0)
+                .context("reading BLOCK_HISTOGRAMS")?;
+            // Each CPU fills a set's slots in its own order: a slot's copies may hold different
+            // pairs, and a pair may be in several slots.
+            for slot in per_cpu.iter().filter(|slot| slot.in_use != 0) {
+                let device = self.devices.name(slot.key.dev);
+                let operation = BLOCK_OP_NAMES
+                    .get(slot.key.op as usize)
+                    .copied()
+                    .unwrap_or("other");
+                let total = totals.entry((device, operation)).or_default();
+                add(&mut total.latency, &slot.histograms.latency);
+                add(&mut total.queue, &slot.histograms.queue);
+                add(&mut total.size, &slot.histograms.size);
             }
         }
 
@@ -164,11 +173,11 @@ impl Collector for BlockCollector {
 
         let counters = maps.counters.get(&0, 0).context("reading BLOCK_COUNTERS")?;
         let (histogram_full, inflight_full) = counters.iter().fold((0u64, 0u64), |(h, i), c| {
-            (h + c.histogram_map_full, i + c.inflight_map_full)
+            (h + c.histogram_slots_taken, i + c.inflight_displaced)
         });
         let mut dropped = MetricFamily::counter(
             "ebpf_block_rq_dropped_total",
-            "Block I/O requests not recorded because a kernel map was full: histograms (too many disk/operation pairs) or in-flight requests.",
+            "Block I/O requests not recorded for want of a slot in a kernel map: histograms (too many disk/operation pairs) or in-flight requests (too many in flight that hash alike).",
         );
         dropped.push([("map", "histograms")], histogram_full as f64);
         dropped.push([("map", "inflight")], inflight_full as f64);
@@ -177,28 +186,83 @@ impl Collector for BlockCollector {
     }
 }
 
-/// Entries of the kernel's map of in-flight requests: the programs keep one per `struct request`
-/// ever used, and the kernel allocates one per tag of each disk's hardware queues
-/// (`mq/*/nr_tags`) and per scheduler request (`queue/nr_requests`). Twice the disks' total, for
-/// disks added later, between 8192 and 262144 (~30 MiB of kernel memory).
-pub fn inflight_map_entries(sysfs: &Path) -> u32 {
+/// How many sets the kernel's block arrays get (see collector-ebpf/src/block.rs): powers of two.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArraySets {
+    /// `BLOCK_INFLIGHT`, `INFLIGHT_WAYS` slots each.
+    pub inflight: u32,
+    /// `BLOCK_HISTOGRAMS`, `HISTOGRAM_WAYS` slots each.
+    pub histograms: u32,
+}
+
+impl ArraySets {
+    /// Sized from the disks in `sysfs`/block (see the two functions below).
+    pub fn for_disks(sysfs: &Path) -> Self {
+        let disks = disk_dirs(sysfs);
+        Self {
+            inflight: inflight_sets(&disks),
+            histograms: histogram_sets(disks.len()),
+        }
+    }
+
+    /// With `slots` in-flight slots instead, if given: rounded up to whole sets, a power of two.
+    pub fn with_inflight_slots(self, slots: Option<u32>) -> Self {
+        match slots {
+            Some(slots) => Self {
+                inflight: slots.div_ceil(INFLIGHT_WAYS).next_power_of_two(),
+                ..self
+            },
+            None => self,
+        }
+    }
+
+    pub fn inflight_slots(self) -> u32 {
+        self.inflight * INFLIGHT_WAYS
+    }
+
+    pub fn histogram_slots(self) -> u32 {
+        self.histograms * HISTOGRAM_WAYS
+    }
+}
+
+fn disk_dirs(sysfs: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(sysfs.join("block"))
+        .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+/// Sets of the in-flight array: at least one per request the disks can have, counting a request
+/// per tag of each hardware queue (`mq/*/nr_tags`) and per scheduler request
+/// (`queue/nr_requests`), so at least twice as many slots as requests, for disks added later.
+/// With two slots a set, a request is displaced only when three in flight at once hash alike.
+/// Between 4096 and 131072 sets (56 bytes a slot: 0.4 to 14 MiB of kernel memory).
+fn inflight_sets(disks: &[PathBuf]) -> u32 {
     let number = |path: PathBuf| read::uint_from_file(&path).unwrap_or(0);
-    let entries = |dir: PathBuf| -> Vec<PathBuf> {
-        std::fs::read_dir(dir)
-            .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect())
-            .unwrap_or_default()
-    };
-    let requests: u64 = entries(sysfs.join("block"))
-        .into_iter()
+    let requests: u64 = disks
+        .iter()
         .map(|disk| {
-            let tags: u64 = entries(disk.join("mq"))
-                .into_iter()
-                .map(|queue| number(queue.join("nr_tags")))
-                .sum();
+            let tags: u64 = std::fs::read_dir(disk.join("mq"))
+                .map(|queues| {
+                    queues
+                        .filter_map(Result::ok)
+                        .map(|queue| number(queue.path().join("nr_tags")))
+                        .sum()
+                })
+                .unwrap_or(0);
             tags + number(disk.join("queue/nr_requests"))
         })
         .sum();
-    (2 * requests).clamp(8192, 1 << 18) as u32
+    requests.next_power_of_two().clamp(1 << 12, 1 << 17) as u32
+}
+
+/// Sets of the histogram array: at least half a set per (disk, operation) the disks could have,
+/// so at least twice as many slots as pairs, for disks added later; most disks only ever read
+/// and write. Between 16 and 256 sets (a slot is ~1 KiB per CPU).
+fn histogram_sets(disks: usize) -> u32 {
+    (disks * BLOCK_OP_NAMES.len())
+        .div_ceil(2)
+        .next_power_of_two()
+        .clamp(16, 256) as u32
 }
 
 /// Kernel device numbers → the names /proc/diskstats uses, through sysfs, partitions folded
@@ -251,7 +315,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_the_inflight_map_for_every_tag_of_every_disk() {
+    fn sizes_the_arrays_for_every_tag_and_operation_of_every_disk() {
         let sysfs = std::env::temp_dir().join(format!("block-tags-{}", std::process::id()));
         for (disk, queues, tags, requests) in [("nvme0n1", 8, 1023, 256), ("vda", 1, 128, 256)] {
             for queue in 0..queues {
@@ -263,12 +327,27 @@ mod tests {
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join("nr_requests"), format!("{requests}\n")).unwrap();
         }
-        assert_eq!(
-            inflight_map_entries(&sysfs),
-            2 * (8 * 1023 + 256 + 128 + 256)
-        );
+        for loop_disk in 0..8 {
+            std::fs::create_dir_all(sysfs.join(format!("block/loop{loop_disk}"))).unwrap();
+        }
+        let sets = ArraySets::for_disks(&sysfs);
+        // 8824 requests; 10 disks of 5 operations, 25 sets at 2 slots a pair.
+        assert_eq!(sets.inflight, 16384);
+        assert_eq!(sets.inflight_slots(), 32768);
+        assert_eq!(sets.histograms, 32);
+        assert_eq!(sets.histogram_slots(), 128);
+        assert_eq!(sets.with_inflight_slots(Some(2)).inflight_slots(), 2);
+        assert_eq!(sets.with_inflight_slots(Some(5000)).inflight_slots(), 8192);
+        assert_eq!(sets.with_inflight_slots(None), sets);
         std::fs::remove_dir_all(&sysfs).unwrap();
-        assert_eq!(inflight_map_entries(&sysfs), 8192, "no disks: the floor");
+        assert_eq!(
+            ArraySets::for_disks(&sysfs),
+            ArraySets {
+                inflight: 4096,
+                histograms: 16
+            },
+            "no disks: the floors"
+        );
     }
 
     #[test]

@@ -47,8 +47,8 @@ pub struct LoaderOptions {
     pub runqueue_max_tasks: u32,
     /// Size of the per-cgroup counter map when per-cgroup accounting is on (`ebpf.cgroup`).
     pub cgroup_map_entries: Option<u32>,
-    /// Size of the in-flight block request map (`ebpf::block::inflight_map_entries`).
-    pub block_inflight_entries: u32,
+    /// Sizes of the block programs' arrays.
+    pub block_sets: super::block::ArraySets,
     /// Attach the programs that do nothing (`collector-ebpf/src/empty.rs`) instead of ours.
     pub empty_programs: bool,
 }
@@ -117,9 +117,21 @@ impl EbpfRuntime {
                 "RUNQUEUE_ENQUEUED_AT",
                 lru_entries(options.runqueue_max_tasks, possible_cpus),
             )
+            .override_global(
+                "BLOCK_INFLIGHT_SET_BITS",
+                &options.block_sets.inflight.ilog2(),
+                true,
+            )
+            .override_global(
+                "BLOCK_HISTOGRAM_SET_BITS",
+                &options.block_sets.histograms.ilog2(),
+                true,
+            )
+            .map_max_entries("BLOCK_INFLIGHT", options.block_sets.inflight_slots())
+            .map_max_entries("BLOCK_HISTOGRAMS", options.block_sets.histogram_slots())
             .map_max_entries(
-                "BLOCK_INFLIGHT",
-                lru_entries(options.block_inflight_entries, possible_cpus),
+                "BLOCK_HISTOGRAM_SLOTS_USED",
+                options.block_sets.histogram_slots(),
             )
             .map_max_entries("MIGRATIONS_TO_CPU", possible_cpus)
             .map_max_entries(
