@@ -78,8 +78,7 @@ impl InflightRequest {
         self.inserted_ns != 0 || self.issued_ns != 0
     }
 
-    /// The later of its stamps: of two requests in flight, the one that waited longest has the
-    /// smaller.
+    /// The later of its stamps: when the slot's request was last seen.
     #[inline(always)]
     pub fn stamped_ns(&self) -> u64 {
         self.inserted_ns.max(self.issued_ns)
@@ -125,8 +124,8 @@ pub struct BlockHistogramSlot {
 pub struct CpuBlockCounters {
     /// Completions not recorded because the slots of their (disk, op)'s set were all taken.
     pub histogram_slots_taken: u64,
-    /// Requests whose slot another request took while they were in flight (all slots of their
-    /// set in use), so their completion was not recorded.
+    /// Issued requests whose slot another request took before they completed (both slots of
+    /// their set in flight), so their completion was not recorded.
     pub inflight_displaced: u64,
 }
 

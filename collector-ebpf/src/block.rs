@@ -129,7 +129,10 @@ fn find_inflight(key: &InflightKey) -> Option<*mut InflightRequest> {
 }
 
 /// The slot to record `key`'s request in, and whether it already holds it: its own, else a
-/// free one, else the one stamped longest ago, whose request is displaced (counted).
+/// free one. When both hold requests in flight, one still waiting in a queue makes way: it
+/// will be timed from its issue as if issued directly, losing only its queue time (entries of
+/// merged requests, which never complete, are of this kind). Else the one issued longest ago
+/// does, and its completion will not be recorded (counted).
 #[inline(always)]
 fn claim_inflight(key: &InflightKey) -> Option<(*mut InflightRequest, bool)> {
     let [first, second] = inflight_slots(key)?;
@@ -146,12 +149,19 @@ fn claim_inflight(key: &InflightKey) -> Option<(*mut InflightRequest, bool)> {
     if !second_entry.in_flight() {
         return Some((second, false));
     }
-    with_slot(&BLOCK_COUNTERS, |c| c.inflight_displaced += 1);
-    if first_entry.stamped_ns() <= second_entry.stamped_ns() {
-        Some((first, false))
+    let displaced = if first_entry.issued_ns == 0 {
+        first
+    } else if second_entry.issued_ns == 0 {
+        second
     } else {
-        Some((second, false))
-    }
+        with_slot(&BLOCK_COUNTERS, |c| c.inflight_displaced += 1);
+        if first_entry.issued_ns <= second_entry.issued_ns {
+            first
+        } else {
+            second
+        }
+    };
+    Some((displaced, false))
 }
 
 /// Whether a kept entry is of an earlier use of its `struct request`: the kernel stamps each
@@ -210,6 +220,16 @@ fn on_complete(key: InflightKey, allocated_ns: impl FnOnce() -> u64) {
         return; // issued before we were attached, or displaced
     };
     let request = unsafe { *entry };
+    // Another CPU taking the slot for a new request while it was copied leaves a copy that may
+    // mix the two, and a slot no longer ours to free: read again (volatile, or the compiler
+    // reuses the copy). This narrows the race to the instant between the two reads.
+    let still_ours = unsafe {
+        core::ptr::read_volatile(&raw const (*entry).key) == key
+            && core::ptr::read_volatile(&raw const (*entry).issued_ns) == request.issued_ns
+    };
+    if !still_ours {
+        return;
+    }
     // Completed: a later completion of the same request (a partial one) finds nothing.
     unsafe {
         (*entry).inserted_ns = 0;
@@ -295,7 +315,8 @@ fn histograms_for(key: &BlockKey) -> Option<*mut BlockHistograms> {
     }
     let (slot, index) = free?;
     slot.key = *key;
-    slot.in_use = 1;
+    // After the key, so that the daemon never reads a slot in use with another pair's key.
+    unsafe { core::ptr::write_volatile(&raw mut slot.in_use, 1) };
     if let Some(used) = BLOCK_HISTOGRAM_SLOTS_USED.get_ptr_mut(index) {
         unsafe { *used = 1 };
     }

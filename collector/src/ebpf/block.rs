@@ -177,7 +177,7 @@ impl Collector for BlockCollector {
         });
         let mut dropped = MetricFamily::counter(
             "ebpf_block_rq_dropped_total",
-            "Block I/O requests not recorded for want of a slot in a kernel map: histograms (too many disk/operation pairs) or in-flight requests (too many in flight that hash alike).",
+            "Block I/O requests not recorded for want of a slot in a kernel map: histograms (too many disk/operation pairs) or in-flight requests (issued requests displaced before completion by others that hash alike).",
         );
         dropped.push([("map", "histograms")], histogram_full as f64);
         dropped.push([("map", "inflight")], inflight_full as f64);
@@ -257,12 +257,12 @@ fn inflight_sets(disks: &[PathBuf]) -> u32 {
 
 /// Sets of the histogram array: at least half a set per (disk, operation) the disks could have,
 /// so at least twice as many slots as pairs, for disks added later; most disks only ever read
-/// and write. Between 16 and 256 sets (a slot is ~1 KiB per CPU).
+/// and write. Between 16 and 1024 sets (a slot is ~1 KiB per CPU: 64 KiB to 4 MiB per CPU).
 fn histogram_sets(disks: usize) -> u32 {
     (disks * BLOCK_OP_NAMES.len())
         .div_ceil(2)
         .next_power_of_two()
-        .clamp(16, 256) as u32
+        .clamp(16, 1024) as u32
 }
 
 /// Kernel device numbers → the names /proc/diskstats uses, through sysfs, partitions folded
