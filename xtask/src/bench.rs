@@ -10,10 +10,11 @@
 //!   an empty collector set.
 //! - Kernel program cost: ns per event for each program from the kernel's BPF statistics while a
 //!   workload runs, the programs' total run time against the workload's wall time, and that
-//!   workload's slowdown with the collector attached, for three workloads: context-switch-bound
-//!   (pipe ping-pong), I/O-bound (4 KiB writes + fdatasync) and loopback TCP. The same with
-//!   programs that do nothing on the same hooks (`--ebpf.empty-programs`) gives the floor: what
-//!   attaching anything at all costs on this kernel.
+//!   workload's slowdown with the collector attached, for four workloads: context-switch-bound
+//!   (pipe ping-pong), I/O-bound (4 KiB writes + fdatasync), loopback TCP, and connections
+//!   refused on loopback (for the reset and drop programs, whose events TCP traffic lacks). The
+//!   same with programs that do nothing on the same hooks (`--ebpf.empty-programs`) gives the
+//!   floor: what attaching anything at all costs on this kernel.
 use std::{
     io::Read as _,
     path::{Path, PathBuf},
@@ -41,7 +42,7 @@ pub struct Options {
     /// balanced); the median of the rounds' ratios is kept.
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(1..))]
     runs: u16,
-    /// Only these kernel workloads (repeatable; all three by default).
+    /// Only these kernel workloads (repeatable; all four by default).
     #[arg(long, value_enum)]
     workload: Vec<WorkloadKind>,
     /// 4 KiB writes, each followed by fdatasync, in one run of the I/O workload.
@@ -50,6 +51,9 @@ pub struct Options {
     /// MiB sent over one loopback TCP connection in one run of the network workload.
     #[arg(long, default_value_t = 512)]
     tcp_mib: usize,
+    /// Connection attempts to a closed loopback port in one run of the reset workload.
+    #[arg(long, default_value_t = 20_000)]
+    resets: usize,
     /// Scrapes of each collector alone, for where the scrape time goes (0 skips it).
     #[arg(long, default_value_t = 200)]
     collector_scrapes: usize,
@@ -140,6 +144,14 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
                 options.tcp_mib
             ),
             run: Box::new(|| timed(|| workload::loopback_tcp(options.tcp_mib << 20))),
+        },
+        Workload {
+            kind: WorkloadKind::Resets,
+            description: format!(
+                "Reset workload: {} connection attempts to a closed loopback port, each SYN dropped (no socket) and answered with a reset",
+                options.resets
+            ),
+            run: Box::new(|| timed(|| workload::refused_connections(options.resets))),
         },
     ];
     for workload in workloads
@@ -446,6 +458,7 @@ enum WorkloadKind {
     PingPong,
     Io,
     Tcp,
+    Resets,
 }
 
 /// A workload of known size whose slowdown the kernel programs cause is measured.

@@ -128,3 +128,20 @@ pub fn loopback_tcp(bytes: usize) {
     drop(stream);
     assert_eq!(reader.join().expect("reader"), bytes);
 }
+
+/// `count` connection attempts to a loopback port nobody listens on: the kernel drops each SYN
+/// (no socket) and answers it with a reset, which the connecting socket receives.
+pub fn refused_connections(count: usize) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    for _ in 0..count {
+        let error = TcpStream::connect(("127.0.0.1", port)).expect_err("nothing listens there");
+        assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "{error}"
+        );
+    }
+}
