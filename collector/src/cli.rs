@@ -478,6 +478,11 @@ mod tests {
         assert!(err.to_string().contains("--web.max-requests"), "{err}");
         let err = parse(&["--ebpf.hook-types=kprobe"]).unwrap_err();
         assert!(err.to_string().contains("tp_btf"), "{err}");
+        let err = parse(&["--ebpf.block-inflight-slots=1"]).unwrap_err();
+        assert!(err.to_string().contains("2..=2097152"), "{err}");
+        let cli = parse(&["--ebpf.block-inflight-slots=4096"]).unwrap();
+        assert_eq!(cli.options.block_inflight_slots, Some(4096));
+        assert_eq!(parse(&[]).unwrap().options.block_inflight_slots, None);
     }
 
     #[test]
