@@ -198,7 +198,7 @@ pub struct ArraySets {
 impl ArraySets {
     /// Sized from the disks in `sysfs`/block (see the two functions below).
     pub fn for_disks(sysfs: &Path) -> Self {
-        let disks = disk_dirs(sysfs);
+        let disks = subdirectories(&sysfs.join("block"));
         Self {
             inflight: inflight_sets(&disks),
             histograms: histogram_sets(disks.len()),
@@ -225,8 +225,9 @@ impl ArraySets {
     }
 }
 
-fn disk_dirs(sysfs: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(sysfs.join("block"))
+/// The entries of `dir`, none when it cannot be read.
+fn subdirectories(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
         .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect())
         .unwrap_or_default()
 }
@@ -241,14 +242,10 @@ fn inflight_sets(disks: &[PathBuf]) -> u32 {
     let requests: u64 = disks
         .iter()
         .map(|disk| {
-            let tags: u64 = std::fs::read_dir(disk.join("mq"))
-                .map(|queues| {
-                    queues
-                        .filter_map(Result::ok)
-                        .map(|queue| number(queue.path().join("nr_tags")))
-                        .sum()
-                })
-                .unwrap_or(0);
+            let tags: u64 = subdirectories(&disk.join("mq"))
+                .into_iter()
+                .map(|queue| number(queue.join("nr_tags")))
+                .sum();
             tags + number(disk.join("queue/nr_requests"))
         })
         .sum();
