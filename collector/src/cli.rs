@@ -7,9 +7,10 @@ use anyhow::{Context as _, bail};
 use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches, ValueEnum};
 
 use crate::{
-    collectors::{CollectorSpec, unimplemented::IgnoredCollector},
-    ebpf::HookType,
+    collector::CollectorSpec,
+    ebpf::runtime::EbpfOptions,
     flags::{self, CollectorFlags, FlagSpec},
+    node::unimplemented::IgnoredCollector,
 };
 
 #[derive(Debug, Args)]
@@ -78,36 +79,8 @@ pub struct Options {
     #[arg(long = "scrape.timeout", value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub scrape_timeout: Duration,
 
-    /// eBPF hook types to try for each kernel hook, best first; the first the kernel accepts is
-    /// attached.
-    #[arg(
-        long = "ebpf.hook-types",
-        value_enum,
-        value_delimiter = ',',
-        default_value = "tp_btf,raw_tp,tracepoint"
-    )]
-    pub hook_types: Vec<HookType>,
-
-    /// Enable the kernel's BPF run-time statistics (kernel.bpf_stats_enabled) while running, to
-    /// export per-program run time and run count. Costs some nanoseconds per event.
-    #[arg(long = "ebpf.enable-stats")]
-    pub enable_bpf_stats: bool,
-
-    /// Attach programs that do nothing instead of the collector's (its eBPF metrics stay at
-    /// zero): for benchmarks, to measure what attaching anything at all to the hooks costs.
-    #[arg(long = "ebpf.empty-programs")]
-    pub empty_programs: bool,
-
-    /// Size of the map of tasks waiting on a run queue (pid → enqueue time), which the raw_tp
-    /// and tracepoint scheduler hooks keep; tp_btf reads the scheduler's own stamps.
-    #[arg(long = "ebpf.runqueue-max-tasks", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(64..))]
-    pub runqueue_max_tasks: u32,
-
-    /// Slots of the array of in-flight block requests (rounded up to a power of two, at least 2).
-    /// By default twice the requests the disks can have in flight, at least 8192; a request
-    /// that finds both slots of its set taken displaces one (`ebpf_block_rq_dropped_total`).
-    #[arg(long = "ebpf.block-inflight-slots", value_name = "SLOTS", value_parser = clap::value_parser!(u32).range(2..=(1 << 21)))]
-    pub block_inflight_slots: Option<u32>,
+    #[command(flatten)]
+    pub ebpf: EbpfOptions,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -270,10 +243,11 @@ pub fn resolve_listen_address(address: &str) -> anyhow::Result<Vec<SocketAddr>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ebpf::runtime::HookType;
 
     fn noop(
-        _: &crate::collectors::BuildContext,
-    ) -> anyhow::Result<std::sync::Arc<dyn crate::scrape::Collector>> {
+        _: &crate::collector::BuildContext,
+    ) -> anyhow::Result<std::sync::Arc<dyn crate::collector::Collector>> {
         unreachable!("not built in these tests")
     }
 
@@ -286,21 +260,21 @@ mod tests {
                 FlagSpec::value("collector.alpha.exclude", Some("^lo$"), "Exclude."),
                 FlagSpec::repeated("collector.alpha.include", "Include."),
             ],
-            hooks: &[],
+            kernel: None,
             build: noop,
         },
         CollectorSpec {
             name: "beta",
             default_enabled: false,
             flags: &[],
-            hooks: &[],
+            kernel: None,
             build: noop,
         },
         CollectorSpec {
             name: "ebpf.gamma",
             default_enabled: true,
             flags: &[],
-            hooks: &[],
+            kernel: None,
             build: noop,
         },
     ];
@@ -347,7 +321,7 @@ mod tests {
         assert_eq!(o.log_level, LogLevel::Info);
         assert_eq!(o.log_format, LogFormat::Logfmt);
         assert_eq!(
-            o.hook_types,
+            o.ebpf.hook_types,
             vec![
                 HookType::BtfTracepoint,
                 HookType::RawTracepoint,
@@ -388,7 +362,7 @@ mod tests {
         assert_eq!(o.log_format, LogFormat::Json);
         assert_eq!(o.scrape_timeout, Duration::from_millis(2500));
         assert_eq!(
-            o.hook_types,
+            o.ebpf.hook_types,
             vec![HookType::RawTracepoint, HookType::Tracepoint]
         );
     }
@@ -481,8 +455,8 @@ mod tests {
         let err = parse(&["--ebpf.block-inflight-slots=1"]).unwrap_err();
         assert!(err.to_string().contains("2..=2097152"), "{err}");
         let cli = parse(&["--ebpf.block-inflight-slots=4096"]).unwrap();
-        assert_eq!(cli.options.block_inflight_slots, Some(4096));
-        assert_eq!(parse(&[]).unwrap().options.block_inflight_slots, None);
+        assert_eq!(cli.options.ebpf.block_inflight_slots, Some(4096));
+        assert_eq!(parse(&[]).unwrap().options.ebpf.block_inflight_slots, None);
     }
 
     #[test]

@@ -7,10 +7,10 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::{
     cli::{self, Cli},
-    collectors::{self, BuildContext},
-    ebpf::{self, EbpfRuntime, Hook, loader::LoaderOptions},
+    collector::{BuildContext, CollectorSpec},
+    ebpf::runtime::{ConfigureContext, EbpfRuntime, Hook, ObjectSettings, layout},
     exporter::ExporterMetrics,
-    logging,
+    logging, registry,
     scrape::Scraper,
     server::{self, AppState},
 };
@@ -19,8 +19,8 @@ pub fn main() -> ExitCode {
     one_malloc_arena();
     no_error_backtraces();
     let registry = cli::Registry {
-        collectors: collectors::ALL,
-        ignored: collectors::unimplemented::IGNORED,
+        collectors: registry::ALL,
+        ignored: registry::IGNORED,
     };
     let cli = match cli::parse_from(registry, std::env::args_os()) {
         Ok(cli) => cli,
@@ -54,7 +54,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         revision = env!("COLLECTOR_GIT_REVISION"),
         "starting collector"
     );
-    let specs: Vec<_> = collectors::ALL
+    let specs: Vec<&'static CollectorSpec> = registry::ALL
         .iter()
         .filter(|spec| cli.enabled_collectors.contains(&spec.name))
         .collect();
@@ -73,52 +73,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let listeners = server::bind(&addresses).await?;
 
-    // Collectors may share a hook (ebpf.cgroup charges from the scheduler and block hooks).
-    let mut hooks: Vec<&'static Hook> = Vec::new();
-    for hook in specs.iter().flat_map(|spec| spec.hooks) {
-        if !hooks.iter().any(|h| h.name == hook.name) {
-            hooks.push(hook);
-        }
-    }
-    let cgroup_map_entries = if cli.enabled_collectors.contains(&ebpf::cgroup::SPEC.name) {
-        ebpf::cgroup::kernel_map_entries(&cli.collector_flags, &options.sysfs)?
-    } else {
-        None
-    };
-    let ebpf = if hooks.is_empty() {
-        None
-    } else {
-        let loader_options = LoaderOptions {
-            hook_types: options.hook_types.clone(),
-            enable_stats: options.enable_bpf_stats,
-            runqueue_max_tasks: options.runqueue_max_tasks,
-            cgroup_map_entries,
-            block_sets: ebpf::block::ArraySets::for_disks(&options.sysfs)
-                .with_inflight_slots(options.block_inflight_slots),
-            empty_programs: options.empty_programs,
-        };
-        match tokio::task::spawn_blocking(move || EbpfRuntime::start(&hooks, &loader_options))
-            .await
-            .context("eBPF loader task failed")?
-        {
-            Ok(runtime) => Some(Arc::new(runtime)),
-            Err(e) => {
-                tracing::warn!(
-                    err = format!("{e:#}"),
-                    "eBPF unavailable: serving every non-eBPF metric"
-                );
-                None
-            }
-        }
-    };
+    let collector_flags = Arc::new(cli.collector_flags);
+    let ebpf = start_ebpf(&specs, options, &collector_flags).await?;
 
     let context = BuildContext {
         procfs: options.procfs.clone(),
         sysfs: options.sysfs.clone(),
         rootfs: options.rootfs.clone(),
         udev_data: options.udev_data.clone(),
-        flags: Arc::new(cli.collector_flags),
-        enabled: cli.enabled_collectors.clone(),
+        flags: collector_flags,
+        enabled: specs.clone(),
         ebpf: ebpf.clone(),
     };
     let mut collectors = Vec::new();
@@ -164,6 +128,71 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         tracing::info!("eBPF programs detached");
     }
     Ok(())
+}
+
+/// Loads and attaches the kernel programs the enabled collectors need, configured by their hooks
+/// and by the collectors themselves. `None` when none is needed or eBPF is unavailable (logged);
+/// an error only for a bad flag value.
+async fn start_ebpf(
+    specs: &[&'static CollectorSpec],
+    options: &cli::Options,
+    flags: &Arc<crate::flags::CollectorFlags>,
+) -> anyhow::Result<Option<Arc<EbpfRuntime>>> {
+    // Collectors may share a hook (ebpf.cgroup charges from the scheduler and block hooks).
+    let kernel_parts: Vec<_> = specs.iter().filter_map(|spec| spec.kernel).collect();
+    let mut hooks: Vec<&'static Hook> = Vec::new();
+    for hook in kernel_parts.iter().flat_map(|part| part.hooks) {
+        if !hooks.contains(hook) {
+            hooks.push(hook);
+        }
+    }
+    if hooks.is_empty() {
+        return Ok(None);
+    }
+    let sysfs = options.sysfs.clone();
+    let ebpf_options = options.ebpf.clone();
+    let flags = Arc::clone(flags);
+    let started = tokio::task::spawn_blocking(move || {
+        let discovery = layout::discover(
+            std::path::Path::new(layout::VMLINUX_BTF),
+            layout::tracefs_root().as_deref(),
+        );
+        let context = ConfigureContext {
+            sysfs: &sysfs,
+            flags: &flags,
+            options: &ebpf_options,
+            possible_cpus: aya::util::nr_cpus()
+                .map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))?
+                as u32,
+            kernel: &discovery,
+        };
+        let mut settings = ObjectSettings::default();
+        let configures = hooks
+            .iter()
+            .filter_map(|hook| hook.configure)
+            .chain(kernel_parts.iter().filter_map(|part| part.configure));
+        for configure in configures {
+            configure(&context, &mut settings)?;
+        }
+        Ok::<_, anyhow::Error>(EbpfRuntime::start(
+            &hooks,
+            discovery,
+            &settings,
+            &ebpf_options,
+        ))
+    })
+    .await
+    .context("eBPF loader task failed")??;
+    match started {
+        Ok(runtime) => Ok(Some(Arc::new(runtime))),
+        Err(e) => {
+            tracing::warn!(
+                err = format!("{e:#}"),
+                "eBPF unavailable: serving every non-eBPF metric"
+            );
+            Ok(None)
+        }
+    }
 }
 
 async fn wait_for_signal() -> &'static str {

@@ -13,6 +13,7 @@ use std::{
 use tokio::sync::Notify;
 
 use crate::{
+    collector::{Collector, NoData},
     metrics::MetricFamily,
     pool::{GaveUp, Pool, Task},
 };
@@ -23,26 +24,6 @@ const THREADS: usize = 2;
 
 /// How often a scrape checks whether its updates queue behind busy threads (hung ones).
 const STALL: Duration = Duration::from_secs(1);
-
-/// A source of metrics read at scrape time (a /proc file, a BPF map...).
-pub trait Collector: Send + Sync + 'static {
-    /// Pushes this scrape's families into `out`. May block; runs on a collector thread. On
-    /// error, families already pushed are still served, as node_exporter does.
-    fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()>;
-}
-
-/// The error for "nothing to report on this host" (no hwmon chips, no md arrays...): success 0
-/// as in node_exporter, but logged at debug level only, since it is not a fault.
-#[derive(Debug)]
-pub struct NoData(pub String);
-
-impl std::fmt::Display for NoData {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for NoData {}
 
 struct Slot {
     name: &'static str,

@@ -133,7 +133,7 @@ fn scrape_timeout(headers: &HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{metrics::MetricFamily, scrape::Collector};
+    use crate::{collector::Collector, metrics::MetricFamily};
 
     struct Slow;
     impl Collector for Slow {

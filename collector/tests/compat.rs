@@ -182,7 +182,7 @@ fn compare_collector(name: &str, differences: &mut Vec<String>) {
 #[test]
 fn agrees_with_node_exporter_on_this_machine() {
     let mut differences = Vec::new();
-    for spec in collector::collectors::ALL {
+    for spec in collector::registry::ALL {
         if spec.name.starts_with("ebpf.") {
             continue;
         }

@@ -4,21 +4,32 @@ mod common;
 
 use std::process::Command;
 
+use collector::{collector::CollectorSpec, registry};
 use common::{Daemon, Scrape, daemon::BINARY};
 
-const ALL_HOOKS: [&str; 8] = [
-    "irq_handler_entry",
-    "irq_handler_exit",
-    "softirq_entry",
-    "softirq_exit",
-    "sched_migrate_task",
-    "sched_switch",
-    "sched_wakeup",
-    "sched_wakeup_new",
-];
+/// Every kernel hook of every eBPF collector, from their descriptors.
+fn all_hooks() -> Vec<&'static str> {
+    let mut hooks: Vec<&str> = ebpf_collectors()
+        .iter()
+        .flat_map(|spec| spec.kernel.unwrap().hooks)
+        .map(|hook| hook.name)
+        .collect();
+    hooks.sort_unstable();
+    hooks.dedup();
+    hooks
+}
+
+fn ebpf_collectors() -> Vec<&'static CollectorSpec> {
+    registry::ALL
+        .iter()
+        .filter(|spec| spec.kernel.is_some())
+        .collect()
+}
 
 fn nothing_attached_but_serving(scrape: &Scrape) {
-    for hook in ALL_HOOKS {
+    let hooks = all_hooks();
+    assert!(hooks.len() >= 16, "{hooks:?}");
+    for hook in hooks {
         assert_eq!(
             scrape.value(
                 "ebpf_program_attached",
@@ -28,10 +39,12 @@ fn nothing_attached_but_serving(scrape: &Scrape) {
             "{hook}"
         );
     }
-    for collector in ["ebpf.sched", "ebpf.irq"] {
+    for spec in ebpf_collectors() {
         assert_eq!(
-            scrape.value("node_scrape_collector_success", &[("collector", collector)]),
-            0.0
+            scrape.value("node_scrape_collector_success", &[("collector", spec.name)]),
+            0.0,
+            "{}",
+            spec.name
         );
     }
     assert!(!scrape.has("ebpf_runqueue_latency_seconds_count"));
@@ -90,7 +103,7 @@ fn serves_when_the_kernel_refuses_every_hook() {
     let scrape = daemon.scrape();
     nothing_attached_but_serving(&scrape);
     let log = daemon.log();
-    for hook in ALL_HOOKS {
+    for hook in all_hooks() {
         assert!(
             log.lines()
                 .any(|l| l.contains("hook unavailable") && l.contains(&format!("hook={hook} "))),
@@ -106,20 +119,22 @@ fn one_refused_hook_type_falls_back_to_the_next() {
     // must land on the next type allowed, raw_tp.
     let daemon = without_tracefs("--ebpf.hook-types=tracepoint,raw_tp");
     let scrape = daemon.scrape();
-    for hook in ALL_HOOKS {
+    for hook in all_hooks() {
         assert_eq!(
             scrape.value(
                 "ebpf_program_attached",
                 &[("program", hook), ("hook_type", "raw_tp")]
             ),
-            1.0
+            1.0,
+            "{hook}"
         );
     }
-    assert_eq!(
-        scrape.value(
-            "node_scrape_collector_success",
-            &[("collector", "ebpf.sched")]
-        ),
-        1.0
-    );
+    for spec in ebpf_collectors() {
+        assert_eq!(
+            scrape.value("node_scrape_collector_success", &[("collector", spec.name)]),
+            1.0,
+            "{}",
+            spec.name
+        );
+    }
 }

@@ -233,7 +233,7 @@ fn fixtures_read_as_node_exporter_reads_them() {
 #[test]
 fn every_file_collector_has_a_golden_file() {
     let goldens: Vec<String> = goldens().into_iter().map(|g| g.collector).collect();
-    let missing: Vec<&str> = collector::collectors::ALL
+    let missing: Vec<&str> = collector::registry::ALL
         .iter()
         .map(|spec| spec.name)
         .filter(|name| !name.starts_with("ebpf."))

@@ -8,72 +8,115 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{Array, IterableMap as _, MapData, PerCpuArray};
 use collector_common::{
-    BlockHistogramSlot, CpuBlockCounters, Log2Histogram,
+    BlockHistogramSlot, CpuBlockCounters, KernelLayout, Log2Histogram,
     block::{BLOCK_OP_NAMES, HISTOGRAM_WAYS, INFLIGHT_WAYS},
+    layout::UNKNOWN_OFFSET,
 };
 
-use super::{EbpfRuntime, Hook, batch::BatchReader, histogram, programs};
+use super::reader::{EbpfCollector, MapReader};
 use crate::{
-    collectors::{BuildContext, CollectorSpec, read},
+    collector::{BuildContext, Collector, CollectorSpec, KernelPart},
+    ebpf::runtime::{
+        ConfigureContext, EbpfRuntime, Hook, HookType, ObjectSettings, batch::BatchReader,
+        histogram, layout::block_dev_path_unknown, tracepoint_fields,
+    },
+    hook,
     metrics::MetricFamily,
-    scrape::Collector,
+    read,
 };
 
-pub const BLOCK_RQ_INSERT: Hook = Hook {
-    category: "block",
-    name: "block_rq_insert",
-};
-pub const BLOCK_RQ_ISSUE: Hook = Hook {
-    category: "block",
-    name: "block_rq_issue",
-};
-pub const BLOCK_RQ_COMPLETE: Hook = Hook {
-    category: "block",
-    name: "block_rq_complete",
-};
+pub static BLOCK_RQ_INSERT: Hook = hook!("block" / "block_rq_insert",
+    requires: |layout, hook_type| match hook_type {
+        HookType::Tracepoint => {
+            tracepoint_fields(&[layout.tp_block_rq_dev, layout.tp_block_rq_sector])
+        }
+        _ => request_offsets(layout),
+    },
+    configure: size_arrays,
+);
+pub static BLOCK_RQ_ISSUE: Hook = hook!("block" / "block_rq_issue",
+    requires: |layout, hook_type| match hook_type {
+        HookType::Tracepoint => tracepoint_fields(&[
+            layout.tp_block_rq_dev,
+            layout.tp_block_rq_sector,
+            layout.tp_block_rq_bytes,
+            layout.tp_block_rq_rwbs,
+        ]),
+        _ => request_offsets(layout),
+    },
+    configure: size_arrays,
+);
+pub static BLOCK_RQ_COMPLETE: Hook = hook!("block" / "block_rq_complete",
+    requires: |layout, hook_type| match hook_type {
+        HookType::Tracepoint => tracepoint_fields(&[
+            layout.tp_block_rq_complete_dev,
+            layout.tp_block_rq_complete_sector,
+        ]),
+        _ => request_offsets(layout),
+    },
+    configure: size_arrays,
+);
 
-pub static HOOKS: [Hook; 3] = [BLOCK_RQ_INSERT, BLOCK_RQ_ISSUE, BLOCK_RQ_COMPLETE];
+pub static HOOKS: [&Hook; 3] = [&BLOCK_RQ_INSERT, &BLOCK_RQ_ISSUE, &BLOCK_RQ_COMPLETE];
 
 pub const SPEC: CollectorSpec = CollectorSpec {
     name: "ebpf.block",
     default_enabled: true,
     flags: &[],
-    hooks: &HOOKS,
+    kernel: Some(&KernelPart {
+        hooks: &HOOKS,
+        configure: None,
+    }),
     build,
 };
 
-struct Maps {
+/// Only issue reads the request, but the three key requests by pointer in the BTF and raw
+/// flavours and by (dev, sector) in the classic one: they fall back together, or completions
+/// would never match their issue (the reader refuses a mix).
+fn request_offsets(layout: &KernelLayout) -> Option<&'static str> {
+    let unknown = |offset: u32| offset == UNKNOWN_OFFSET;
+    (unknown(layout.request_cmd_flags)
+        || unknown(layout.request_data_len)
+        || block_dev_path_unknown(layout))
+    .then_some("struct request offsets unknown (no kernel BTF)")
+}
+
+/// Sizes the in-flight and histogram arrays for the disks in sysfs, or the in-flight one as
+/// `--ebpf.block-inflight-slots` says.
+fn size_arrays(
+    context: &ConfigureContext<'_>,
+    settings: &mut ObjectSettings,
+) -> anyhow::Result<()> {
+    let sets = ArraySets::for_disks(context.sysfs)
+        .with_inflight_slots(context.options.block_inflight_slots);
+    settings.global("BLOCK_INFLIGHT_SET_BITS", sets.inflight.ilog2());
+    settings.global("BLOCK_HISTOGRAM_SET_BITS", sets.histograms.ilog2());
+    settings.map_size("BLOCK_INFLIGHT", sets.inflight_slots());
+    settings.map_size("BLOCK_HISTOGRAMS", sets.histogram_slots());
+    settings.map_size("BLOCK_HISTOGRAM_SLOTS_USED", sets.histogram_slots());
+    Ok(())
+}
+
+struct BlockMaps {
     histograms: PerCpuArray<MapData, BlockHistogramSlot>,
     slots_used: Array<MapData, u32>,
     slots_used_reader: BatchReader<u32, u32>,
     counters: PerCpuArray<MapData, CpuBlockCounters>,
-}
-
-pub struct BlockCollector {
-    runtime: Option<Arc<EbpfRuntime>>,
-    maps: Option<Maps>,
     devices: DeviceNames,
 }
 
 fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
-    let maps = match &context.ebpf {
-        Some(runtime) => {
-            let slots_used: Array<MapData, u32> =
-                runtime.take_map("BLOCK_HISTOGRAM_SLOTS_USED")?.try_into()?;
-            Some(Maps {
-                histograms: runtime.take_map("BLOCK_HISTOGRAMS")?.try_into()?,
-                slots_used_reader: BatchReader::new(slots_used.map())?,
-                slots_used,
-                counters: runtime.take_map("BLOCK_COUNTERS")?.try_into()?,
-            })
-        }
-        None => None,
-    };
-    Ok(Arc::new(BlockCollector {
-        runtime: context.ebpf.clone(),
-        maps,
-        devices: DeviceNames::new(context.sys_path("dev/block")),
-    }))
+    EbpfCollector::build(context, &HOOKS, HOOKS.to_vec(), |runtime| {
+        let slots_used: Array<MapData, u32> =
+            runtime.take_map("BLOCK_HISTOGRAM_SLOTS_USED")?.try_into()?;
+        Ok(BlockMaps {
+            histograms: runtime.take_map("BLOCK_HISTOGRAMS")?.try_into()?,
+            slots_used_reader: BatchReader::new(slots_used.map())?,
+            slots_used,
+            counters: runtime.take_map("BLOCK_COUNTERS")?.try_into()?,
+            devices: DeviceNames::new(context.sys_path("dev/block")),
+        })
+    })
 }
 
 /// The histograms of one (device, operation) label set, summed over CPUs (and over partitions
@@ -89,38 +132,29 @@ fn add(total: &mut Option<Log2Histogram>, histogram: &Log2Histogram) {
     total.get_or_insert(Log2Histogram::EMPTY).merge(histogram);
 }
 
-impl Collector for BlockCollector {
-    fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        programs::push_status(self.runtime.as_deref(), &HOOKS.each_ref(), out);
-        let runtime = programs::require_any_attached(self.runtime.as_deref(), &HOOKS)?;
-        let maps = self.maps.as_ref().context("block maps unavailable")?;
-        let hook_type = |name: &str| {
-            HOOKS
-                .iter()
-                .find(|h| h.name == name)
-                .and_then(|h| runtime.attached(h))
-        };
+impl MapReader for BlockMaps {
+    fn read(&self, runtime: &EbpfRuntime, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
         // Latency and size need issue and completion; queue time also needs insert. All with the
         // same hook type: BTF/raw programs key requests by pointer, classic ones by (dev, sector),
         // so a mix would never match an issue to its completion.
-        let issue = hook_type("block_rq_issue");
-        let timed = issue.is_some() && issue == hook_type("block_rq_complete");
-        let queued = timed && issue == hook_type("block_rq_insert");
-        // Backstop: missing_for keeps the three on one flavour when the request offsets are
+        let issue = runtime.attached(&BLOCK_RQ_ISSUE);
+        let timed = issue.is_some() && issue == runtime.attached(&BLOCK_RQ_COMPLETE);
+        let queued = timed && issue == runtime.attached(&BLOCK_RQ_INSERT);
+        // Backstop: `request_offsets` keeps the three on one flavour when the request offsets are
         // unknown, but a kernel may still refuse one program's flavour and not the other's.
-        if !timed && issue.is_some() && hook_type("block_rq_complete").is_some() {
+        if !timed && issue.is_some() && runtime.attached(&BLOCK_RQ_COMPLETE).is_some() {
             anyhow::bail!(
                 "block_rq_issue and block_rq_complete attached with different hook types; their requests cannot be matched"
             );
         }
 
         let mut totals: BTreeMap<(String, &'static str), Totals> = BTreeMap::new();
-        let used = maps
+        let used = self
             .slots_used_reader
-            .read(maps.slots_used.map())
+            .read(self.slots_used.map())
             .context("reading BLOCK_HISTOGRAM_SLOTS_USED")?;
         for (index, _) in used.iter().filter(|(_, used)| used[0] != 0) {
-            let per_cpu = maps
+            let per_cpu = self
                 .histograms
                 .get(&index, 0)
                 .context("reading BLOCK_HISTOGRAMS")?;
@@ -171,7 +205,7 @@ impl Collector for BlockCollector {
             }
         }
 
-        let counters = maps.counters.get(&0, 0).context("reading BLOCK_COUNTERS")?;
+        let counters = self.counters.get(&0, 0).context("reading BLOCK_COUNTERS")?;
         let (histogram_full, inflight_full) = counters.iter().fold((0u64, 0u64), |(h, i), c| {
             (h + c.histogram_slots_taken, i + c.inflight_displaced)
         });
@@ -369,5 +403,31 @@ mod tests {
         assert_eq!(names.name(104 << 20), "cciss/c0d0");
         assert_eq!(names.name(7 << 20 | 99), "7:99");
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn block_hooks_fall_back_together_without_request_offsets() {
+        let mut layout = KernelLayout::UNKNOWN;
+        layout.tp_block_rq_dev = 8;
+        layout.tp_block_rq_sector = 16;
+        layout.tp_block_rq_bytes = 24;
+        layout.tp_block_rq_rwbs = 28;
+        layout.tp_block_rq_complete_dev = 8;
+        layout.tp_block_rq_complete_sector = 16;
+        for hook in HOOKS {
+            for hook_type in [HookType::BtfTracepoint, HookType::RawTracepoint] {
+                assert!((hook.requires)(&layout, hook_type).is_some(), "{hook:?}");
+            }
+            assert_eq!((hook.requires)(&layout, HookType::Tracepoint), None);
+        }
+
+        // With the offsets, all three may use the BTF and raw flavours.
+        layout.request_cmd_flags = 24;
+        layout.request_data_len = 48;
+        layout.request_part = 56;
+        layout.block_device_bd_dev = 4;
+        for hook in HOOKS {
+            assert_eq!((hook.requires)(&layout, HookType::BtfTracepoint), None);
+        }
     }
 }

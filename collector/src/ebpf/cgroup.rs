@@ -13,14 +13,19 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData};
+use aya::{
+    maps::{HashMap as BpfHashMap, IterableMap as _, MapData},
+    programs::CgroupSkbAttachType,
+};
 use collector_common::{
     CgroupCounters,
     cgroup::{CGROUP_IO_READ, CGROUP_IO_WRITE},
 };
 
 use super::{
-    EbpfRuntime, Hook, batch::BatchReader, block, loader::CGROUP_SKB_PROGRAMS, programs, sched,
+    block,
+    reader::{EbpfCollector, MapReader},
+    sched,
 };
 use crate::{
     cgroups::{
@@ -28,21 +33,38 @@ use crate::{
         kubernetes::{self, PodMetadata, Pods},
         tracker::{Limits, Tracker},
     },
-    collectors::{BuildContext, CollectorSpec},
+    collector::{BuildContext, Collector, CollectorSpec, KernelPart},
+    ebpf::runtime::{
+        ConfigureContext, EbpfRuntime, Hook, ObjectSettings, batch::BatchReader,
+        loader::CgroupSkbProgram, lru_entries, status::ProgramStatus,
+    },
     flags::{CollectorFlags, FlagSpec},
     metrics::MetricFamily,
-    scrape::Collector,
 };
 
 /// The hooks that charge cgroups (shared with `ebpf.sched` and `ebpf.block`); the raw and classic
 /// flavours time run-queue waits from the wake-ups.
-pub static HOOKS: [Hook; 6] = [
-    sched::SCHED_SWITCH,
-    sched::SCHED_WAKEUP,
-    sched::SCHED_WAKEUP_NEW,
-    block::BLOCK_RQ_INSERT,
-    block::BLOCK_RQ_ISSUE,
-    block::BLOCK_RQ_COMPLETE,
+pub static HOOKS: [&Hook; 6] = [
+    &sched::SCHED_SWITCH,
+    &sched::SCHED_WAKEUP,
+    &sched::SCHED_WAKEUP_NEW,
+    &block::BLOCK_RQ_INSERT,
+    &block::BLOCK_RQ_ISSUE,
+    &block::BLOCK_RQ_COMPLETE,
+];
+
+/// The programs counting each cgroup's socket traffic, attached to the cgroup v2 root.
+pub static CGROUP_SKB_PROGRAMS: [CgroupSkbProgram; 2] = [
+    CgroupSkbProgram {
+        name: "cgroup_skb_ingress",
+        empty: "cgroup_skb_ingress_empty",
+        attach_type: CgroupSkbAttachType::Ingress,
+    },
+    CgroupSkbProgram {
+        name: "cgroup_skb_egress",
+        empty: "cgroup_skb_egress_empty",
+        attach_type: CgroupSkbAttachType::Egress,
+    },
 ];
 
 const MAX_CGROUPS: &str = "collector.ebpf.cgroup.max-cgroups";
@@ -87,26 +109,31 @@ pub const SPEC: CollectorSpec = CollectorSpec {
             "This node's name in Kubernetes, whose pods are watched (default: $NODE_NAME, else the host name).",
         ),
     ],
-    hooks: &HOOKS,
+    kernel: Some(&KernelPart {
+        hooks: &HOOKS,
+        configure: Some(configure),
+    }),
     build,
 };
 
 /// Checks the flags (a bad value stops the daemon at start, naming the flag) and sizes the
 /// kernel map: room for the exported cgroups plus the churn of short-lived ones between two
-/// scrapes. `None` when there is no cgroup v2 hierarchy to attribute to: the kernel programs then
-/// leave accounting off, and building the collector reports why.
-pub fn kernel_map_entries(flags: &CollectorFlags, sysfs: &Path) -> anyhow::Result<Option<u32>> {
+/// scrapes. Without a cgroup v2 hierarchy to attribute to, accounting stays off in the kernel,
+/// and building the collector reports why.
+fn configure(context: &ConfigureContext<'_>, settings: &mut ObjectSettings) -> anyhow::Result<()> {
+    let flags = context.flags;
     let max = max_cgroups(flags)?;
     grace_period(flags)?;
     kubernetes::Mode::from_flag(flags.string(KUBERNETES).unwrap_or("auto"))?;
-    if fs::find_root(flags.string(ROOT).map(Path::new), sysfs).is_err() {
-        return Ok(None);
+    if fs::find_root(flags.string(ROOT).map(Path::new), context.sysfs).is_err() {
+        return Ok(());
     }
-    Ok(Some(
-        u32::try_from(max.saturating_mul(4))
-            .unwrap_or(u32::MAX)
-            .max(1024),
-    ))
+    let entries = u32::try_from(max.saturating_mul(4))
+        .unwrap_or(u32::MAX)
+        .max(1024);
+    settings.global("CGROUP_ACCOUNTING", 1);
+    settings.map_size("CGROUP_STATS", lru_entries(entries, context.possible_cpus));
+    Ok(())
 }
 
 /// The most `--collector.ebpf.cgroup.max-cgroups` allows: the kernel map is four times as large
@@ -136,14 +163,11 @@ struct State {
     tracker: Tracker,
 }
 
-pub struct CgroupCollector {
-    runtime: Option<Arc<EbpfRuntime>>,
-    state: Option<Mutex<State>>,
+struct CgroupReader {
+    state: Mutex<State>,
     hierarchy: CgroupFs,
     /// Whether the cgroup_skb programs are attached (network traffic is counted).
     network_attached: bool,
-    /// The hooks whose status this collector reports: those no other enabled collector uses.
-    status_hooks: Vec<&'static Hook>,
     pods: Option<Pods>,
 }
 
@@ -161,49 +185,40 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
         flags.string(KUBECONFIG),
         flags.string(NODE_NAME),
     )?;
-
-    let mut network_attached = false;
-    let state = match &context.ebpf {
-        Some(runtime) => {
-            // The map first: programs attached for a map nobody reads would count for nothing.
-            let counters: BpfHashMap<MapData, u64, CgroupCounters> =
-                runtime.take_map("CGROUP_STATS")?.try_into()?;
-            match std::fs::File::open(&root)
-                .map_err(anyhow::Error::from)
-                .and_then(|dir| runtime.attach_cgroup_skb(&dir))
-            {
-                Ok(()) => network_attached = true,
-                Err(e) => tracing::warn!(
+    // The hooks no other enabled collector reports on.
+    let status_hooks = HOOKS
+        .iter()
+        .copied()
+        .filter(|hook| !context.hook_used_elsewhere(SPEC.name, hook))
+        .collect();
+    EbpfCollector::build(context, &HOOKS, status_hooks, |runtime| {
+        // The map first: programs attached for a map nobody reads would count for nothing.
+        let counters: BpfHashMap<MapData, u64, CgroupCounters> =
+            runtime.take_map("CGROUP_STATS")?.try_into()?;
+        let network_attached = match std::fs::File::open(&root)
+            .map_err(anyhow::Error::from)
+            .and_then(|dir| runtime.attach_cgroup_skb(&dir, &CGROUP_SKB_PROGRAMS))
+        {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(
                     err = format!("{e:#}"),
                     "per-cgroup network traffic unavailable (cgroup_skb refused)"
-                ),
+                );
+                false
             }
-            Some(Mutex::new(State {
+        };
+        Ok(CgroupReader {
+            state: Mutex::new(State {
                 reader: BatchReader::new(counters.map())?,
                 counters,
                 tracker: Tracker::new(limits),
-            }))
-        }
-        None => None,
-    };
-    let status_hooks = HOOKS
-        .iter()
-        .filter(|hook| {
-            !crate::collectors::ALL.iter().any(|spec| {
-                spec.name != SPEC.name
-                    && context.is_enabled(spec.name)
-                    && spec.hooks.iter().any(|h| h.name == hook.name)
-            })
+            }),
+            hierarchy,
+            network_attached,
+            pods,
         })
-        .collect();
-    Ok(Arc::new(CgroupCollector {
-        runtime: context.ebpf.clone(),
-        state,
-        hierarchy,
-        network_attached,
-        status_hooks,
-        pods,
-    }))
+    })
 }
 
 /// Labels of one cgroup's series, in order. `pod_namespace`, `pod_name` and `container_name`
@@ -220,13 +235,9 @@ const LABELS: [&str; 8] = [
     "qos_class",
 ];
 
-impl Collector for CgroupCollector {
-    fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        programs::push_status(self.runtime.as_deref(), &self.status_hooks, out);
-        self.push_network_status(out);
-        programs::require_any_attached(self.runtime.as_deref(), &HOOKS)?;
-        let state = self.state.as_ref().context("cgroup map unavailable")?;
-        let mut state = state.lock().expect("cgroup state lock poisoned");
+impl MapReader for CgroupReader {
+    fn read(&self, _runtime: &EbpfRuntime, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
+        let mut state = self.state.lock().expect("cgroup state lock poisoned");
         let State {
             counters,
             reader,
@@ -299,32 +310,18 @@ impl Collector for CgroupCollector {
         out.push(family);
         Ok(())
     }
-}
 
-impl CgroupCollector {
-    fn push_network_status(&self, out: &mut Vec<MetricFamily>) {
-        let mut attached = MetricFamily::gauge(
-            "ebpf_program_attached",
-            "Whether the eBPF program for a kernel hook is attached (1) or not (0, hook_type=\"none\"), by hook type.",
-        );
-        for (name, _) in CGROUP_SKB_PROGRAMS {
-            let (hook_type, value) = if self.network_attached {
-                ("cgroup_skb", 1.0)
-            } else {
-                ("none", 0.0)
-            };
-            attached.push([("program", name), ("hook_type", hook_type)], value);
-        }
-        out.push(attached);
-        if let (Some(runtime), true) = (self.runtime.as_deref(), self.network_attached) {
-            let programs =
-                CGROUP_SKB_PROGRAMS.map(|(name, _)| (name, runtime.cgroup_skb_program_name(name)));
-            programs::push_run_statistics(
-                runtime,
-                programs.iter().map(|(label, name)| (*label, name.as_str())),
-                out,
-            );
-        }
+    /// The cgroup_skb programs: attached as `cgroup_skb`, or not at all.
+    fn other_programs(reader: Option<&Self>, runtime: Option<&EbpfRuntime>) -> Vec<ProgramStatus> {
+        let attached = reader.is_some_and(|r| r.network_attached);
+        CGROUP_SKB_PROGRAMS
+            .iter()
+            .map(|program| ProgramStatus {
+                label: program.name,
+                attached_as: attached.then_some("cgroup_skb"),
+                program: runtime.map_or(program.name, |r| r.cgroup_skb_program_name(program)),
+            })
+            .collect()
     }
 }
 

@@ -5,95 +5,83 @@ use anyhow::Context as _;
 use aya::maps::{IterableMap as _, MapData, PerCpuArray};
 use collector_common::CpuNetCounters;
 
-use super::{EbpfRuntime, Hook, batch::BatchReader, layout, programs};
+use super::reader::{EbpfCollector, MapReader};
 use crate::{
-    collectors::{BuildContext, CollectorSpec},
+    collector::{BuildContext, Collector, CollectorSpec, KernelPart},
+    ebpf::runtime::{
+        EbpfRuntime, Hook, HookType, batch::BatchReader, layout, needs_nothing, tracepoint_fields,
+    },
+    hook,
     metrics::MetricFamily,
-    scrape::Collector,
 };
 
-pub static HOOKS: [Hook; 5] = [
-    Hook {
-        category: "tcp",
-        name: "tcp_retransmit_skb",
+pub static TCP_RETRANSMIT_SKB: Hook = hook!("tcp" / "tcp_retransmit_skb", requires: needs_nothing);
+pub static TCP_RETRANSMIT_SYNACK: Hook =
+    hook!("tcp" / "tcp_retransmit_synack", requires: needs_nothing);
+pub static TCP_SEND_RESET: Hook = hook!("tcp" / "tcp_send_reset", requires: needs_nothing);
+pub static TCP_RECEIVE_RESET: Hook = hook!("tcp" / "tcp_receive_reset", requires: needs_nothing);
+pub static KFREE_SKB: Hook = hook!("skb" / "kfree_skb",
+    requires: |layout, hook_type| match hook_type {
+        HookType::Tracepoint => tracepoint_fields(&[layout.tp_kfree_skb_reason]),
+        _ => (layout.kfree_skb_has_reason == 0)
+            .then_some("kfree_skb has no drop reason argument (before 5.17) or no BTF"),
     },
-    Hook {
-        category: "tcp",
-        name: "tcp_retransmit_synack",
+    // One counter per drop reason of this kernel.
+    configure: |context, settings| {
+        let reasons = context.kernel.drop_reasons.as_ref();
+        settings.map_size("SKB_DROP_REASONS", reasons.map_or(1, |r| r.array_size));
+        Ok(())
     },
-    Hook {
-        category: "tcp",
-        name: "tcp_send_reset",
-    },
-    Hook {
-        category: "tcp",
-        name: "tcp_receive_reset",
-    },
-    Hook {
-        category: "skb",
-        name: "kfree_skb",
-    },
+);
+
+pub static HOOKS: [&Hook; 5] = [
+    &TCP_RETRANSMIT_SKB,
+    &TCP_RETRANSMIT_SYNACK,
+    &TCP_SEND_RESET,
+    &TCP_RECEIVE_RESET,
+    &KFREE_SKB,
 ];
 
 pub const SPEC: CollectorSpec = CollectorSpec {
     name: "ebpf.net",
     default_enabled: true,
     flags: &[],
-    hooks: &HOOKS,
+    kernel: Some(&KernelPart {
+        hooks: &HOOKS,
+        configure: None,
+    }),
     build,
 };
 
-struct Maps {
+struct NetMaps {
     counters: PerCpuArray<MapData, CpuNetCounters>,
     drop_reasons: PerCpuArray<MapData, u64>,
     drop_reasons_reader: BatchReader<u32, u64>,
-}
-
-pub struct NetCollector {
-    runtime: Option<Arc<EbpfRuntime>>,
-    maps: Option<Maps>,
     /// `enum skb_drop_reason` value → label, from the kernel's BTF.
     reasons: Vec<(u32, String)>,
 }
 
 fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
-    let maps = match &context.ebpf {
-        Some(runtime) => {
-            let drop_reasons: PerCpuArray<MapData, u64> =
-                runtime.take_map("SKB_DROP_REASONS")?.try_into()?;
-            Some(Maps {
-                counters: runtime.take_map("NET_COUNTERS")?.try_into()?,
-                drop_reasons_reader: BatchReader::new(drop_reasons.map())?,
-                drop_reasons,
-            })
-        }
-        None => None,
-    };
-    let reasons = context
-        .ebpf
-        .as_ref()
-        .and_then(|runtime| runtime.drop_reasons())
-        .map(|r| r.names.clone())
-        .unwrap_or_default();
-    Ok(Arc::new(NetCollector {
-        runtime: context.ebpf.clone(),
-        maps,
-        reasons,
-    }))
+    EbpfCollector::build(context, &HOOKS, HOOKS.to_vec(), |runtime| {
+        let drop_reasons: PerCpuArray<MapData, u64> =
+            runtime.take_map("SKB_DROP_REASONS")?.try_into()?;
+        Ok(NetMaps {
+            counters: runtime.take_map("NET_COUNTERS")?.try_into()?,
+            drop_reasons_reader: BatchReader::new(drop_reasons.map())?,
+            drop_reasons,
+            reasons: runtime
+                .drop_reasons()
+                .map(|r| r.names.clone())
+                .unwrap_or_default(),
+        })
+    })
 }
 
-impl Collector for NetCollector {
-    fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        programs::push_status(self.runtime.as_deref(), &HOOKS.each_ref(), out);
-        let runtime = programs::require_any_attached(self.runtime.as_deref(), &HOOKS)?;
-        let maps = self.maps.as_ref().context("network maps unavailable")?;
-        let attached = |name: &str| {
-            HOOKS
-                .iter()
-                .any(|h| h.name == name && runtime.attached(h).is_some())
-        };
+impl MapReader for NetMaps {
+    fn read(&self, runtime: &EbpfRuntime, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
+        let attached = |hook: &Hook| runtime.attached(hook).is_some();
 
-        let per_cpu = maps.counters.get(&0, 0).context("reading NET_COUNTERS")?;
+        let per_cpu = self.counters.get(&0, 0).context("reading NET_COUNTERS")?;
         let mut total = CpuNetCounters::default();
         for c in per_cpu.iter() {
             total.retransmits += c.retransmits;
@@ -104,29 +92,30 @@ impl Collector for NetCollector {
             total.drops_other_reason += c.drops_other_reason;
             total.loss_probes += c.loss_probes;
         }
-        let retransmit_hook = &HOOKS[0];
-        let loss_probes_told = runtime.attached(retransmit_hook).is_some_and(|hook_type| {
-            layout::detects_loss_probes(runtime.kernel_layout(), hook_type)
-        });
+        let loss_probes_told = runtime
+            .attached(&TCP_RETRANSMIT_SKB)
+            .is_some_and(|hook_type| {
+                layout::detects_loss_probes(runtime.kernel_layout(), hook_type)
+            });
 
         let no_labels = std::iter::empty::<(&str, &str)>;
-        if attached("tcp_retransmit_skb") || attached("tcp_retransmit_synack") {
+        if attached(&TCP_RETRANSMIT_SKB) || attached(&TCP_RETRANSMIT_SYNACK) {
             let mut retransmits = MetricFamily::counter(
                 "ebpf_tcp_retransmits_total",
                 "TCP segments retransmitted: tail loss probes that resend data (kind=\"tlp\", where the kernel's layout lets them be told apart), other data segments (kind=\"regular\") and SYN-ACKs (kind=\"synack\").",
             );
-            if attached("tcp_retransmit_skb") {
+            if attached(&TCP_RETRANSMIT_SKB) {
                 retransmits.push([("kind", "regular")], total.retransmits as f64);
                 if loss_probes_told {
                     retransmits.push([("kind", "tlp")], total.loss_probes as f64);
                 }
             }
-            if attached("tcp_retransmit_synack") {
+            if attached(&TCP_RETRANSMIT_SYNACK) {
                 retransmits.push([("kind", "synack")], total.synack_retransmits as f64);
             }
             out.push(retransmits);
         }
-        if attached("tcp_retransmit_skb") {
+        if attached(&TCP_RETRANSMIT_SKB) {
             out.push(
                 MetricFamily::counter(
                     "ebpf_tcp_retransmit_failures_total",
@@ -135,13 +124,13 @@ impl Collector for NetCollector {
                 .with(no_labels(), total.retransmit_failures as f64),
             );
         }
-        if attached("tcp_send_reset") {
+        if attached(&TCP_SEND_RESET) {
             out.push(
                 MetricFamily::counter("ebpf_tcp_resets_sent_total", "TCP resets (RST) sent.")
                     .with(no_labels(), total.resets_sent as f64),
             );
         }
-        if attached("tcp_receive_reset") {
+        if attached(&TCP_RECEIVE_RESET) {
             out.push(
                 MetricFamily::counter(
                     "ebpf_tcp_resets_received_total",
@@ -150,14 +139,14 @@ impl Collector for NetCollector {
                 .with(no_labels(), total.resets_received as f64),
             );
         }
-        if attached("kfree_skb") {
+        if attached(&KFREE_SKB) {
             let mut drops = MetricFamily::counter(
                 "ebpf_skb_drops_total",
                 "Packets (socket buffers) the kernel dropped, by drop reason (enum skb_drop_reason, lower-cased without its SKB_DROP_REASON_ prefix; \"other\" for reasons outside it).",
             );
-            let counts: HashMap<u32, u64> = maps
+            let counts: HashMap<u32, u64> = self
                 .drop_reasons_reader
-                .read(maps.drop_reasons.map())
+                .read(self.drop_reasons.map())
                 .context("reading SKB_DROP_REASONS")?
                 .iter()
                 .map(|(reason, per_cpu)| (reason, per_cpu.iter().sum()))

@@ -54,19 +54,24 @@ macro_rules! test_each_hook_type {
     };
 }
 
-/// Mounts tracefs where the classic tracepoint fallback looks for it, if it is not there.
+/// Mounts tracefs where the classic tracepoint fallback looks for it, if it is not there. Tests
+/// of one binary run in parallel: one mounts while the others wait, and a mount that lost a race
+/// to another process still counts once tracefs is there.
 pub fn ensure_tracefs() {
+    static MOUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = MOUNTING.lock().unwrap_or_else(|e| e.into_inner());
     let events = std::path::Path::new("/sys/kernel/tracing/events");
     if events.is_dir() {
         return;
     }
-    let status = std::process::Command::new("mount")
+    let output = std::process::Command::new("mount")
         .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
-        .status()
+        .output()
         .expect("running mount");
     assert!(
-        status.success() && events.is_dir(),
-        "cannot mount tracefs at /sys/kernel/tracing"
+        events.is_dir(),
+        "cannot mount tracefs at /sys/kernel/tracing: {}",
+        String::from_utf8_lossy(&output.stderr)
     );
 }
 

@@ -1,0 +1,299 @@
+//! `netclass`: network device properties from /sys/class/net/<iface>/*, as node_exporter's
+//! netclass collector (sysfs mode; `--collector.netclass.netlink` is accepted and ignored).
+use std::{collections::BTreeMap, ffi::CStr, path::PathBuf, sync::Arc};
+
+use anyhow::Context as _;
+use regex::Regex;
+
+use crate::{
+    collector::{BuildContext, Collector, CollectorSpec, NoData},
+    flags::FlagSpec,
+    metrics::{MetricFamily, MetricType},
+    read,
+};
+
+const IGNORED_DEVICES: &str = "collector.netclass.ignored-devices";
+const IGNORE_INVALID_SPEED: &str = "collector.netclass.ignore-invalid-speed";
+const NETLINK: &str = "collector.netclass.netlink";
+const RTNL_WITH_STATS: &str = "collector.netclass_rtnl.with-stats";
+
+pub const SPEC: CollectorSpec = CollectorSpec {
+    name: "netclass",
+    default_enabled: true,
+    flags: &[
+        FlagSpec::value(
+            IGNORED_DEVICES,
+            Some("^$"),
+            "Regexp of net devices to ignore for netclass collector.",
+        ),
+        FlagSpec::bool(
+            IGNORE_INVALID_SPEED,
+            false,
+            "Ignore devices where the speed is invalid. This will be the default behavior in 2.x.",
+        ),
+        FlagSpec::bool(
+            NETLINK,
+            false,
+            "Use netlink to gather stats instead of /proc/net/dev.",
+        ),
+        FlagSpec::bool(
+            RTNL_WITH_STATS,
+            false,
+            "Expose the statistics for each network device, replacing netdev collector.",
+        ),
+    ],
+    kernel: None,
+    build,
+};
+
+struct NetclassCollector {
+    class_net: PathBuf,
+    ignored: Option<Regex>,
+    ignore_invalid_speed: bool,
+}
+
+fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
+    for flag in [NETLINK, RTNL_WITH_STATS] {
+        if context.flags.bool(flag) {
+            tracing::warn!(
+                flag,
+                "accepted but ignored: netclass reads /sys/class/net (the same attributes)"
+            );
+        }
+    }
+    Ok(Arc::new(NetclassCollector {
+        class_net: context.sys_path("class/net"),
+        ignored: context.flags.regex(IGNORED_DEVICES)?,
+        ignore_invalid_speed: context.flags.bool(IGNORE_INVALID_SPEED),
+    }))
+}
+
+/// The attributes of one interface that upstream's procfs reads and the metrics use, as read.
+#[derive(Default, Debug)]
+struct Interface {
+    strings: BTreeMap<&'static CStr, String>,
+    numbers: BTreeMap<&'static CStr, i64>,
+}
+
+const STRING_ATTRIBUTES: &[&CStr] = &[
+    c"address",
+    c"broadcast",
+    c"duplex",
+    c"ifalias",
+    c"operstate",
+];
+const NUMBER_ATTRIBUTES: &[&CStr] = &[
+    c"addr_assign_type",
+    c"carrier",
+    c"carrier_changes",
+    c"carrier_up_count",
+    c"carrier_down_count",
+    c"dev_id",
+    c"dormant",
+    c"flags",
+    c"ifindex",
+    c"iflink",
+    c"link_mode",
+    c"mtu",
+    c"name_assign_type",
+    c"netdev_group",
+    c"speed",
+    c"tx_queue_len",
+    c"type",
+];
+
+/// `(metric, attribute, type)` in upstream's order.
+const PROPERTIES: &[(&str, &CStr, MetricType)] = &[
+    (
+        "address_assign_type",
+        c"addr_assign_type",
+        MetricType::Gauge,
+    ),
+    ("carrier", c"carrier", MetricType::Gauge),
+    (
+        "carrier_changes_total",
+        c"carrier_changes",
+        MetricType::Counter,
+    ),
+    (
+        "carrier_up_changes_total",
+        c"carrier_up_count",
+        MetricType::Counter,
+    ),
+    (
+        "carrier_down_changes_total",
+        c"carrier_down_count",
+        MetricType::Counter,
+    ),
+    ("device_id", c"dev_id", MetricType::Gauge),
+    ("dormant", c"dormant", MetricType::Gauge),
+    ("flags", c"flags", MetricType::Gauge),
+    ("iface_id", c"ifindex", MetricType::Gauge),
+    ("iface_link", c"iflink", MetricType::Gauge),
+    ("iface_link_mode", c"link_mode", MetricType::Gauge),
+    ("mtu_bytes", c"mtu", MetricType::Gauge),
+    ("name_assign_type", c"name_assign_type", MetricType::Gauge),
+    ("net_dev_group", c"netdev_group", MetricType::Gauge),
+    ("transmit_queue_length", c"tx_queue_len", MetricType::Gauge),
+    ("protocol_type", c"type", MetricType::Gauge),
+];
+
+/// Reads the attributes of one interface directory as procfs' `parseNetClassIface`:
+/// unreadable attributes (EINVAL for the speed of a down link...) are absent, numbers that do
+/// not parse (Go's base-0 `ParseInt`) are 0, other read errors fail. Only the attributes the
+/// metrics use are read (procfs also reads `addr_len` and `phys_*`, which nothing exports), each
+/// opened by name in the interface's directory.
+fn read_interface(path: &std::path::Path) -> anyhow::Result<Interface> {
+    let dir = read::SysDir::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut interface = Interface::default();
+    let strings = STRING_ATTRIBUTES.iter().map(|a| (*a, true));
+    let numbers = NUMBER_ATTRIBUTES.iter().map(|a| (*a, false));
+    for (attribute, is_string) in strings.chain(numbers) {
+        let value = match dir.attribute(attribute) {
+            Ok(value) => value,
+            Err(error) if read::is_unavailable(&error) => continue,
+            Err(error) => {
+                let file = path.join(attribute.to_string_lossy().as_ref());
+                return Err(error).with_context(|| format!("reading {}", file.display()));
+            }
+        };
+        if is_string {
+            interface.strings.insert(attribute, value);
+        } else {
+            // procfs' ValueParser.PInt64 yields 0 for a number that does not parse.
+            let number = read::parse_go_int(&value).unwrap_or(0);
+            interface.numbers.insert(attribute, number);
+        }
+    }
+    Ok(interface)
+}
+
+impl Collector for NetclassCollector {
+    fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
+        let entries = match std::fs::read_dir(&self.class_net) {
+            Ok(entries) => entries,
+            Err(error) if read::is_unavailable(&error) => {
+                return Err(NoData(format!("{}: {error}", self.class_net.display())).into());
+            }
+            Err(error) => {
+                return Err(error).with_context(|| format!("reading {}", self.class_net.display()));
+            }
+        };
+        let mut interfaces = BTreeMap::new();
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // Devices are symlinks or directories; bonding_masters is a regular file.
+            if entry.file_type()?.is_file()
+                || self.ignored.as_ref().is_some_and(|re| re.is_match(&name))
+            {
+                continue;
+            }
+            interfaces.insert(name, read_interface(&entry.path())?);
+        }
+
+        let mut up = MetricFamily::gauge(
+            "node_network_up",
+            "Value is 1 if operstate is 'up', 0 otherwise.",
+        );
+        let mut info = MetricFamily::gauge(
+            "node_network_info",
+            "Non-numeric data from /sys/class/net/<iface>, value is always 1.",
+        );
+        let mut properties: Vec<MetricFamily> = PROPERTIES
+            .iter()
+            .map(|(metric, _, kind)| {
+                MetricFamily::new(
+                    format!("node_network_{metric}"),
+                    format!("Network device property: {metric}"),
+                    *kind,
+                )
+            })
+            .collect();
+        let mut speed = MetricFamily::gauge(
+            "node_network_speed_bytes",
+            "Network device property: speed_bytes",
+        );
+
+        for (device, interface) in &interfaces {
+            let text = |a: &CStr| interface.strings.get(a).cloned().unwrap_or_default();
+            let operstate = text(c"operstate");
+            up.push(
+                [("device", device.as_str())],
+                if operstate == "up" { 1.0 } else { 0.0 },
+            );
+            let adminstate = match interface.numbers.get(c"flags") {
+                None => "unknown",
+                Some(flags) if flags & 1 == 1 => "up",
+                Some(_) => "down",
+            };
+            info.push(
+                [
+                    ("device", device.clone()),
+                    ("address", text(c"address")),
+                    ("broadcast", text(c"broadcast")),
+                    ("duplex", text(c"duplex")),
+                    ("operstate", operstate),
+                    ("adminstate", adminstate.to_owned()),
+                    ("ifalias", text(c"ifalias")),
+                ],
+                1.0,
+            );
+            for ((_, attribute, _), family) in PROPERTIES.iter().zip(&mut properties) {
+                if let Some(value) = interface.numbers.get(attribute) {
+                    family.push([("device", device.as_str())], *value as f64);
+                }
+            }
+            if let Some(mbits) = interface.numbers.get(c"speed") {
+                // Some devices report -1 when the speed is unknown.
+                if *mbits >= 0 || !self.ignore_invalid_speed {
+                    let bytes = mbits.wrapping_mul(1000 * 1000) / 8;
+                    speed.push([("device", device.as_str())], bytes as f64);
+                }
+            }
+        }
+        out.push(up);
+        out.push(info);
+        out.extend(properties);
+        out.push(speed);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_attributes_as_procfs_does() {
+        let dir = std::env::temp_dir().join(format!("netclass-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("statistics")).unwrap();
+        std::fs::write(dir.join("flags"), "0x1003\n").unwrap();
+        std::fs::write(dir.join("mtu"), "1500\n").unwrap();
+        std::fs::write(dir.join("speed"), "garbage\n").unwrap();
+        std::fs::write(dir.join("address"), "  aa:bb:cc:dd:ee:ff \n").unwrap();
+        std::fs::write(dir.join("uevent"), "INTERFACE=x\n").unwrap();
+        let interface = read_interface(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(interface.numbers.get(c"flags"), Some(&4099));
+        assert_eq!(interface.numbers.get(c"mtu"), Some(&1500));
+        assert_eq!(
+            interface.numbers.get(c"speed"),
+            Some(&0),
+            "unparsable is 0, as procfs"
+        );
+        assert_eq!(interface.strings[c"address"], "aa:bb:cc:dd:ee:ff");
+        assert_eq!(interface.numbers.len() + interface.strings.len(), 4);
+    }
+
+    #[test]
+    fn missing_class_net_is_no_data() {
+        let collector = NetclassCollector {
+            class_net: PathBuf::from("/nonexistent/class/net"),
+            ignored: None,
+            ignore_invalid_speed: false,
+        };
+        let error = collector.update(&mut Vec::new()).unwrap_err();
+        assert!(error.downcast_ref::<NoData>().is_some());
+    }
+}
