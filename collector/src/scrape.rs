@@ -1,7 +1,22 @@
-//! One scrape: every enabled collector runs on the collector threads (`pool`) under a deadline,
-//! as node_exporter's goroutine per collector. A collector that errors or overruns reports
-//! `node_scrape_collector_success 0`, is logged once (again only after it has recovered), and
-//! the scrape still returns everything else.
+//! One scrape: every enabled collector updates on the collector threads (`pool`) under the
+//! scrape's deadline, as node_exporter's goroutine per collector. A collector that errors or
+//! overruns reports `node_scrape_collector_success 0`, and the scrape still returns everything
+//! else.
+//!
+//! Scrapers often come in pairs (an HA Prometheus pair, AMP's collector beside an in-cluster
+//! agent), so updates are single-flight: a collector has at most one update in flight, and every
+//! scrape that arrives while it runs waits for that one, each under its own deadline.
+//!
+//! Freshness: a scrape is served only by an update that was still running when the scrape
+//! arrived (or that it started itself), never by one that had already finished: what it serves
+//! was read at most one update's run time (milliseconds) before the request. An update that
+//! outlives the deadline of a scrape waiting for it is overdue: its thread is written off, the
+//! scrapes already waiting keep waiting under their own deadlines, and later ones report the
+//! collector failed at once instead of waiting for it or piling up another update. A hung
+//! collector so costs one thread and no scrape more than its own deadline.
+//!
+//! Logging is per collector, not per scrape: one line when it starts failing, one when it
+//! recovers, whatever the number of scrapers.
 use std::{
     sync::{
         Arc, Mutex,
@@ -15,7 +30,7 @@ use tokio::sync::Notify;
 use crate::{
     collector::{Collector, NoData},
     metrics::MetricFamily,
-    pool::{GaveUp, Pool, Task},
+    pool::{GaveUp, Pool, Task, Ticket},
 };
 
 /// Collector threads. Updates are short reads of /proc, /sys and BPF maps, so two threads
@@ -28,17 +43,32 @@ const STALL: Duration = Duration::from_secs(1);
 struct Slot {
     name: &'static str,
     collector: Arc<dyn Collector>,
-    /// Set while an update runs; an update that outlived its scrape keeps it set, and the
-    /// collector is skipped (not piled up on another thread) until that update returns.
-    running: Arc<AtomicBool>,
-    /// Whether the last scrape failed, so a persistent failure is logged once.
+    /// The update in flight, shared by every scrape that arrives while it runs; cleared when it
+    /// finishes or is cancelled before starting.
+    in_flight: Mutex<Option<Arc<Update>>>,
+    /// Whether the collector is failing, so a failure is logged when it starts and a recovery
+    /// when it ends.
     failing: AtomicBool,
 }
 
-pub struct Scraper {
-    slots: Vec<Arc<Slot>>,
-    timeout: Duration,
-    pool: Pool,
+/// One update of one collector, and what the scrapes waiting for it need.
+struct Update {
+    /// Its report once it has finished (or been cancelled before starting).
+    report: Mutex<Option<Arc<Report>>>,
+    finished: Notify,
+    /// Its job on the pool, for giving up on it.
+    ticket: Mutex<Option<Ticket>>,
+    /// A waiting scrape's deadline passed while it ran: later scrapes do not wait for it.
+    overdue: AtomicBool,
+    /// Scrapes that will still take its report.
+    waiters: AtomicUsize,
+}
+
+/// What one update left: its families, how it went and how long it ran.
+struct Report {
+    families: Vec<MetricFamily>,
+    outcome: Outcome,
+    elapsed: Duration,
 }
 
 enum Outcome {
@@ -47,18 +77,10 @@ enum Outcome {
     Failed(String),
 }
 
-/// What one update left: its families, its result (or panic) and how long it ran.
-struct Report {
-    families: Vec<MetricFamily>,
-    result: std::thread::Result<anyhow::Result<()>>,
-    elapsed: Duration,
-}
-
-/// One scrape's updates: their reports by slot, and a wake-up when the last one is in.
-struct Batch {
-    reports: Mutex<Vec<Option<Report>>>,
-    remaining: AtomicUsize,
-    all_done: Notify,
+pub struct Scraper {
+    slots: Vec<Arc<Slot>>,
+    timeout: Duration,
+    pool: Pool,
 }
 
 impl Scraper {
@@ -69,7 +91,7 @@ impl Scraper {
                 Arc::new(Slot {
                     name,
                     collector,
-                    running: Arc::new(AtomicBool::new(false)),
+                    in_flight: Mutex::new(None),
                     failing: AtomicBool::new(false),
                 })
             })
@@ -81,76 +103,40 @@ impl Scraper {
         }
     }
 
-    /// Runs every collector; `timeout` (from the scrape request) shortens the configured one.
+    /// Runs every collector, or joins its update in flight; `timeout` (from the scrape request)
+    /// shortens the configured one.
     pub async fn scrape(&self, timeout: Option<Duration>) -> Vec<MetricFamily> {
         let timeout = timeout.map_or(self.timeout, |t| t.min(self.timeout));
         let started = Instant::now();
         let deadline = tokio::time::Instant::from_std(started) + timeout;
-        let batch = Arc::new(Batch {
-            reports: Mutex::new((0..self.slots.len()).map(|_| None).collect()),
-            remaining: AtomicUsize::new(0),
-            all_done: Notify::new(),
-        });
 
-        // A collector whose update from an earlier scrape still runs is not started again.
-        let mut outcomes: Vec<Option<(Outcome, Duration)>> = Vec::new();
+        let mut updates: Vec<Option<Arc<Update>>> = Vec::with_capacity(self.slots.len());
         let mut tasks: Vec<Task> = Vec::new();
-        let mut submitted = Vec::new();
-        for (index, slot) in self.slots.iter().enumerate() {
-            if slot.running.swap(true, Ordering::AcqRel) {
-                let reason = "still running from an earlier scrape that timed out".to_owned();
-                outcomes.push(Some((Outcome::Failed(reason), Duration::ZERO)));
-                continue;
-            }
-            outcomes.push(None);
-            submitted.push(index);
-            tasks.push(update_task(Arc::clone(slot), Arc::clone(&batch), index));
-        }
-        batch.remaining.store(tasks.len(), Ordering::Release);
-        let tickets = self.pool.submit(tasks);
-        if !tickets.is_empty() {
-            let mut all_done = std::pin::pin!(batch.all_done.notified());
-            loop {
-                let check = deadline.min(tokio::time::Instant::now() + STALL);
-                if tokio::time::timeout_at(check, all_done.as_mut())
-                    .await
-                    .is_ok()
-                    || tokio::time::Instant::now() >= deadline
-                {
-                    break;
+        let mut new_updates = Vec::new();
+        for slot in &self.slots {
+            let mut in_flight = slot.in_flight.lock().unwrap();
+            let update = match &*in_flight {
+                // Hung since an earlier scrape: not waited for, not started again.
+                Some(update) if update.overdue.load(Ordering::Acquire) => None,
+                Some(update) => Some(Arc::clone(update)),
+                None => {
+                    let update = Arc::new(Update::new());
+                    *in_flight = Some(Arc::clone(&update));
+                    tasks.push(update_task(Arc::clone(slot), Arc::clone(&update)));
+                    new_updates.push(Arc::clone(&update));
+                    Some(update)
                 }
-                // Updates still queue behind threads busy since the last check or before it:
-                // add a thread.
-                self.pool.unstall(STALL / 2);
+            };
+            if let Some(update) = &update {
+                update.waiters.fetch_add(1, Ordering::AcqRel);
             }
+            updates.push(update);
+        }
+        for (update, ticket) in new_updates.iter().zip(self.pool.submit(tasks)) {
+            *update.ticket.lock().unwrap() = Some(ticket);
         }
 
         let mut families = Vec::new();
-        for (index, ticket) in submitted.into_iter().zip(&tickets) {
-            let mut report = batch.reports.lock().unwrap()[index].take();
-            if report.is_none() {
-                if self.pool.give_up(ticket) == GaveUp::NotStarted {
-                    self.slots[index].running.store(false, Ordering::Release);
-                }
-                // It may have finished while we gave up on it.
-                report = batch.reports.lock().unwrap()[index].take();
-            }
-            outcomes[index] = Some(match report {
-                None => (
-                    Outcome::Failed(format!(
-                        "timed out after {}",
-                        humantime::format_duration(timeout)
-                    )),
-                    started.elapsed(),
-                ),
-                Some(report) => {
-                    let (collected, outcome) = outcome(report.families, report.result);
-                    families.extend(collected);
-                    (outcome, report.elapsed)
-                }
-            });
-        }
-
         let mut duration = MetricFamily::gauge(
             "node_scrape_collector_duration_seconds",
             "node_exporter: Duration of a collector scrape.",
@@ -159,26 +145,19 @@ impl Scraper {
             "node_scrape_collector_success",
             "node_exporter: Whether a collector succeeded.",
         );
-        for (slot, result) in self.slots.iter().zip(outcomes) {
-            let (outcome, elapsed) = result.expect("every slot has an outcome");
-            let ok = matches!(outcome, Outcome::Success);
-            match outcome {
-                Outcome::Success => {
-                    if slot.failing.swap(false, Ordering::Relaxed) {
-                        tracing::info!(collector = slot.name, "collector recovered");
+        for (slot, update) in self.slots.iter().zip(updates) {
+            let (ok, elapsed) = match update {
+                None => (false, Duration::ZERO),
+                Some(update) => match self.wait(slot, &update, deadline).await {
+                    Some(report) => {
+                        let ok = matches!(report.outcome, Outcome::Success);
+                        let elapsed = report.elapsed;
+                        families.extend(report.into_families());
+                        (ok, elapsed)
                     }
-                }
-                Outcome::NoData(reason) => {
-                    tracing::debug!(collector = slot.name, reason, "collector returned no data");
-                }
-                Outcome::Failed(reason) => {
-                    if !slot.failing.swap(true, Ordering::Relaxed) {
-                        tracing::error!(collector = slot.name, err = %reason, "collector failed");
-                    } else {
-                        tracing::debug!(collector = slot.name, err = %reason, "collector still failing");
-                    }
-                }
-            }
+                    None => (false, started.elapsed()),
+                },
+            };
             duration.push([("collector", slot.name)], elapsed.as_secs_f64());
             success.push([("collector", slot.name)], if ok { 1.0 } else { 0.0 });
         }
@@ -186,27 +165,163 @@ impl Scraper {
         families.push(success);
         families
     }
+
+    /// Waits for `update` of `slot` until `deadline`; `None` when it did not finish in time.
+    async fn wait(
+        &self,
+        slot: &Slot,
+        update: &Arc<Update>,
+        deadline: tokio::time::Instant,
+    ) -> Option<ReportHandle> {
+        loop {
+            let finished = update.finished.notified();
+            let mut finished = std::pin::pin!(finished);
+            finished.as_mut().enable();
+            if let Some(report) = update.take_report() {
+                return Some(report);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let check = deadline.min(now + STALL);
+            if tokio::time::timeout_at(check, finished).await.is_err()
+                && tokio::time::Instant::now() < deadline
+            {
+                // Updates still queue behind threads busy since the last check or before it:
+                // add a thread.
+                self.pool.unstall(STALL / 2);
+            }
+        }
+        let ticket = update.ticket.lock().unwrap().clone();
+        match ticket.map(|ticket| self.pool.give_up(&ticket)) {
+            Some(GaveUp::NotStarted) => {
+                // Never to run: the next scrape starts a fresh one, and every scrape waiting for
+                // this one learns it is over.
+                let outcome = Outcome::Failed("queued behind hung collectors".to_owned());
+                slot.log(&outcome);
+                let report = Report {
+                    families: Vec::new(),
+                    outcome,
+                    elapsed: Duration::ZERO,
+                };
+                slot.finish(update, report);
+            }
+            Some(GaveUp::Finished) => return update.take_report(),
+            Some(GaveUp::Running) | None => {
+                if !update.overdue.swap(true, Ordering::AcqRel) {
+                    slot.log(&Outcome::Failed(
+                        "still running at the scrape's deadline; not waited for again until it returns"
+                            .to_owned(),
+                    ));
+                }
+            }
+        }
+        update.release();
+        None
+    }
 }
 
-/// The update of `slot` for one scrape: runs it, files its report and, as the last one of the
-/// batch, wakes the scrape.
-fn update_task(slot: Arc<Slot>, batch: Arc<Batch>, index: usize) -> Task {
+impl Update {
+    fn new() -> Self {
+        Self {
+            report: Mutex::new(None),
+            finished: Notify::new(),
+            ticket: Mutex::new(None),
+            overdue: AtomicBool::new(false),
+            waiters: AtomicUsize::new(0),
+        }
+    }
+
+    /// This waiter's share of the report, if it is in; the last waiter takes the update's own
+    /// reference, so that a report only one scrape wanted is moved, not copied.
+    fn take_report(&self) -> Option<ReportHandle> {
+        let mut report = self.report.lock().unwrap();
+        let shared = Arc::clone(report.as_ref()?);
+        if self.waiters.fetch_sub(1, Ordering::AcqRel) == 1 {
+            report.take();
+        }
+        Some(ReportHandle(shared))
+    }
+
+    /// A waiter leaves without the report.
+    fn release(&self) {
+        if self.waiters.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.report.lock().unwrap().take();
+        }
+    }
+}
+
+/// One scrape's hold on a report.
+struct ReportHandle(Arc<Report>);
+
+impl std::ops::Deref for ReportHandle {
+    type Target = Report;
+    fn deref(&self) -> &Report {
+        &self.0
+    }
+}
+
+impl ReportHandle {
+    /// The report's families: moved out when no other scrape holds it, copied otherwise.
+    fn into_families(self) -> Vec<MetricFamily> {
+        match Arc::try_unwrap(self.0) {
+            Ok(report) => report.families,
+            Err(shared) => shared.families.clone(),
+        }
+    }
+}
+
+impl Slot {
+    /// Files `update`'s report, frees the slot for the next update and wakes its waiters.
+    fn finish(&self, update: &Arc<Update>, report: Report) {
+        let mut in_flight = self.in_flight.lock().unwrap();
+        if in_flight.as_ref().is_some_and(|u| Arc::ptr_eq(u, update)) {
+            *in_flight = None;
+        }
+        drop(in_flight);
+        *update.report.lock().unwrap() = Some(Arc::new(report));
+        update.finished.notify_waiters();
+    }
+
+    /// Logs a change between working and failing; a failure that goes on is logged at debug.
+    fn log(&self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Success => {
+                if self.failing.swap(false, Ordering::AcqRel) {
+                    tracing::info!(collector = self.name, "collector recovered");
+                }
+            }
+            Outcome::NoData(reason) => {
+                tracing::debug!(collector = self.name, reason, "collector returned no data");
+            }
+            Outcome::Failed(reason) => {
+                if !self.failing.swap(true, Ordering::AcqRel) {
+                    tracing::error!(collector = self.name, err = %reason, "collector failed");
+                } else {
+                    tracing::debug!(collector = self.name, err = %reason, "collector still failing");
+                }
+            }
+        }
+    }
+}
+
+/// The update of `slot`: runs it, logs how it went and hands its report to the scrapes waiting.
+fn update_task(slot: Arc<Slot>, update: Arc<Update>) -> Task {
     Box::new(move || {
         let started = Instant::now();
         let mut families = Vec::new();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             slot.collector.update(&mut families)
         }));
+        let (families, outcome) = outcome(families, result);
+        slot.log(&outcome);
         let report = Report {
             families,
-            result,
+            outcome,
             elapsed: started.elapsed(),
         };
-        batch.reports.lock().unwrap()[index] = Some(report);
-        slot.running.store(false, Ordering::Release);
-        if batch.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            batch.all_done.notify_one();
-        }
+        slot.finish(&update, report);
     })
 }
 
@@ -351,5 +466,94 @@ mod tests {
             THREADS + 2,
             "one helper at 1 s, then the deadline"
         );
+    }
+
+    /// Counts its updates, each taking the given time.
+    struct Counting(Duration, AtomicUsize);
+    impl Collector for Counting {
+        fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
+            let n = self.1.fetch_add(1, Ordering::AcqRel) + 1;
+            std::thread::sleep(self.0);
+            out.push(MetricFamily::gauge("counted", "Updates.").with([("v", "x")], n as f64));
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_scrapes_share_one_update_and_all_succeed() {
+        let counting = Arc::new(Counting(Duration::from_millis(300), AtomicUsize::new(0)));
+        let scraper = Arc::new(Scraper::new(
+            vec![
+                ("counting", Arc::clone(&counting) as Arc<dyn Collector>),
+                ("fixed", Arc::new(Fixed(7.0))),
+            ],
+            Duration::from_secs(5),
+        ));
+        let scrapes: Vec<_> = (0..40)
+            .map(|_| {
+                let scraper = Arc::clone(&scraper);
+                tokio::spawn(async move { scraper.scrape(None).await })
+            })
+            .collect();
+        for scrape in scrapes {
+            let families = scrape.await.unwrap();
+            for collector in ["counting", "fixed"] {
+                assert_eq!(
+                    sample(&families, "node_scrape_collector_success", collector),
+                    Some(1.0),
+                    "{collector}"
+                );
+            }
+            assert!(families.iter().any(|f| f.name == "counted"));
+            assert!(families.iter().any(|f| f.name == "fixed"));
+        }
+        // All 40 arrived while the first update ran: they shared it.
+        assert_eq!(counting.1.load(Ordering::Acquire), 1);
+        // A scrape after it finished gets a fresh update, not the old result.
+        scraper.scrape(None).await;
+        assert_eq!(counting.1.load(Ordering::Acquire), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_collector_fails_alone_under_concurrent_scrapes() {
+        let scraper = Arc::new(Scraper::new(
+            vec![
+                (
+                    "hung",
+                    Arc::new(Slow(Duration::from_secs(4))) as Arc<dyn Collector>,
+                ),
+                ("fixed", Arc::new(Fixed(7.0))),
+            ],
+            Duration::from_secs(10),
+        ));
+        for _ in 0..3 {
+            let started = Instant::now();
+            let scrapes: Vec<_> = (0..8)
+                .map(|_| {
+                    let scraper = Arc::clone(&scraper);
+                    tokio::spawn(
+                        async move { scraper.scrape(Some(Duration::from_millis(300))).await },
+                    )
+                })
+                .collect();
+            for scrape in scrapes {
+                let families = scrape.await.unwrap();
+                assert_eq!(
+                    sample(&families, "node_scrape_collector_success", "hung"),
+                    Some(0.0)
+                );
+                assert_eq!(
+                    sample(&families, "node_scrape_collector_success", "fixed"),
+                    Some(1.0)
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+        // The hung update holds one thread; its replacement and the original one serve the rest.
+        assert_eq!(scraper.pool.spawned(), THREADS + 1);
     }
 }
