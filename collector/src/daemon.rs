@@ -38,7 +38,11 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Connection tasks cut off at the end of the shutdown grace period are dropped here, not
+    // waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(err = format!("{e:#}"), "exiting");
@@ -48,6 +52,15 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Before anything else: a SIGTERM during start-up (loading the kernel programs takes a
+    // second or two) must end in a clean stop, not in the signal's default action.
+    let (stop, stopped) = watch::channel(false);
+    let signal = signal_handlers();
+    tokio::spawn(async move {
+        let signal = signal.await;
+        tracing::info!(signal, "shutting down");
+        let _ = stop.send(true);
+    });
     let options = &cli.options;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -108,12 +121,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         max_requests: options.max_requests,
     });
 
-    let (stop, stopped) = watch::channel(false);
-    tokio::spawn(async move {
-        let signal = wait_for_signal().await;
-        tracing::info!(signal, "shutting down");
-        let _ = stop.send(true);
-    });
     server::serve(listeners, server::router(Arc::clone(&state)), stopped).await?;
 
     // Dropping the last handles closes the program and link fds: the kernel detaches them.
@@ -195,18 +202,22 @@ async fn start_ebpf(
     }
 }
 
-async fn wait_for_signal() -> &'static str {
+/// Installs the SIGTERM and SIGINT handlers now; the future resolves to the first that comes.
+fn signal_handlers() -> impl std::future::Future<Output = &'static str> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
     }
 }
 

@@ -27,13 +27,11 @@ impl Default for ExporterMetrics {
 }
 
 impl ExporterMetrics {
-    pub fn request_started(&self) {
+    /// Counts a scrape in flight until the guard is dropped: when it is answered, or when the
+    /// client goes away mid-scrape and the handler is dropped with it.
+    pub fn in_flight(&self) -> InFlight<'_> {
         self.requests_in_flight.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn request_finished(&self, status: u16) {
-        self.requests_in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.count_response(status);
+        InFlight(&self.requests_in_flight)
     }
 
     pub fn count_response(&self, status: u16) {
@@ -72,6 +70,15 @@ impl ExporterMetrics {
         }
         families.push(total);
         families
+    }
+}
+
+/// A scrape in flight, counted in `promhttp_metric_handler_requests_in_flight` while it lives.
+pub struct InFlight<'a>(&'a AtomicI64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -121,8 +128,8 @@ mod tests {
     #[test]
     fn process_and_handler_families() {
         let metrics = ExporterMetrics::default();
-        metrics.request_started();
-        metrics.request_finished(200);
+        drop(metrics.in_flight());
+        metrics.count_response(200);
         metrics.count_response(503);
         let families = metrics.families();
         let names: Vec<_> = families.iter().map(|f| f.name.as_str()).collect();

@@ -40,7 +40,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Serves `router` on every address until `shutdown` resolves.
+/// How long, once shutdown is asked for, requests in progress may still finish. Connections
+/// still open then (a scrape waiting on a hung collector, a client that never finishes its
+/// request or never reads the answer) are dropped, so the process exits well within the 30 s
+/// Kubernetes allows before SIGKILL, and within 2 s of SIGTERM.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// Serves `router` on every address until `shutdown` is set, then gives requests in progress
+/// [`SHUTDOWN_GRACE`] to finish.
 pub async fn serve(
     listeners: Vec<tokio::net::TcpListener>,
     router: Router,
@@ -58,12 +65,29 @@ pub async fn serve(
                 .await
         });
     }
-    while let Some(result) = servers.join_next().await {
-        result
-            .context("HTTP server task failed")?
-            .context("HTTP server failed")?;
+    let drained = async {
+        while let Some(result) = servers.join_next().await {
+            result
+                .context("HTTP server task failed")?
+                .context("HTTP server failed")?;
+        }
+        anyhow::Ok(())
+    };
+    let mut stop = shutdown;
+    let grace_over = async {
+        let _ = stop.wait_for(|stop| *stop).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        result = drained => result,
+        () = grace_over => {
+            tracing::info!(
+                grace = ?SHUTDOWN_GRACE,
+                "connections still open after the shutdown grace period are dropped"
+            );
+            Ok(())
+        }
     }
-    Ok(())
 }
 
 pub async fn bind(addresses: &[SocketAddr]) -> anyhow::Result<Vec<tokio::net::TcpListener>> {
@@ -106,7 +130,7 @@ async fn metrics_handler(State(state): State<Arc<AppState>>, headers: HeaderMap)
             }
         },
     };
-    state.exporter.request_started();
+    let in_flight = state.exporter.in_flight();
     let timeout = scrape_timeout(&headers);
     let mut families = state.scraper.scrape(timeout).await;
     families.push(exporter::build_info());
@@ -114,7 +138,8 @@ async fn metrics_handler(State(state): State<Arc<AppState>>, headers: HeaderMap)
         families.extend(state.exporter.families());
     }
     let body = exposition::encode(&metrics::merge_and_sort(families));
-    state.exporter.request_finished(200);
+    drop(in_flight);
+    state.exporter.count_response(200);
     ([(header::CONTENT_TYPE, exposition::CONTENT_TYPE)], body).into_response()
 }
 
