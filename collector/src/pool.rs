@@ -1,6 +1,7 @@
-//! The threads collector updates run on: a few long-lived threads fed a whole scrape's updates
-//! at once, so a scrape costs one wake-up instead of a thread hand-off per collector (tokio's
-//! blocking pool woke a thread, and kept one alive, for each of the ~30 collectors).
+//! Long-lived worker threads for calls that may hang: the collectors' updates (`scrape`) and the
+//! filesystem collector's statfs calls each have a pool. Jobs are fed in batches, so a scrape
+//! costs one wake-up instead of a thread hand-off per collector (tokio's blocking pool woke a
+//! thread, and kept one alive, for each of the ~30 collectors).
 //!
 //! A thread stuck in an update that its scrape gave up on is written off and replaced, so a hung
 //! collector holds one thread and the others keep running; that thread exits once the update
@@ -34,8 +35,9 @@ struct Shared {
     queue: Mutex<Queue>,
     work: Condvar,
     name: &'static str,
-    /// Threads ever started, for tests.
+    /// Threads ever started, and threads not yet exited, for tests.
     spawned: AtomicUsize,
+    live: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -71,6 +73,7 @@ impl Pool {
             work: Condvar::new(),
             name,
             spawned: AtomicUsize::new(0),
+            live: AtomicUsize::new(0),
         });
         for _ in 0..threads.max(1) {
             Shared::spawn(&shared);
@@ -140,6 +143,11 @@ impl Pool {
     pub(crate) fn spawned(&self) -> usize {
         self.shared.spawned.load(Ordering::Relaxed)
     }
+
+    #[cfg(test)]
+    fn live(&self) -> usize {
+        self.shared.live.load(Ordering::Acquire)
+    }
 }
 
 impl Drop for Pool {
@@ -152,10 +160,14 @@ impl Drop for Pool {
 impl Shared {
     fn spawn(shared: &Arc<Self>) {
         shared.spawned.fetch_add(1, Ordering::Relaxed);
+        shared.live.fetch_add(1, Ordering::AcqRel);
         let this = Arc::clone(shared);
         std::thread::Builder::new()
             .name(shared.name.to_owned())
-            .spawn(move || this.work_loop())
+            .spawn(move || {
+                this.work_loop();
+                this.live.fetch_sub(1, Ordering::AcqRel);
+            })
             .expect("spawning a collector thread");
     }
 
@@ -283,5 +295,71 @@ mod tests {
         assert_eq!(pool.give_up(&tickets[0]), GaveUp::Finished);
         assert!(finished.recv_timeout(Duration::from_millis(100)).is_err());
         assert_eq!(pool.spawned(), 1);
+    }
+
+    /// A job that blocks until `release` is dropped or sent to.
+    fn hung(release: &std::sync::Arc<Mutex<mpsc::Receiver<()>>>) -> Task {
+        let release = std::sync::Arc::clone(release);
+        Box::new(move || {
+            let _ = release.lock().unwrap().recv();
+        })
+    }
+
+    fn wait_until(what: &str, condition: impl Fn() -> bool) {
+        let started = Instant::now();
+        while !condition() {
+            assert!(started.elapsed() < Duration::from_secs(5), "{what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn many_hung_jobs_cost_a_thread_each_only_once_started() {
+        let pool = Pool::new("test", 2);
+        let (release, released) = mpsc::channel::<()>();
+        let released = std::sync::Arc::new(Mutex::new(released));
+        let tickets = pool.submit((0..6).map(|_| hung(&released)));
+        wait_until("two jobs running", || {
+            pool.shared.queue.lock().unwrap().running.len() == 2
+        });
+        // Two run (each written off and replaced), four never start.
+        let gave_up: Vec<_> = tickets.iter().map(|t| pool.give_up(t)).collect();
+        assert_eq!(gave_up.iter().filter(|g| **g == GaveUp::Running).count(), 2);
+        assert_eq!(
+            gave_up.iter().filter(|g| **g == GaveUp::NotStarted).count(),
+            4
+        );
+        assert_eq!(pool.spawned(), 4);
+        // The replacements take new work at once.
+        let (done, finished) = mpsc::channel();
+        pool.submit([Box::new(move || done.send(()).unwrap()) as Task]);
+        finished.recv_timeout(Duration::from_secs(5)).unwrap();
+        // Once the hung calls return, their threads exit: two are left.
+        drop(release);
+        wait_until("written-off threads exit", || pool.live() == 2);
+        assert_eq!(pool.spawned(), 4);
+    }
+
+    #[test]
+    fn dropping_the_pool_does_not_wait_for_a_hung_job() {
+        let pool = Pool::new("test", 2);
+        let (release, released) = mpsc::channel::<()>();
+        let released = std::sync::Arc::new(Mutex::new(released));
+        pool.submit([hung(&released)]);
+        wait_until("the job running", || {
+            pool.shared.queue.lock().unwrap().running.len() == 1
+        });
+        let shared = std::sync::Arc::clone(&pool.shared);
+        let started = Instant::now();
+        drop(pool);
+        assert!(started.elapsed() < Duration::from_millis(100));
+        // The idle thread exits at once; the hung one when its job returns.
+        wait_until("the idle thread exits", || {
+            shared.live.load(Ordering::Acquire) == 1
+        });
+        drop(release);
+        wait_until("the hung thread exits", || {
+            shared.live.load(Ordering::Acquire) == 0
+        });
     }
 }

@@ -9,14 +9,11 @@
 //! by later scrapes until its call returns; the thread stuck in it is written off and replaced,
 //! so each stuck mount holds at most one thread and no scrape starts another for it.
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, HashSet},
     ffi::CString,
     os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
-    sync::{
-        Arc, Condvar, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Condvar, Mutex},
     time::{Duration, Instant},
 };
 
@@ -26,6 +23,7 @@ use crate::{
     collector::{BuildContext, Collector, CollectorSpec},
     flags::{DeviceFilter, FlagSpec},
     metrics::MetricFamily,
+    pool::{GaveUp, Pool, Task},
 };
 
 const MP_EXCLUDE: &str = "collector.filesystem.mount-points-exclude";
@@ -226,7 +224,7 @@ struct FilesystemCollector {
     rootfs: PathBuf,
     mount_points: DeviceFilter,
     fs_types: DeviceFilter,
-    pool: Arc<StatPool>,
+    pool: StatPool,
 }
 
 fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
@@ -356,167 +354,118 @@ impl Collector for FilesystemCollector {
     }
 }
 
-/// The long-lived threads that run statfs for the collector.
+/// statfs of mount points on the collector's own pool of threads, each scrape waiting at most
+/// the mount timeout.
 struct StatPool {
-    state: Mutex<PoolState>,
-    /// Signalled when a job is queued.
-    work: Condvar,
-    /// Signalled when a job has a result.
-    finished: Condvar,
+    pool: Pool,
     statfs: StatFn,
-    /// Healthy workers wanted.
-    target: usize,
     timeout: Duration,
-    /// Threads ever started, for tests.
-    spawned: AtomicUsize,
-}
-
-#[derive(Default)]
-struct PoolState {
-    queue: VecDeque<PathBuf>,
-    /// Every path queued or being statted, until its result is taken.
-    jobs: HashMap<PathBuf, Job>,
-    /// Workers not stuck in a call the scrape gave up on.
-    healthy: usize,
-}
-
-#[derive(Default)]
-struct Job {
-    started: bool,
-    result: Option<Result<FsStat, String>>,
-    /// No scrape waits for it any more: the worker drops it when done.
-    orphaned: bool,
-    /// Its worker was written off as stuck (and replaced) while the call ran.
-    abandoned: bool,
+    /// Paths whose statfs is running, and whether a scrape gave up on it (the mount is stuck):
+    /// not statted again until that call returns.
+    in_flight: Arc<Mutex<HashMap<PathBuf, bool>>>,
 }
 
 /// The `device_error` label of a mount whose statfs did not answer in time, as upstream.
 const TIMEOUT_ERROR: &str = "mountpoint timeout";
 
+/// One scrape's statfs results as they come in.
+type Results = Arc<(Mutex<HashMap<PathBuf, Result<FsStat, String>>>, Condvar)>;
+
 impl StatPool {
-    fn new(statfs: StatFn, target: usize, timeout: Duration) -> Arc<Self> {
-        Arc::new(Self {
-            state: Mutex::new(PoolState::default()),
-            work: Condvar::new(),
-            finished: Condvar::new(),
+    fn new(statfs: StatFn, workers: usize, timeout: Duration) -> Self {
+        Self {
+            pool: Pool::new("statfs", workers),
             statfs,
-            target,
             timeout,
-            spawned: AtomicUsize::new(0),
-        })
+            in_flight: Arc::default(),
+        }
     }
 
     /// statfs of every path, waiting at most the mount timeout; a path whose call from an
     /// earlier scrape still runs is not statted again.
-    fn stat_all(self: &Arc<Self>, paths: &[PathBuf]) -> HashMap<PathBuf, Result<FsStat, String>> {
-        let mut results = HashMap::new();
-        let mut waiting = Vec::new();
-        let mut state = self.state.lock().unwrap();
-        for path in paths {
-            if results.contains_key(path) || waiting.contains(path) {
-                continue;
+    fn stat_all(&self, paths: &[PathBuf]) -> HashMap<PathBuf, Result<FsStat, String>> {
+        let results: Results = Arc::default();
+        let mut skipped = HashMap::new();
+        let mut queued = Vec::new();
+        let mut tasks: Vec<Task> = Vec::new();
+        {
+            let mut in_flight = self.in_flight.lock().unwrap();
+            for path in paths {
+                if skipped.contains_key(path) || queued.contains(path) {
+                    continue;
+                }
+                if in_flight.contains_key(path) {
+                    tracing::debug!(path = %path.display(), "Mount point is in an unresponsive state");
+                    skipped.insert(path.clone(), Err(TIMEOUT_ERROR.to_owned()));
+                    continue;
+                }
+                in_flight.insert(path.clone(), false);
+                queued.push(path.clone());
+                tasks.push(self.stat_task(path.clone(), Arc::clone(&results)));
             }
-            if state.jobs.contains_key(path) {
-                tracing::debug!(path = %path.display(), "Mount point is in an unresponsive state");
-                results.insert(path.clone(), Err(TIMEOUT_ERROR.to_owned()));
-                continue;
-            }
-            state.jobs.insert(path.clone(), Job::default());
-            state.queue.push_back(path.clone());
-            waiting.push(path.clone());
         }
-        while state.healthy < self.target {
-            state.healthy += 1;
-            self.spawn();
-        }
-        self.work.notify_all();
+        let tickets = self.pool.submit(tasks);
 
         let deadline = Instant::now() + self.timeout;
-        loop {
-            waiting.retain(|path| {
-                let job = state
-                    .jobs
-                    .get(path)
-                    .expect("jobs are removed by their owner");
-                if job.result.is_none() {
-                    return true;
-                }
-                let job = state.jobs.remove(path).expect("present");
-                results.insert(path.clone(), job.result.expect("checked"));
-                false
-            });
+        let (lock, arrived) = &*results;
+        let mut done = lock.lock().unwrap();
+        while done.len() < queued.len() {
             let now = Instant::now();
-            if waiting.is_empty() || now >= deadline {
+            if now >= deadline {
                 break;
             }
-            state = self.finished.wait_timeout(state, deadline - now).unwrap().0;
+            done = arrived.wait_timeout(done, deadline - now).unwrap().0;
         }
-        for path in waiting {
-            let job = state.jobs.get_mut(&path).expect("present");
-            job.orphaned = true;
-            if job.started && !job.abandoned {
-                job.abandoned = true;
-                state.healthy -= 1;
-                tracing::debug!(
-                    path = %path.display(),
-                    "Mount point timed out, it is being labeled as stuck and will not be monitored"
-                );
+        drop(done);
+        for (path, ticket) in queued.iter().zip(&tickets) {
+            if lock.lock().unwrap().contains_key(path) {
+                continue;
             }
-            results.insert(path, Err(TIMEOUT_ERROR.to_owned()));
+            match self.pool.give_up(ticket) {
+                GaveUp::NotStarted => {
+                    self.in_flight.lock().unwrap().remove(path);
+                }
+                GaveUp::Running => {
+                    if let Some(stuck) = self.in_flight.lock().unwrap().get_mut(path) {
+                        *stuck = true;
+                    }
+                    tracing::debug!(
+                        path = %path.display(),
+                        "Mount point timed out, it is being labeled as stuck and will not be monitored"
+                    );
+                }
+                // It answered while we gave up on it.
+                GaveUp::Finished => continue,
+            }
+            lock.lock()
+                .unwrap()
+                .insert(path.clone(), Err(TIMEOUT_ERROR.to_owned()));
         }
+        let mut results = std::mem::take(&mut *lock.lock().unwrap());
+        results.extend(skipped);
         results
     }
 
-    fn spawn(self: &Arc<Self>) {
-        self.spawned.fetch_add(1, Ordering::Relaxed);
-        let pool = Arc::clone(self);
-        std::thread::Builder::new()
-            .name("statfs".to_owned())
-            .spawn(move || pool.work_loop())
-            .expect("spawning a statfs thread");
-    }
-
-    fn work_loop(&self) {
-        let mut state = self.state.lock().unwrap();
-        loop {
-            let Some(path) = state.queue.pop_front() else {
-                state = self.work.wait(state).unwrap();
-                continue;
-            };
-            let job = state.jobs.get_mut(&path).expect("queued jobs exist");
-            if job.orphaned {
-                // Nobody waits for it any more; the next scrape will stat it again.
-                state.jobs.remove(&path);
-                continue;
+    /// statfs of `path` into `results`; the path may be statted again once it returns.
+    fn stat_task(&self, path: PathBuf, results: Results) -> Task {
+        let statfs = Arc::clone(&self.statfs);
+        let in_flight = Arc::clone(&self.in_flight);
+        Box::new(move || {
+            let result = statfs(&path);
+            if in_flight.lock().unwrap().remove(&path) == Some(true) {
+                tracing::debug!(path = %path.display(), "Mount point has recovered, monitoring will resume");
             }
-            job.started = true;
-            drop(state);
-            let result = (self.statfs)(&path);
-            state = self.state.lock().unwrap();
-            let job = state.jobs.get_mut(&path).expect("started jobs exist");
-            let abandoned = job.abandoned;
-            if job.orphaned {
-                if abandoned {
-                    tracing::debug!(path = %path.display(), "Mount point has recovered, monitoring will resume");
-                }
-                state.jobs.remove(&path);
-            } else {
-                job.result = Some(result);
-                self.finished.notify_all();
-            }
-            if abandoned {
-                if state.healthy < self.target {
-                    state.healthy += 1;
-                } else {
-                    return;
-                }
-            }
-        }
+            let (lock, arrived) = &*results;
+            lock.lock().unwrap().entry(path).or_insert(result);
+            arrived.notify_all();
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
 
     const MOUNTINFO: &str = "\
@@ -622,11 +571,12 @@ mod tests {
         assert_eq!(results[&hung], Err(TIMEOUT_ERROR.to_owned()));
         assert_eq!(results[&PathBuf::from("/")], Ok(ok_stat()));
         assert_eq!(results[&PathBuf::from("/boot")], Ok(ok_stat()));
-        let threads_after_first = pool.spawned.load(Ordering::SeqCst);
-        assert_eq!(threads_after_first, 2);
+        // Two workers, and one replacement for the worker stuck in the hung call.
+        let threads_after_first = pool.pool.spawned();
+        assert_eq!(threads_after_first, 3);
 
-        // Next scrapes: the hung mount is skipped at once, no new call and at most one
-        // replacement thread for the stuck one, however many scrapes run.
+        // Next scrapes: the hung mount is skipped at once, with no new call and no new thread,
+        // however many scrapes run.
         for _ in 0..5 {
             let started = Instant::now();
             let results = pool.stat_all(&paths);
@@ -639,7 +589,7 @@ mod tests {
             1,
             "statfs of the hung mount not retried"
         );
-        assert_eq!(pool.spawned.load(Ordering::SeqCst), threads_after_first + 1);
+        assert_eq!(pool.pool.spawned(), threads_after_first);
 
         // Once the call returns, the mount is statted again, and the stuck thread rejoins
         // or exits: no thread is started.
@@ -649,14 +599,14 @@ mod tests {
             cvar.notify_all();
         }
         let deadline = Instant::now() + Duration::from_secs(5);
-        while pool.state.lock().unwrap().jobs.contains_key(&hung) {
+        while pool.in_flight.lock().unwrap().contains_key(&hung) {
             assert!(Instant::now() < deadline);
             std::thread::sleep(Duration::from_millis(10));
         }
         let results = pool.stat_all(&paths);
         assert_eq!(results[&hung], Ok(ok_stat()));
         assert_eq!(calls.load(Ordering::SeqCst), 2);
-        assert_eq!(pool.spawned.load(Ordering::SeqCst), threads_after_first + 1);
+        assert_eq!(pool.pool.spawned(), threads_after_first);
     }
 
     #[test]
