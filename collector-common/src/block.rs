@@ -134,9 +134,14 @@ mod pod {
     // SAFETY: `repr(C)` structs of `u32`/`u64` fields laid out without padding; any bit pattern
     // is valid.
     unsafe impl aya::Pod for super::BlockKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::InflightKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::InflightRequest {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::BlockHistograms {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::BlockHistogramSlot {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::CpuBlockCounters {}
 }

@@ -42,5 +42,6 @@ pub struct CpuIrqTime {
 mod pod {
     // SAFETY: `repr(C)` structs of `u64`s, no padding, any bit pattern is valid.
     unsafe impl aya::Pod for super::CpuSchedCounters {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::CpuIrqTime {}
 }

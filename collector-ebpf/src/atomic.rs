@@ -6,6 +6,8 @@
 #[cfg(target_arch = "bpf")]
 #[inline(always)]
 pub fn add(counter: *mut u64, value: u64) {
+    // SAFETY: `counter` points to a u64 in a map value, aligned and alive while the program
+    // runs; the instruction touches those 8 bytes only.
     unsafe {
         core::arch::asm!(
             "lock *(u64 *)({counter} + 0) += {value}",
@@ -18,6 +20,7 @@ pub fn add(counter: *mut u64, value: u64) {
 /// Host builds (`cargo check`, clippy) only; the programs run on the BPF target.
 #[cfg(not(target_arch = "bpf"))]
 pub fn add(counter: *mut u64, value: u64) {
+    // SAFETY: `counter` points to a u64 in a map value, aligned and alive while the program runs.
     unsafe { core::sync::atomic::AtomicU64::from_ptr(counter) }
         .fetch_add(value, core::sync::atomic::Ordering::Relaxed);
 }

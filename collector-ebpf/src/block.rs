@@ -77,6 +77,7 @@ static BLOCK_COUNTERS: PerCpuArray<CpuBlockCounters> = PerCpuArray::with_max_ent
 fn low_half(pointer: u64) -> u64 {
     let low: u64;
     // Fixed registers: the `wreg` class needs the alu32 feature enabled for the whole crate.
+    // SAFETY: a register move, touching no memory.
     unsafe {
         core::arch::asm!(
             "w0 = w1",
@@ -99,6 +100,7 @@ fn low_half(pointer: u64) -> u64 {
 /// fixed stride apart spread over all sets.
 #[inline(always)]
 fn first_slot(value: u64, set_bits: &u32, ways: u32) -> u32 {
+    // SAFETY: a reference to a global of the object.
     let set_bits = unsafe { core::ptr::read_volatile(set_bits) };
     if set_bits == 0 {
         return 0;
@@ -125,6 +127,9 @@ fn inflight_slots(key: &InflightKey) -> Option<[*mut InflightRequest; INFLIGHT_W
 fn find_inflight(key: &InflightKey) -> Option<*mut InflightRequest> {
     inflight_slots(key)?
         .into_iter()
+        // SAFETY: a slot of BLOCK_INFLIGHT from a successful lookup: array values live as long as
+        // the map. Other CPUs may write it at the same time; what is read is checked (the key, read
+        // again before freeing).
         .find(|slot| unsafe { &**slot }.holds(key))
 }
 
@@ -136,6 +141,9 @@ fn find_inflight(key: &InflightKey) -> Option<*mut InflightRequest> {
 #[inline(always)]
 fn claim_inflight(key: &InflightKey) -> Option<(*mut InflightRequest, bool)> {
     let [first, second] = inflight_slots(key)?;
+    // SAFETY: a slot of BLOCK_INFLIGHT from a successful lookup: array values live as long as the
+    // map. Other CPUs may write it at the same time; what is read is checked (the key, read again
+    // before freeing).
     let (first_entry, second_entry) = unsafe { (&*first, &*second) };
     if first_entry.holds(key) {
         return Some((first, true));
@@ -176,10 +184,14 @@ fn from_earlier_use(entry: &InflightRequest, allocated_ns: impl FnOnce() -> u64)
 
 #[inline(always)]
 fn on_insert(key: InflightKey, allocated_ns: impl FnOnce() -> u64) {
+    // SAFETY: a BPF helper that takes no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let Some((entry, held)) = claim_inflight(&key) else {
         return;
     };
+    // SAFETY: a slot of BLOCK_INFLIGHT from a successful lookup: array values live as long as the
+    // map. Other CPUs may write it at the same time; what is read is checked (the key, read again
+    // before freeing).
     let entry = unsafe { &mut *entry };
     // Requeued after its issue and inserted again by a kernel worker: it waits in the queue
     // again, still on behalf of the task that submitted it. Anything else is a new request.
@@ -194,10 +206,14 @@ fn on_insert(key: InflightKey, allocated_ns: impl FnOnce() -> u64) {
 
 #[inline(always)]
 fn on_issue(key: InflightKey, dev: u32, op: u32, bytes: u32, allocated_ns: impl FnOnce() -> u64) {
+    // SAFETY: a BPF helper that takes no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let Some((entry, held)) = claim_inflight(&key) else {
         return;
     };
+    // SAFETY: a slot of BLOCK_INFLIGHT from a successful lookup: array values live as long as the
+    // map. Other CPUs may write it at the same time; what is read is checked (the key, read again
+    // before freeing).
     let entry = unsafe { &mut *entry };
     // Inserted, or issued again after the driver was busy (no insert in between): its queue
     // time and cgroup stand. Otherwise it is issued directly (no queue time) by the task
@@ -219,10 +235,16 @@ fn on_complete(key: InflightKey, allocated_ns: impl FnOnce() -> u64) {
     let Some(entry) = find_inflight(&key) else {
         return; // issued before we were attached, or displaced
     };
+    // SAFETY: a slot of BLOCK_INFLIGHT from a successful lookup: array values live as long as the
+    // map. Other CPUs may write it at the same time; what is read is checked (the key, read again
+    // before freeing).
     let request = unsafe { *entry };
     // Another CPU taking the slot for a new request while it was copied leaves a copy that may
     // mix the two, and a slot no longer ours to free: read again (volatile, or the compiler
     // reuses the copy). This narrows the race to the instant between the two reads.
+    // SAFETY: a slot of BLOCK_INFLIGHT from a successful lookup: array values live as long as the
+    // map. Other CPUs may write it at the same time; what is read is checked (the key, read again
+    // before freeing).
     let still_ours = unsafe {
         core::ptr::read_volatile(&raw const (*entry).key) == key
             && core::ptr::read_volatile(&raw const (*entry).issued_ns) == request.issued_ns
@@ -231,6 +253,9 @@ fn on_complete(key: InflightKey, allocated_ns: impl FnOnce() -> u64) {
         return;
     }
     // Completed: a later completion of the same request (a partial one) finds nothing.
+    // SAFETY: a slot of BLOCK_INFLIGHT from a successful lookup: array values live as long as the
+    // map. Other CPUs may write it at the same time; what is read is checked (the key, read again
+    // before freeing).
     unsafe {
         (*entry).inserted_ns = 0;
         (*entry).issued_ns = 0;
@@ -238,6 +263,7 @@ fn on_complete(key: InflightKey, allocated_ns: impl FnOnce() -> u64) {
     if request.issued_ns == 0 || from_earlier_use(&request, allocated_ns) {
         return; // issued before we were attached, or already completed
     }
+    // SAFETY: a BPF helper that takes no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let histogram_key = BlockKey {
         dev: request.dev,
@@ -247,6 +273,8 @@ fn on_complete(key: InflightKey, allocated_ns: impl FnOnce() -> u64) {
         with_slot(&BLOCK_COUNTERS, |c| c.histogram_slots_taken += 1);
         return;
     };
+    // SAFETY: this CPU's slot of a per-CPU array, from a successful lookup: valid while the program
+    // runs, no other reference.
     let histograms = unsafe { &mut *histograms };
     if now >= request.issued_ns {
         histograms.latency.record(now - request.issued_ns);
@@ -306,6 +334,8 @@ fn histograms_for(key: &BlockKey) -> Option<*mut BlockHistograms> {
     );
     let mut free = None;
     for way in 0..HISTOGRAM_WAYS {
+        // SAFETY: this CPU's slot of a per-CPU array, from a successful lookup: valid while the
+        // program runs, no other reference.
         let slot = unsafe { &mut *BLOCK_HISTOGRAMS.get_ptr_mut(first + way)? };
         if slot.in_use == 0 {
             free = free.or(Some((slot, first + way)));
@@ -316,8 +346,10 @@ fn histograms_for(key: &BlockKey) -> Option<*mut BlockHistograms> {
     let (slot, index) = free?;
     slot.key = *key;
     // After the key, so that the daemon never reads a slot in use with another pair's key.
+    // SAFETY: `slot` is a valid reference.
     unsafe { core::ptr::write_volatile(&raw mut slot.in_use, 1) };
     if let Some(used) = BLOCK_HISTOGRAM_SLOTS_USED.get_ptr_mut(index) {
+        // SAFETY: an array value pointer from a successful lookup, valid while the program runs.
         unsafe { *used = 1 };
     }
     Some(&raw mut slot.histograms)

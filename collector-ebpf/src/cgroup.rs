@@ -45,12 +45,14 @@ static CPU_CHARGES: PerCpuArray<CpuCharges> = PerCpuArray::with_max_entries(1, 0
 /// Whether the scheduler and block programs should charge cgroups.
 #[inline(always)]
 pub fn accounting_on() -> bool {
+    // SAFETY: a global of the object, alive as long as the program.
     unsafe { core::ptr::read_volatile(&raw const CGROUP_ACCOUNTING) != 0 }
 }
 
 /// The cgroup v2 id of the current task.
 #[inline(always)]
 pub fn current_cgroup_id() -> u64 {
+    // SAFETY: a BPF helper that takes no arguments.
     unsafe { bpf_get_current_cgroup_id() }
 }
 
@@ -88,6 +90,7 @@ pub unsafe fn task_cgroup_id(task: u64) -> u64 {
     if layout!(kernfs_node_id) == UNKNOWN_OFFSET {
         return current_cgroup_id();
     }
+    // SAFETY: BTF arguments, and pointers loaded from them, at KERNEL_LAYOUT offsets.
     unsafe {
         let css_set = read_trusted_field::<u64>(task, layout!(task_cgroups));
         let cgroup = read_trusted_field::<u64>(css_set, layout!(css_set_dfl_cgrp));
@@ -186,6 +189,8 @@ fn flush(slot: &mut PendingCharge) {
     charge(
         slot.cgroup_id,
         #[inline(always)]
+        // SAFETY: `c` is the cgroup's map value from a successful lookup, valid while the program
+        // runs; `add` is atomic, as other CPUs write it too.
         |c| unsafe {
             add(&raw mut (*c).cpu_ns, cpu_ns);
             if waits != 0 {
@@ -200,9 +205,13 @@ fn flush(slot: &mut PendingCharge) {
 #[inline(always)]
 fn count_packet(ctx: &SkBuffContext, transmit: bool) {
     let skb = ctx.skb.skb;
+    // SAFETY: the helper reads the context's own socket buffer.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
     let bytes = ctx.len() as u64;
+    // SAFETY: the context's socket buffer, valid while the program runs.
     let segments = unsafe { (*skb).gso_segs }.max(1) as u64;
+    // SAFETY: `c` is the cgroup's map value from a successful lookup, valid while the program runs;
+    // `add` is atomic, as other CPUs write it too.
     charge(cgroup_id, |c| unsafe {
         if transmit {
             add(&raw mut (*c).net_transmit_bytes, bytes);

@@ -27,6 +27,7 @@ static SOFTIRQ_TIME: PerCpuArray<u64> = PerCpuArray::with_max_entries(NR_SOFTIRQ
 #[inline(always)]
 fn with_irq_time(update: impl FnOnce(&mut CpuIrqTime, u64)) {
     with_slot(&IRQ_TIME, |time| {
+        // SAFETY: a BPF helper that takes no arguments.
         update(time, unsafe { bpf_ktime_get_ns() })
     });
 }
@@ -58,6 +59,8 @@ fn softirq_exit(vector: u32) {
             && now >= t.softirq_entered_ns
             && let Some(total) = SOFTIRQ_TIME.get_ptr_mut(vector)
         {
+            // SAFETY: a per-CPU value pointer from a successful lookup, valid while the program
+            // runs.
             unsafe { *total += now - t.softirq_entered_ns };
         }
         t.softirq_entered_ns = 0;

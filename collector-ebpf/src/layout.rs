@@ -19,6 +19,7 @@ pub(crate) use layout;
 /// The load behind `layout!`.
 #[inline(always)]
 pub fn read_field(field: *const u32) -> u32 {
+    // SAFETY: `field` points into `KERNEL_LAYOUT`, a global of the object.
     unsafe { core::ptr::read_volatile(field) }
 }
 
@@ -26,6 +27,7 @@ pub fn read_field(field: *const u32) -> u32 {
 #[inline(always)]
 pub fn read_kernel_field<T>(object: u64, offset: u32) -> Option<T> {
     let address = object.checked_add(offset as u64)? as *const T;
+    // SAFETY: the helper checks the address and fails (Err) on a bad one.
     unsafe { bpf_probe_read_kernel(address) }.ok()
 }
 
@@ -40,12 +42,15 @@ pub fn read_kernel_field<T>(object: u64, offset: u32) -> Option<T> {
 #[inline(always)]
 pub unsafe fn read_trusted_field<T>(object: u64, offset: u32) -> T {
     let address = (object as *const u8).wrapping_add(offset as usize) as *const T;
+    // SAFETY: the caller's contract: a trusted BTF pointer at a KERNEL_LAYOUT offset.
     unsafe { address.read() }
 }
 
 /// Reads a classic tracepoint field at the offset found in its tracefs `format` file.
 #[inline(always)]
 pub fn read_tracepoint_field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
+    // SAFETY: reads through bpf_probe_read at an offset from the event's tracefs format; a bad one
+    // fails (Err).
     unsafe { ctx.read_at::<T>(offset as usize) }.ok()
 }
 

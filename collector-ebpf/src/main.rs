@@ -47,6 +47,8 @@ mod sched;
 #[inline(always)]
 fn with_slot<T>(map: &PerCpuArray<T>, f: impl FnOnce(&mut T)) {
     if let Some(value) = map.get_ptr_mut(0) {
+        // SAFETY: a value pointer from a successful lookup of this CPU's slot: valid while the
+        // program runs, and no other reference exists (per-CPU, preemption off).
         f(unsafe { &mut *value });
     }
 }

@@ -71,6 +71,7 @@ fn on_drop(reason: u32) {
         return; // not dropped yet, or consumed: the normal end of a packet
     }
     match SKB_DROP_REASONS.get_ptr_mut(reason) {
+        // SAFETY: a per-CPU value pointer from a successful lookup, valid while the program runs.
         Some(count) => unsafe { *count += 1 },
         None => with_slot(&NET_COUNTERS, |c| c.drops_other_reason += 1),
     }

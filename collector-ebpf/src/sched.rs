@@ -93,6 +93,7 @@ fn mark_enqueued(counters: &mut CpuSchedCounters, pid: u32, now: u64) {
 fn on_wakeup(pid: u32, new_task: bool) {
     with_counters(|counters| {
         count_wakeup(counters, new_task);
+        // SAFETY: a BPF helper that takes no arguments.
         mark_enqueued(counters, pid, unsafe { bpf_ktime_get_ns() });
     });
 }
@@ -109,6 +110,7 @@ fn on_switch(prev_pid: u32, next_pid: u32, still_runnable: bool, prev_exits: boo
             count_switch(counters, still_runnable);
             // One clock read serves the enqueue of `prev`, the latency of `next` and the run
             // that just ended.
+            // SAFETY: a BPF helper that takes no arguments.
             let now = unsafe { bpf_ktime_get_ns() };
             if still_runnable {
                 mark_enqueued(counters, prev_pid, now);
@@ -142,6 +144,7 @@ fn take_wait(pid: u32, now: u64) -> Option<u64> {
     if pid == 0 {
         return None;
     }
+    // SAFETY: a value pointer from a successful lookup, read at once.
     let enqueued_at = unsafe { *RUNQUEUE_ENQUEUED_AT.get_ptr(pid)? };
     let _ = RUNQUEUE_ENQUEUED_AT.remove(pid);
     now.checked_sub(enqueued_at)
@@ -225,22 +228,25 @@ pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
             let next: u64 = ctx.arg(2);
             let prev_state = switched_out_state(
                 || ctx.arg(3),
+                // SAFETY: BTF arguments, and pointers loaded from them, at KERNEL_LAYOUT offsets.
                 |offset| unsafe { read_trusted_field::<u32>(prev, offset) } as u64,
             );
             count_switch(
                 counters,
                 (ctx.arg::<u64>(0) & 0xff) != 0 || prev_state == TASK_RUNNING,
             );
-            // SAFETY (all loads): arguments of a BTF tracepoint, and pointers loaded from them, at
-            // KERNEL_LAYOUT offsets.
             // This CPU's run queue, through `prev`'s scheduling entity: `prev` is on it.
+            // SAFETY: BTF arguments, and pointers loaded from them, at KERNEL_LAYOUT offsets.
             let rq = unsafe {
                 let cfs_rq = read_trusted_field::<u64>(prev, layout!(task_se_cfs_rq));
                 read_trusted_field::<u64>(cfs_rq, layout!(cfs_rq_rq))
             };
+            // SAFETY: BTF arguments, and pointers loaded from them, at KERNEL_LAYOUT offsets.
             let next_pid = unsafe { read_trusted_field::<i32>(next, layout!(task_pid)) } as u32;
+            // SAFETY: BTF arguments, and pointers loaded from them, at KERNEL_LAYOUT offsets.
             let queued_at = unsafe { read_trusted_field::<u64>(next, layout!(task_last_queued)) };
             let next_wait = if next_pid != 0 && queued_at != 0 {
+                // SAFETY: BTF arguments, and pointers loaded from them, at KERNEL_LAYOUT offsets.
                 unsafe { read_trusted_field::<u64>(rq, layout!(rq_clock)) }.checked_sub(queued_at)
             } else {
                 None
@@ -249,13 +255,17 @@ pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
                 record_latency(wait);
             }
             if cgroup::accounting_on() {
+                // SAFETY: BTF arguments, and pointers loaded from them, at KERNEL_LAYOUT offsets.
                 let prev_pid = unsafe { read_trusted_field::<i32>(prev, layout!(task_pid)) } as u32;
                 switch_running_task(
                     prev_pid,
                     next_pid,
                     next_wait,
+                    // SAFETY: BTF arguments, and pointers loaded from them, at KERNEL_LAYOUT
+                    // offsets.
                     unsafe { read_trusted_field::<u64>(rq, layout!(rq_clock_task)) },
                     if prev_pid != 0 {
+                        // SAFETY: `prev` is a BTF tracepoint argument.
                         unsafe { cgroup::task_cgroup_id(prev) }
                     } else {
                         0

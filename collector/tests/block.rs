@@ -107,6 +107,7 @@ fn direct_writes(path: &Path, count: usize) {
         file.write_all(block).expect("direct write");
         file.sync_data().expect("fdatasync");
     }
+    // SAFETY: allocated above with this layout, and `block` is no longer used.
     unsafe { std::alloc::dealloc(buffer, layout) };
 }
 

@@ -95,6 +95,7 @@ impl Namespaces {
         std::thread::spawn(move || {
             let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
             // setns(CLONE_NEWNET) moves only this thread.
+            // SAFETY: an open namespace file's descriptor.
             let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
             assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
             work()

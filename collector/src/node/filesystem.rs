@@ -124,6 +124,7 @@ pub type StatFn = Arc<dyn Fn(&Path) -> Result<FsStat, String> + Send + Sync>;
 
 fn statfs(path: &Path) -> Result<FsStat, String> {
     let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    // SAFETY: a C struct of integers and arrays, for which all zeroes is a valid value.
     let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: c_path is a valid NUL-terminated string and buf a properly sized out-parameter.
     if unsafe { libc::statfs(c_path.as_ptr(), &mut buf) } != 0 {

@@ -35,6 +35,7 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
 
 /// The local zone's abbreviation and offset east of UTC at `seconds`, as Go's `Time.Zone`.
 fn zone(seconds: i64) -> (String, i64) {
+    // SAFETY: a C struct of integers and arrays, for which all zeroes is a valid value.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     let t = seconds as libc::time_t;
     // SAFETY: both pointers are valid; localtime_r is thread-safe.

@@ -43,6 +43,7 @@ fn build(_: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
 
 impl Collector for TimexCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
+        // SAFETY: a C struct of integers and arrays, for which all zeroes is a valid value.
         let mut tx: libc::timex = unsafe { std::mem::zeroed() };
         let state = match (self.adjtimex)(&mut tx) {
             Ok(state) => state,

@@ -29,6 +29,7 @@ fn field(raw: &[libc::c_char]) -> String {
 
 impl Collector for UnameCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
+        // SAFETY: a C struct of integers and arrays, for which all zeroes is a valid value.
         let mut buf: libc::utsname = unsafe { std::mem::zeroed() };
         // SAFETY: buf is a properly sized out-parameter.
         if unsafe { libc::uname(&mut buf) } != 0 {

@@ -111,6 +111,7 @@ impl Daemon {
     /// Sends `signal` and waits (at most 20 s) for the process to exit.
     pub fn stop_with(mut self, signal: i32) -> ExitStatus {
         let mut child = self.child.take().expect("running");
+        // SAFETY: kill takes plain integers.
         unsafe { libc::kill(child.id() as i32, signal) };
         let started = Instant::now();
         loop {

@@ -17,6 +17,7 @@ pub use exposition::Scrape;
 #[macro_export]
 macro_rules! require_root {
     () => {
+        // SAFETY: geteuid takes nothing and cannot fail.
         if unsafe { libc::geteuid() } != 0 {
             eprintln!("skipped: needs root (eBPF programs need CAP_BPF and CAP_PERFMON)");
             return;

@@ -8,6 +8,7 @@ use std::{
 
 /// Pins the calling thread to `cpu`.
 pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; the calls get valid pointers to it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);

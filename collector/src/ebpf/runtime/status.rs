@@ -5,7 +5,8 @@ use crate::metrics::MetricFamily;
 
 /// One program's line in `ebpf_program_attached`.
 pub struct ProgramStatus {
-    /// The `program` label: the hook's name (`sched_switch`) or the program's (`cgroup_skb_ingress`).
+    /// The `program` label: the hook's name (`sched_switch`) or the program's
+    /// (`cgroup_skb_ingress`).
     pub label: &'static str,
     /// How it is attached (`tp_btf`, `cgroup_skb`...), `None` when it is not.
     pub attached_as: Option<&'static str>,
