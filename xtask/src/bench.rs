@@ -6,6 +6,10 @@
 //!   `schedstat` run time (its kernel share from `utime`/`stime` ticks), wall time per scrape at
 //!   the client, resident memory (now and peak) and body size. Ours with every default collector
 //!   and with the eBPF collectors alone, then node_exporter's.
+//! - Concurrent scrapers (an HA pair, AMP beside an in-cluster agent): 2 and 20 clients scrape
+//!   back to back at once, each over its own kept-alive connection; scrapes per second, latency
+//!   p50/p99, and the share of answers that are complete (every family and every successful
+//!   collector of a lone scrape), for both exporters.
 //! - Where the scrape time goes: each of our default collectors alone, its CPU per scrape above
 //!   an empty collector set.
 //! - Kernel program cost: ns per event for each program from the kernel's BPF statistics while a
@@ -57,7 +61,10 @@ pub struct Options {
     /// Scrapes of each collector alone, for where the scrape time goes (0 skips it).
     #[arg(long, default_value_t = 200)]
     collector_scrapes: usize,
-    /// Only the scrape-cost comparison, without the kernel program workloads.
+    /// Seconds each concurrent-scrape scenario runs (0 skips them).
+    #[arg(long, default_value_t = 10)]
+    concurrent_seconds: u64,
+    /// Only the scrape-cost comparisons, without the kernel program workloads.
     #[arg(long)]
     scrape_only: bool,
     /// Measure this collector binary (an older build, to compare) instead of building
@@ -106,6 +113,25 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
         options.scrapes,
     )?;
     report += &scrape_table(&ours, &theirs, options.scrapes);
+    if options.concurrent_seconds > 0 {
+        let duration = Duration::from_secs(options.concurrent_seconds);
+        let mut rows = Vec::new();
+        for clients in [2, 20] {
+            rows.push(concurrent_scrapes(
+                "collector",
+                &mut Command::new(&collector),
+                clients,
+                duration,
+            )?);
+            rows.push(concurrent_scrapes(
+                "node_exporter",
+                &mut Command::new(NODE_EXPORTER),
+                clients,
+                duration,
+            )?);
+        }
+        report += &concurrent_table(&rows, duration);
+    }
     if options.collector_scrapes > 0 {
         report += &per_collector_table(&collector, &ours[0].collectors, options.collector_scrapes)?;
     }
@@ -312,6 +338,136 @@ fn scrape_cost(name: &str, command: &mut Command, scrapes: usize) -> anyhow::Res
             .filter_map(|rest| Some(rest.split_once('"')?.0.to_owned()))
             .collect(),
     })
+}
+
+/// One exporter under `clients` concurrent scrapers.
+struct Concurrent {
+    name: String,
+    clients: usize,
+    scrapes: usize,
+    /// Answers with every family and every successful collector of a lone scrape.
+    complete: usize,
+    p50: Duration,
+    p99: Duration,
+    cpu_per_scrape: Duration,
+}
+
+/// What a lone scrape serves: its family names and its successful collectors.
+fn contents(
+    body: &str,
+) -> (
+    std::collections::BTreeSet<&str>,
+    std::collections::BTreeSet<&str>,
+) {
+    let families = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let succeeded = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("node_scrape_collector_success{collector=\""))
+        .filter_map(|rest| rest.split_once("\"} "))
+        .filter(|(_, value)| *value == "1")
+        .map(|(name, _)| name)
+        .collect();
+    (families, succeeded)
+}
+
+fn concurrent_scrapes(
+    name: &str,
+    command: &mut Command,
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<Concurrent> {
+    eprintln!("{clients} clients scraping {name} for {duration:?}...");
+    let exporter = Exporter::start(command)?;
+    for _ in 0..5 {
+        exporter.get()?;
+    }
+    let alone = exporter.get()?;
+    let (families, succeeded) = contents(&alone);
+    let cpu_before = process_cpu(exporter.pid())?;
+    let answers: Vec<(Duration, String)> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..clients)
+            .map(|_| {
+                scope.spawn(|| {
+                    let agent = ureq::Agent::new_with_defaults();
+                    let started = Instant::now();
+                    let mut answers = Vec::new();
+                    while started.elapsed() < duration {
+                        let sent = Instant::now();
+                        let mut body = String::new();
+                        let answered = agent
+                            .get(&exporter.url)
+                            .call()
+                            .map_err(anyhow::Error::from)
+                            .and_then(|mut r| {
+                                Ok(r.body_mut().as_reader().read_to_string(&mut body)?)
+                            });
+                        if answered.is_err() {
+                            body.clear(); // an error or a 503: not complete
+                        }
+                        answers.push((sent.elapsed(), body));
+                    }
+                    answers
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("a scraping thread"))
+            .collect()
+    });
+    let cpu = process_cpu(exporter.pid())?.saturating_sub(cpu_before);
+    let complete = answers
+        .iter()
+        .filter(|(_, body)| {
+            let (f, s) = contents(body);
+            families.is_subset(&f) && succeeded.is_subset(&s)
+        })
+        .count();
+    let mut latencies: Vec<Duration> = answers.iter().map(|(latency, _)| *latency).collect();
+    latencies.sort();
+    let quantile = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Ok(Concurrent {
+        name: name.to_owned(),
+        clients,
+        scrapes: answers.len(),
+        complete,
+        p50: quantile(0.5),
+        p99: quantile(0.99),
+        cpu_per_scrape: cpu / answers.len().max(1) as u32,
+    })
+}
+
+fn concurrent_table(rows: &[Concurrent], duration: Duration) -> String {
+    let mut table = format!(
+        "\n## Concurrent scrapers ({} s each, back to back, one connection per client, same run)\n\n\
+         | exporter | clients | scrapes/s | complete | p50 (ms) | p99 (ms) | CPU per scrape (ms) |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
+        duration.as_secs()
+    );
+    for row in rows {
+        table += &format!(
+            "| {} | {} | {:.1} | {:.1}% ({} of {}) | {:.2} | {:.2} | {:.3} |\n",
+            row.name,
+            row.clients,
+            row.scrapes as f64 / duration.as_secs_f64(),
+            100.0 * row.complete as f64 / row.scrapes.max(1) as f64,
+            row.complete,
+            row.scrapes,
+            ms(row.p50),
+            ms(row.p99),
+            ms(row.cpu_per_scrape),
+        );
+    }
+    table
 }
 
 /// CPU time of all threads of `pid`, from their `schedstat` (nanoseconds on CPU).
