@@ -27,6 +27,11 @@ pub struct Options {
     #[arg(long = "web.max-requests", default_value_t = 40)]
     pub max_requests: usize,
 
+    /// Maximum number of open HTTP connections; a connection beyond it is closed at once
+    /// (logged). Bounds the memory and file descriptors clients can hold.
+    #[arg(long = "web.max-connections", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_connections: u32,
+
     /// Exclude metrics about the exporter itself (process_*, promhttp_*).
     #[arg(long = "web.disable-exporter-metrics")]
     pub disable_exporter_metrics: bool,

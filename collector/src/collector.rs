@@ -17,6 +17,14 @@ pub trait Collector: Send + Sync + 'static {
     /// Pushes this scrape's families into `out`. May block; runs on a collector thread. On
     /// error, families already pushed are still served, as node_exporter does.
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()>;
+
+    /// Whether its families are defined outside this program (the textfile collector's): a
+    /// family of a name that another collector or the exporter itself serves is then dropped
+    /// from its output, as node_exporter's registry refuses a collision, so built-in metrics
+    /// always win.
+    fn is_external(&self) -> bool {
+        false
+    }
 }
 
 /// The error for "nothing to report on this host" (no hwmon chips, no md arrays...): success 0

@@ -17,6 +17,7 @@ use crate::{
 
 pub fn main() -> ExitCode {
     one_malloc_arena();
+    raise_open_files_limit();
     no_error_backtraces();
     let registry = cli::Registry {
         collectors: registry::ALL,
@@ -121,7 +122,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         max_requests: options.max_requests,
     });
 
-    server::serve(listeners, server::router(Arc::clone(&state)), stopped).await?;
+    let limits = server::ConnectionLimits {
+        max_connections: options.max_connections as usize,
+        header_read_timeout: server::ConnectionLimits::HEADER_READ_TIMEOUT,
+    };
+    server::serve(
+        listeners,
+        server::router(Arc::clone(&state)),
+        stopped,
+        limits,
+    )
+    .await?;
 
     // Dropping the last handles closes the program and link fds: the kernel detaches them.
     drop(state);
@@ -230,6 +241,25 @@ fn one_malloc_arena() {
     // SAFETY: mallopt only sets an allocator parameter; called before any thread is started.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// The soft limit on open files is often 1024 (systemd's default, some container runtimes),
+/// which a few hundred connections and the files collectors keep open can exhaust; raise it to
+/// the hard limit, as Go's runtime does for node_exporter. `--web.max-connections` bounds what
+/// clients can take of it.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read or write a valid, initialised struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
     }
 }
 

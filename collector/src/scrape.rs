@@ -18,6 +18,7 @@
 //! Logging is per collector, not per scrape: one line when it starts failing, one when it
 //! recovers, whatever the number of scrapers.
 use std::{
+    collections::HashSet,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -81,7 +82,13 @@ pub struct Scraper {
     slots: Vec<Arc<Slot>>,
     timeout: Duration,
     pool: Pool,
+    /// Names an external collector served that collided with built-in ones, logged once each.
+    collisions_reported: Mutex<HashSet<String>>,
 }
+
+/// Colliding names remembered so that each is logged once; beyond them, collisions are dropped
+/// without a line.
+const MAX_COLLISIONS_REPORTED: usize = 1000;
 
 impl Scraper {
     pub fn new(collectors: Vec<(&'static str, Arc<dyn Collector>)>, timeout: Duration) -> Self {
@@ -100,12 +107,17 @@ impl Scraper {
             slots,
             timeout,
             pool: Pool::new("collector", THREADS),
+            collisions_reported: Mutex::default(),
         }
     }
 
     /// Runs every collector, or joins its update in flight; `timeout` (from the scrape request)
-    /// shortens the configured one.
-    pub async fn scrape(&self, timeout: Option<Duration>) -> Vec<MetricFamily> {
+    /// shortens the configured one. `own` are the exporter's own families, served too.
+    pub async fn scrape(
+        &self,
+        timeout: Option<Duration>,
+        own: Vec<MetricFamily>,
+    ) -> Vec<MetricFamily> {
         let timeout = timeout.map_or(self.timeout, |t| t.min(self.timeout));
         let started = Instant::now();
         let deadline = tokio::time::Instant::from_std(started) + timeout;
@@ -136,7 +148,8 @@ impl Scraper {
             *update.ticket.lock().unwrap() = Some(ticket);
         }
 
-        let mut families = Vec::new();
+        let mut families = own;
+        let mut external = Vec::new();
         let mut duration = MetricFamily::gauge(
             "node_scrape_collector_duration_seconds",
             "node_exporter: Duration of a collector scrape.",
@@ -152,7 +165,11 @@ impl Scraper {
                     Some(report) => {
                         let ok = matches!(report.outcome, Outcome::Success);
                         let elapsed = report.elapsed;
-                        families.extend(report.into_families());
+                        if slot.collector.is_external() {
+                            external.push((slot.name, report.into_families()));
+                        } else {
+                            families.extend(report.into_families());
+                        }
                         (ok, elapsed)
                     }
                     None => (false, started.elapsed()),
@@ -163,7 +180,38 @@ impl Scraper {
         }
         families.push(duration);
         families.push(success);
+        self.admit_external(&mut families, external);
         families
+    }
+
+    /// Adds the families of external collectors to `families`, less those whose name
+    /// `families` already has (built-ins win), logged once per name.
+    fn admit_external(
+        &self,
+        families: &mut Vec<MetricFamily>,
+        external: Vec<(&'static str, Vec<MetricFamily>)>,
+    ) {
+        if external.is_empty() {
+            return;
+        }
+        let built_in: HashSet<String> = families.iter().map(|f| f.name.clone()).collect();
+        for (collector, output) in external {
+            for family in output {
+                if !built_in.contains(&family.name) {
+                    families.push(family);
+                    continue;
+                }
+                let mut reported = self.collisions_reported.lock().unwrap();
+                if reported.len() < MAX_COLLISIONS_REPORTED && reported.insert(family.name.clone())
+                {
+                    tracing::error!(
+                        collector,
+                        metric = family.name,
+                        "metric served by a built-in collector or the exporter: dropped from this collector's output"
+                    );
+                }
+            }
+        }
     }
 
     /// Waits for `update` of `slot` until `deadline`; `None` when it did not finish in time.
@@ -398,7 +446,9 @@ mod tests {
             ],
             Duration::from_secs(10),
         );
-        let families = scraper.scrape(Some(Duration::from_millis(300))).await;
+        let families = scraper
+            .scrape(Some(Duration::from_millis(300)), Vec::new())
+            .await;
         assert_eq!(
             sample(&families, "node_scrape_collector_success", "fixed"),
             Some(1.0)
@@ -422,13 +472,17 @@ mod tests {
         assert!((0.25..1.4).contains(&slow_duration), "{slow_duration}");
 
         // While the overrun update still runs, the collector is skipped, not started again.
-        let families = scraper.scrape(Some(Duration::from_millis(100))).await;
+        let families = scraper
+            .scrape(Some(Duration::from_millis(100)), Vec::new())
+            .await;
         assert_eq!(
             sample(&families, "node_scrape_collector_success", "slow"),
             Some(0.0)
         );
         tokio::time::sleep(Duration::from_millis(1600)).await;
-        let families = scraper.scrape(Some(Duration::from_secs(5))).await;
+        let families = scraper
+            .scrape(Some(Duration::from_secs(5)), Vec::new())
+            .await;
         assert_eq!(
             sample(&families, "node_scrape_collector_success", "slow"),
             Some(1.0)
@@ -450,7 +504,9 @@ mod tests {
             ],
             Duration::from_secs(10),
         );
-        let families = scraper.scrape(Some(Duration::from_millis(2000))).await;
+        let families = scraper
+            .scrape(Some(Duration::from_millis(2000)), Vec::new())
+            .await;
         assert_eq!(
             sample(&families, "node_scrape_collector_success", "fixed"),
             Some(1.0)
@@ -492,7 +548,7 @@ mod tests {
         let scrapes: Vec<_> = (0..40)
             .map(|_| {
                 let scraper = Arc::clone(&scraper);
-                tokio::spawn(async move { scraper.scrape(None).await })
+                tokio::spawn(async move { scraper.scrape(None, Vec::new()).await })
             })
             .collect();
         for scrape in scrapes {
@@ -510,7 +566,7 @@ mod tests {
         // All 40 arrived while the first update ran: they shared it.
         assert_eq!(counting.1.load(Ordering::Acquire), 1);
         // A scrape after it finished gets a fresh update, not the old result.
-        scraper.scrape(None).await;
+        scraper.scrape(None, Vec::new()).await;
         assert_eq!(counting.1.load(Ordering::Acquire), 2);
     }
 
@@ -531,9 +587,11 @@ mod tests {
             let scrapes: Vec<_> = (0..8)
                 .map(|_| {
                     let scraper = Arc::clone(&scraper);
-                    tokio::spawn(
-                        async move { scraper.scrape(Some(Duration::from_millis(300))).await },
-                    )
+                    tokio::spawn(async move {
+                        scraper
+                            .scrape(Some(Duration::from_millis(300)), Vec::new())
+                            .await
+                    })
                 })
                 .collect();
             for scrape in scrapes {
@@ -555,5 +613,53 @@ mod tests {
         }
         // The hung update holds one thread; its replacement and the original one serve the rest.
         assert_eq!(scraper.pool.spawned(), THREADS + 1);
+    }
+
+    /// Serves families of the given names, as a textfile would.
+    struct External(Vec<&'static str>);
+    impl Collector for External {
+        fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
+            for name in &self.0 {
+                out.push(MetricFamily::gauge(*name, "From a file.").with([("v", "file")], 0.0));
+            }
+            Ok(())
+        }
+
+        fn is_external(&self) -> bool {
+            true
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn built_in_families_win_over_external_ones() {
+        let scraper = Scraper::new(
+            vec![
+                (
+                    "textfile",
+                    Arc::new(External(vec![
+                        "fixed",
+                        "own",
+                        "node_scrape_collector_success",
+                        "extra",
+                    ])) as Arc<dyn Collector>,
+                ),
+                ("fixed", Arc::new(Fixed(7.0))),
+            ],
+            Duration::from_secs(5),
+        );
+        for _ in 0..3 {
+            let own = vec![MetricFamily::gauge("own", "The exporter's.").with([("v", "x")], 1.0)];
+            let families = scraper.scrape(None, own).await;
+            for name in ["fixed", "own", "node_scrape_collector_success", "extra"] {
+                let found: Vec<_> = families.iter().filter(|f| f.name == name).collect();
+                assert_eq!(found.len(), 1, "{name}");
+                let from_file = found[0]
+                    .metrics
+                    .iter()
+                    .any(|m| m.labels.iter().any(|(_, v)| v == "file"));
+                assert_eq!(from_file, name == "extra", "{name}");
+            }
+        }
+        assert_eq!(scraper.collisions_reported.lock().unwrap().len(), 3);
     }
 }

@@ -7,7 +7,6 @@ use std::{
     collections::BTreeSet,
     io::{Read as _, Write as _},
     net::TcpStream,
-    path::PathBuf,
     sync::{Arc, atomic::AtomicBool, atomic::Ordering},
     time::{Duration, Instant},
 };
@@ -110,31 +109,19 @@ fn concurrent_scrapers_each_get_everything() {
     assert!(lines < 150, "{lines} log lines:\n{log}");
 }
 
-/// A textfile directory holding a FIFO nobody writes: the textfile collector's read blocks.
-fn hanging_textfile_directory() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("textfile-fifo-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let fifo = dir.join("blocked.prom");
-    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: a valid, NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
-    dir
-}
-
 #[test]
 fn a_hung_collector_fails_alone_under_concurrent_scrapers() {
-    let dir = hanging_textfile_directory();
-    let flag = format!("--collector.textfile.directory={}", dir.display());
+    let root = common::rootfs_with_a_hanging_os_release("concurrency");
+    let flag = format!("--path.rootfs={}", root.0.display());
     let daemon = Daemon::start(&[&flag, "--scrape.timeout=1s"]);
     let alone = served(&daemon.get("/metrics"));
-    assert!(!alone.succeeded.contains("textfile"), "{alone:?}");
+    assert!(!alone.succeeded.contains("os"), "{alone:?}");
     for clients in [2, 8] {
         let answers = scrape_concurrently(&daemon, clients, Duration::from_secs(3));
         let (complete, _) = assert_complete(&alone, &answers);
         assert!(complete >= clients);
         for (_, body) in &answers {
-            assert!(!served(body).succeeded.contains("textfile"));
+            assert!(!served(body).succeeded.contains("os"));
         }
     }
     let log = daemon.log();
@@ -143,7 +130,6 @@ fn a_hung_collector_fails_alone_under_concurrent_scrapers() {
         1,
         "one line for the hung collector:\n{log}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Sends SIGTERM and returns how long the process took to exit.
@@ -193,8 +179,8 @@ fn sigterm_exits_within_two_seconds_with_a_slow_reader() {
 
 #[test]
 fn sigterm_exits_within_two_seconds_during_a_scrape_of_a_hung_collector() {
-    let dir = hanging_textfile_directory();
-    let flag = format!("--collector.textfile.directory={}", dir.display());
+    let root = common::rootfs_with_a_hanging_os_release("shutdown");
+    let flag = format!("--path.rootfs={}", root.0.display());
     let daemon = Daemon::start(&[&flag]);
     let url = daemon.url("/metrics");
     // The scrape waits for the hung collector until its 10 s deadline.
@@ -203,5 +189,4 @@ fn sigterm_exits_within_two_seconds_during_a_scrape_of_a_hung_collector() {
     let took = time_to_exit(daemon);
     assert!(took < Duration::from_secs(2), "{took:?}");
     let _ = scrape.join();
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -2,12 +2,21 @@
 //! globs) given by `--collector.textfile.directory`, parsed as node_exporter parses them.
 //! A file that does not parse, or has client-side timestamps, is skipped whole and sets
 //! `node_textfile_scrape_error 1`; the other files are still served.
+//!
+//! Hostile or careless input costs one file, never the collector: a `.prom` name that is not a
+//! regular file (a FIFO nobody writes, a symlink to /dev/zero) is skipped without blocking, and a
+//! file larger than `--collector.textfile.max-file-bytes` is refused before it is parsed, so
+//! memory stays bounded by the flag, not by the file.
 use std::{
     collections::{HashMap, HashSet},
+    io::Read as _,
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     sync::Arc,
     time::UNIX_EPOCH,
 };
+
+use anyhow::Context as _;
 
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec},
@@ -18,19 +27,31 @@ use crate::{
 
 const DIRECTORY: &str = "collector.textfile.directory";
 
+/// The collector's own families, which no file may redefine.
+const OWN_FAMILIES: [&str; 2] = ["node_textfile_mtime_seconds", "node_textfile_scrape_error"];
+const MAX_FILE_BYTES: &str = "collector.textfile.max-file-bytes";
+
 pub const SPEC: CollectorSpec = CollectorSpec {
     name: "textfile",
     default_enabled: true,
-    flags: &[FlagSpec::repeated(
-        DIRECTORY,
-        "Directory to read text files with metrics from, supports glob matching. (repeatable)",
-    )],
+    flags: &[
+        FlagSpec::repeated(
+            DIRECTORY,
+            "Directory to read text files with metrics from, supports glob matching. (repeatable)",
+        ),
+        FlagSpec::value(
+            MAX_FILE_BYTES,
+            Some("4194304"),
+            "Largest textfile read, in bytes (4 MiB: about 40,000 series); a larger one is skipped with an error.",
+        ),
+    ],
     kernel: None,
     build,
 };
 
 struct TextfileCollector {
     globs: Vec<String>,
+    max_file_bytes: u64,
 }
 
 fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
@@ -38,7 +59,18 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     if globs.is_empty() {
         globs.push(String::new());
     }
-    Ok(Arc::new(TextfileCollector { globs }))
+    let value = context.flags.string(MAX_FILE_BYTES).unwrap_or("4194304");
+    let max_file_bytes = value
+        .parse::<u64>()
+        .ok()
+        .filter(|&n| n > 0)
+        .with_context(|| {
+            format!("--{MAX_FILE_BYTES}={value}: expected a positive number of bytes")
+        })?;
+    Ok(Arc::new(TextfileCollector {
+        globs,
+        max_file_bytes,
+    }))
 }
 
 /// Go's `filepath.Match` for one path segment: `*`, `?`, `[...]` (with `^` negation and
@@ -157,10 +189,38 @@ impl TextfileCollector {
     }
 }
 
-/// A file's families, or why the whole file is skipped.
-fn process_file(path: &str) -> Result<(Vec<ParsedFamily>, f64), String> {
-    let text = std::fs::read(path)
+/// The contents of a regular file of at most `max_bytes` bytes. Opened without blocking, so a
+/// FIFO with no writer is refused, not waited on.
+fn read_regular_file(path: &str, max_bytes: u64) -> Result<(Vec<u8>, std::fs::Metadata), String> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
         .map_err(|e| format!("failed to open textfile data file {path:?}: {e}"))?;
+    let metadata = file
+        .metadata()
+        .map_err(|e| format!("failed to stat {path:?}: {e}"))?;
+    if !metadata.is_file() {
+        return Err(format!(
+            "textfile {path:?} is not a regular file ({:?}), skipping it",
+            metadata.file_type()
+        ));
+    }
+    let mut text = Vec::new();
+    file.take(max_bytes + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| format!("failed to read textfile data file {path:?}: {e}"))?;
+    if text.len() as u64 > max_bytes {
+        return Err(format!(
+            "textfile {path:?} is larger than --{MAX_FILE_BYTES}={max_bytes} bytes, skipping it"
+        ));
+    }
+    Ok((text, metadata))
+}
+
+/// A file's families, or why the whole file is skipped.
+fn process_file(path: &str, max_bytes: u64) -> Result<(Vec<ParsedFamily>, f64), String> {
+    let (text, metadata) = read_regular_file(path, max_bytes)?;
     let text = String::from_utf8_lossy(&text);
     let families = textparse::parse(&text)
         .map_err(|e| format!("failed to parse textfile data from {path:?}: {e}"))?;
@@ -172,9 +232,8 @@ fn process_file(path: &str) -> Result<(Vec<ParsedFamily>, f64), String> {
             "textfile {path:?} contains unsupported client-side timestamps, skipping entire file"
         ));
     }
-    // Stat only once parsed and validated, so that a failure does not appear fresh.
-    let mtime = std::fs::metadata(path)
-        .and_then(|m| m.modified())
+    let mtime = metadata
+        .modified()
         .map_err(|e| format!("failed to stat {path:?}: {e}"))?;
     let seconds = mtime
         .duration_since(UNIX_EPOCH)
@@ -184,6 +243,11 @@ fn process_file(path: &str) -> Result<(Vec<ParsedFamily>, f64), String> {
 }
 
 impl Collector for TextfileCollector {
+    /// Its families come from other programs' files.
+    fn is_external(&self) -> bool {
+        true
+    }
+
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
         let mut errored = false;
         let mut parsed: Vec<FromFile> = Vec::new();
@@ -207,7 +271,7 @@ impl Collector for TextfileCollector {
             names.sort();
             for name in names {
                 let path = Path::new(&dir).join(&name).to_string_lossy().into_owned();
-                match process_file(&path) {
+                match process_file(&path, self.max_file_bytes) {
                     Ok((families, mtime)) => {
                         parsed.extend(families.into_iter().map(|family| FromFile {
                             family,
@@ -229,6 +293,15 @@ impl Collector for TextfileCollector {
         let mut files: HashMap<String, Vec<String>> = HashMap::new();
         let mut kept: Vec<ParsedFamily> = Vec::new();
         for FromFile { family, path } in parsed {
+            if OWN_FAMILIES.contains(&family.name.as_str()) {
+                errored = true;
+                tracing::error!(
+                    metric = family.name,
+                    file = path,
+                    "textfile defines a metric of the textfile collector itself: dropped"
+                );
+                continue;
+            }
             if let Some((first, second)) = help_texts.get_mut(&family.name) {
                 let differs = family.help.as_ref().is_some_and(|help| help != first);
                 if differs || second.is_some() {
@@ -424,17 +497,68 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("ts.prom");
         std::fs::write(&path, "a 1\nb 2 1700000000000\n").unwrap();
-        let error = process_file(path.to_str().unwrap()).unwrap_err();
+        let error = process_file(path.to_str().unwrap(), 1 << 20).unwrap_err();
         assert!(
             error.contains("unsupported client-side timestamps"),
             "{error}"
         );
         std::fs::write(&path, "a 1\nb{ 2\n").unwrap();
-        let error = process_file(path.to_str().unwrap()).unwrap_err();
+        let error = process_file(path.to_str().unwrap(), 1 << 20).unwrap_err();
         assert!(
             error.contains("ts.prom") && error.contains("line 2"),
             "{error}"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A FIFO nobody writes, a symlink to /dev/zero and a file over the size limit each cost
+    /// only themselves: skipped at once with an error, the good file still served.
+    #[test]
+    fn odd_and_oversized_files_are_skipped_alone() {
+        let dir = std::env::temp_dir().join(format!("textfile-odd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("good.prom"), "good_metric 1\n").unwrap();
+        std::fs::write(dir.join("own.prom"), "node_textfile_scrape_error 0\n").unwrap();
+        std::fs::write(dir.join("big.prom"), "big_metric 1\n".repeat(100)).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.join("zero.prom")).unwrap();
+        let fifo = std::ffi::CString::new(dir.join("fifo.prom").to_str().unwrap()).unwrap();
+        // SAFETY: a valid, NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let collector = TextfileCollector {
+            globs: vec![dir.to_string_lossy().into_owned()],
+            max_file_bytes: 1000,
+        };
+        let started = std::time::Instant::now();
+        let mut out = Vec::new();
+        collector.update(&mut out).unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        let names: Vec<&str> = out.iter().map(|f| f.name.as_str()).collect();
+        assert!(names.contains(&"good_metric"), "{names:?}");
+        assert!(!names.contains(&"big_metric"), "{names:?}");
+        // The collector's own error flag, not the file's 0.
+        let errors: Vec<_> = out
+            .iter()
+            .filter(|f| f.name == "node_textfile_scrape_error")
+            .collect();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].metrics.len(), 1);
+        assert_eq!(
+            errors[0].metrics[0].value,
+            crate::metrics::Value::Scalar(1.0)
+        );
+        for (name, expected) in [
+            ("fifo.prom", "not a regular file"),
+            ("zero.prom", "not a regular file"),
+            (
+                "big.prom",
+                "larger than --collector.textfile.max-file-bytes=1000",
+            ),
+        ] {
+            let path = dir.join(name);
+            let error = process_file(path.to_str().unwrap(), 1000).unwrap_err();
+            assert!(error.contains(expected), "{name}: {error}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -76,6 +76,27 @@ pub fn ensure_tracefs() {
     );
 }
 
+/// A root directory (for `--path.rootfs`) whose /etc/os-release is a FIFO nobody writes: the
+/// `os` collector's read of it hangs, as on a hung mount. Removed with the returned guard.
+pub fn rootfs_with_a_hanging_os_release(name: &str) -> TempDir {
+    let root = std::env::temp_dir().join(format!("{name}-rootfs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    let fifo = std::ffi::CString::new(root.join("etc/os-release").to_str().unwrap()).unwrap();
+    // SAFETY: a valid, NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    TempDir(root)
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Flags (for the collector or node_exporter) that serve only collector `name`'s families.
 pub fn only_collector(name: &str) -> Vec<String> {
     vec![

@@ -1,8 +1,12 @@
 //! HTTP: a landing page at `/` and the metrics at the telemetry path, gzip-compressed when the
-//! client accepts it, at most `--web.max-requests` scrapes at once (beyond that, 503).
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+//! client accepts it, at most `--web.max-requests` scrapes at once (beyond that, 503). How
+//! connections are accepted, bounded and closed is `connections`.
+mod connections;
 
-use anyhow::Context as _;
+use std::{sync::Arc, time::Duration};
+
+pub use connections::{ConnectionLimits, SHUTDOWN_GRACE, bind, serve};
+
 use axum::{
     Router,
     extract::State,
@@ -37,69 +41,26 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
     router
         .layer(CompressionLayer::new().gzip(true))
+        .layer(axum::middleware::from_fn(one_host_header))
         .with_state(state)
 }
 
-/// How long, once shutdown is asked for, requests in progress may still finish. Connections
-/// still open then (a scrape waiting on a hung collector, a client that never finishes its
-/// request or never reads the answer) are dropped, so the process exits well within the 30 s
-/// Kubernetes allows before SIGKILL, and within 2 s of SIGTERM.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
-
-/// Serves `router` on every address until `shutdown` is set, then gives requests in progress
-/// [`SHUTDOWN_GRACE`] to finish.
-pub async fn serve(
-    listeners: Vec<tokio::net::TcpListener>,
-    router: Router,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let mut servers = tokio::task::JoinSet::new();
-    for listener in listeners {
-        let router = router.clone();
-        let mut shutdown = shutdown.clone();
-        servers.spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = shutdown.wait_for(|stop| *stop).await;
-                })
-                .await
-        });
+/// RFC 9112 §3.2: an HTTP/1.1 request without a Host header, or with more than one, gets 400
+/// (hyper serves them as they come).
+async fn one_host_header(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let hosts = request.headers().get_all(header::HOST).iter().count();
+    if request.version() == axum::http::Version::HTTP_11 && hosts != 1 {
+        let message = if hosts == 0 {
+            "Bad Request: missing Host header\n"
+        } else {
+            "Bad Request: more than one Host header\n"
+        };
+        return (StatusCode::BAD_REQUEST, message).into_response();
     }
-    let drained = async {
-        while let Some(result) = servers.join_next().await {
-            result
-                .context("HTTP server task failed")?
-                .context("HTTP server failed")?;
-        }
-        anyhow::Ok(())
-    };
-    let mut stop = shutdown;
-    let grace_over = async {
-        let _ = stop.wait_for(|stop| *stop).await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    tokio::select! {
-        result = drained => result,
-        () = grace_over => {
-            tracing::info!(
-                grace = ?SHUTDOWN_GRACE,
-                "connections still open after the shutdown grace period are dropped"
-            );
-            Ok(())
-        }
-    }
-}
-
-pub async fn bind(addresses: &[SocketAddr]) -> anyhow::Result<Vec<tokio::net::TcpListener>> {
-    let mut listeners = Vec::new();
-    for address in addresses {
-        let listener = tokio::net::TcpListener::bind(address)
-            .await
-            .with_context(|| format!("cannot listen on {address}"))?;
-        tracing::info!(address = %listener.local_addr()?, "listening");
-        listeners.push(listener);
-    }
-    Ok(listeners)
+    next.run(request).await
 }
 
 async fn landing_page(State(state): State<Arc<AppState>>) -> Html<String> {
@@ -132,11 +93,11 @@ async fn metrics_handler(State(state): State<Arc<AppState>>, headers: HeaderMap)
     };
     let in_flight = state.exporter.in_flight();
     let timeout = scrape_timeout(&headers);
-    let mut families = state.scraper.scrape(timeout).await;
-    families.push(exporter::build_info());
+    let mut own = vec![exporter::build_info()];
     if state.exporter_metrics_enabled {
-        families.extend(state.exporter.families());
+        own.extend(state.exporter.families());
     }
+    let families = state.scraper.scrape(timeout, own).await;
     let body = exposition::encode(&metrics::merge_and_sort(families));
     drop(in_flight);
     state.exporter.count_response(200);
@@ -144,6 +105,8 @@ async fn metrics_handler(State(state): State<Arc<AppState>>, headers: HeaderMap)
 }
 
 /// Prometheus sends its scrape timeout; finish a little before it so the answer still arrives.
+/// A value that is not a positive number is ignored, and one too large for a `Duration` (it
+/// only shortens `--scrape.timeout` anyway) is as good as none.
 fn scrape_timeout(headers: &HeaderMap) -> Option<Duration> {
     let seconds: f64 = headers
         .get("X-Prometheus-Scrape-Timeout-Seconds")?
@@ -151,8 +114,10 @@ fn scrape_timeout(headers: &HeaderMap) -> Option<Duration> {
         .ok()?
         .parse()
         .ok()?;
-    (seconds.is_finite() && seconds > 0.0)
-        .then(|| Duration::from_secs_f64((seconds - 0.5).max(seconds * 0.5)))
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return None;
+    }
+    Duration::try_from_secs_f64((seconds - 0.5).max(seconds * 0.5)).ok()
 }
 
 #[cfg(test)]
@@ -185,7 +150,16 @@ mod tests {
         let listeners = bind(&["127.0.0.1:0".parse().unwrap()]).await.unwrap();
         let address = listeners[0].local_addr().unwrap();
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(serve(listeners, router(Arc::clone(&state)), stopped));
+        let limits = ConnectionLimits {
+            max_connections: 16,
+            header_read_timeout: ConnectionLimits::HEADER_READ_TIMEOUT,
+        };
+        let server = tokio::spawn(serve(
+            listeners,
+            router(Arc::clone(&state)),
+            stopped,
+            limits,
+        ));
 
         let url = format!("http://{address}/metrics");
         let statuses = tokio::task::spawn_blocking(move || {
@@ -229,10 +203,9 @@ mod tests {
             scrape_timeout(&headers),
             Some(Duration::from_secs_f64(0.25))
         );
-        headers.insert(
-            "X-Prometheus-Scrape-Timeout-Seconds",
-            "soon".parse().unwrap(),
-        );
-        assert_eq!(scrape_timeout(&headers), None);
+        for bad in ["soon", "1e308", "-3", "0", "NaN", "inf"] {
+            headers.insert("X-Prometheus-Scrape-Timeout-Seconds", bad.parse().unwrap());
+            assert_eq!(scrape_timeout(&headers), None, "{bad}");
+        }
     }
 }
