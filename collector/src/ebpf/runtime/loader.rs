@@ -99,17 +99,19 @@ impl EbpfRuntime {
         // EbpfLoader::new parses the kernel BTF itself (aya 0.14 has no way around it) and loads
         // with that; the copy attaching needs is parsed after the loader is gone, so that two
         // full parses never coexist at the start-up peak.
-        let mut loader = EbpfLoader::new();
-        loader.override_global("KERNEL_LAYOUT", &kernel_layout, true);
-        for (name, value) in settings.globals() {
-            loader.override_global(name, value, true);
+        let mut ebpf = {
+            let mut loader = EbpfLoader::new();
+            loader.override_global("KERNEL_LAYOUT", &kernel_layout, true);
+            for (name, value) in settings.globals() {
+                loader.override_global(name, value, true);
+            }
+            for (name, entries) in settings.map_sizes() {
+                loader.map_max_entries(name, entries);
+            }
+            loader.load(object())
+            // The loader, and its parse of the kernel BTF, end here.
         }
-        for (name, entries) in settings.map_sizes() {
-            loader.map_max_entries(name, entries);
-        }
-        let mut ebpf = loader
-            .load(object())
-            .context("loading the eBPF object (needs CAP_BPF and CAP_PERFMON, or root)")?;
+        .context("loading the eBPF object (needs CAP_BPF and CAP_PERFMON, or root)")?;
         let btf = match Btf::from_sys_fs() {
             Ok(btf) => Some(btf),
             Err(e) => {
