@@ -6,7 +6,7 @@ use std::{
     io,
     os::{
         fd::{AsRawFd, FromRawFd, OwnedFd},
-        unix::fs::MetadataExt,
+        unix::{ffi::OsStrExt as _, fs::MetadataExt},
     },
     path::{Path, PathBuf},
     sync::atomic::{AtomicBool, Ordering},
@@ -58,10 +58,13 @@ pub struct CgroupFs {
 /// What an id is, seen from the hierarchy now.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Lookup {
-    /// Its path relative to the root, `/` for the root itself.
-    Path(String),
+    /// Its path relative to the root, `/` for the root itself, byte for byte (a cgroup name
+    /// need not be UTF-8).
+    Path(PathBuf),
     /// No such cgroup: it was removed.
     Gone,
+    /// It exists, but its path cannot be had (longer than PATH_MAX): skipped, with the reason.
+    Unresolvable(String),
 }
 
 impl CgroupFs {
@@ -88,6 +91,9 @@ impl CgroupFs {
                     Ok(lookup) => {
                         found.insert(id, lookup);
                     }
+                    Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => {
+                        found.insert(id, Lookup::Unresolvable(format!("{e}")));
+                    }
                     Err(e) if is_refused(&e) => {
                         tracing::info!(err = %e, "open_by_handle_at refused (needs CAP_DAC_READ_SEARCH): finding cgroups by walking the hierarchy");
                         self.by_handle.store(false, Ordering::Relaxed);
@@ -102,12 +108,12 @@ impl CgroupFs {
     }
 
     /// Whether the cgroup at `path` still is `id` (not removed, nor removed and re-created).
-    pub fn still_exists(&self, path: &str, id: u64) -> bool {
+    pub fn still_exists(&self, path: &Path, id: u64) -> bool {
         std::fs::metadata(self.absolute(path)).is_ok_and(|m| m.ino() == id)
     }
 
-    fn absolute(&self, path: &str) -> PathBuf {
-        self.root.join(path.trim_start_matches('/'))
+    fn absolute(&self, path: &Path) -> PathBuf {
+        self.root.join(path.strip_prefix("/").unwrap_or(path))
     }
 
     fn lookup_by_handle(&self, id: u64) -> io::Result<Lookup> {
@@ -146,15 +152,15 @@ impl CgroupFs {
     /// `target` (as the kernel prints it) relative to the root.
     fn relative(&self, target: &Path) -> Lookup {
         match target.strip_prefix(&self.root) {
-            Ok(rest) => Lookup::Path(format!("/{}", rest.display())),
+            Ok(rest) => Lookup::Path(Path::new("/").join(rest)),
             // Outside our view of the hierarchy (a cgroup namespace): the kernel's own path.
-            Err(_) => Lookup::Path(target.display().to_string()),
+            Err(_) => Lookup::Path(target.to_owned()),
         }
     }
 
     fn lookup_by_walking(&self, ids: &[u64]) -> anyhow::Result<HashMap<u64, Lookup>> {
         let mut by_inode = HashMap::new();
-        walk(&self.root, "", &mut by_inode)
+        walk(&self.root, Path::new("/"), &mut by_inode)
             .with_context(|| format!("walking {}", self.root.display()))?;
         Ok(ids
             .iter()
@@ -169,17 +175,11 @@ impl CgroupFs {
     }
 }
 
-/// Every cgroup directory under `dir`, by inode. A directory removed during the walk is skipped.
-fn walk(dir: &Path, relative: &str, found: &mut HashMap<u64, String>) -> io::Result<()> {
+/// Every cgroup directory under `dir`, by inode. A directory removed during the walk, or too
+/// deep for a path (ENAMETOOLONG), is skipped.
+fn walk(dir: &Path, relative: &Path, found: &mut HashMap<u64, PathBuf>) -> io::Result<()> {
     let metadata = std::fs::metadata(dir)?;
-    found.insert(
-        metadata.ino(),
-        if relative.is_empty() {
-            "/".to_owned()
-        } else {
-            relative.to_owned()
-        },
-    );
+    found.insert(metadata.ino(), relative.to_owned());
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -190,14 +190,28 @@ fn walk(dir: &Path, relative: &str, found: &mut HashMap<u64, String>) -> io::Res
         if !entry.file_type()?.is_dir() {
             continue;
         }
-        let name = entry.file_name();
-        let child = format!("{relative}/{}", name.to_string_lossy());
+        let child = relative.join(entry.file_name());
         match walk(&entry.path(), &child, found) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENAMETOOLONG) => {}
             other => other?,
         }
     }
     Ok(())
+}
+
+/// A cgroup path as a label value: UTF-8 as it is, any other byte as `\xNN`, so that two
+/// cgroups never share a label and none is lost.
+pub fn label(path: &Path) -> String {
+    let mut label = String::new();
+    for chunk in path.as_os_str().as_bytes().utf8_chunks() {
+        label.push_str(chunk.valid());
+        for byte in chunk.invalid() {
+            label.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    label
 }
 
 /// Errors meaning "file handles are not for us", as opposed to a failure of one lookup.

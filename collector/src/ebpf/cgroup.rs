@@ -257,6 +257,13 @@ impl MapReader for CgroupReader {
             // Already gone (evicted) is fine too.
             let _ = counters.remove(id);
         }
+        for (id, reason) in &update.unresolvable {
+            tracing::warn!(
+                cgroup_id = id,
+                reason,
+                "cgroup skipped: its path cannot be read (counted as reason unresolvable in ebpf_cgroups_dropped_total)"
+            );
+        }
         if let Some(error) = update.error {
             return Err(error.context("resolving new cgroup ids"));
         }
@@ -303,10 +310,11 @@ impl MapReader for CgroupReader {
         let dropped = tracker.dropped();
         let mut family = MetricFamily::counter(
             "ebpf_cgroups_dropped_total",
-            "cgroups not exported: refused a place because the limit was reached (reason=\"limit\"), or removed and dropped after the grace period (reason=\"removed\").",
+            "cgroups not exported: refused a place because the limit was reached (reason=\"limit\"), removed and dropped after the grace period or sooner for a live cgroup or the same path created again (reason=\"removed\"), or live with a path that cannot be read, longer than PATH_MAX (reason=\"unresolvable\").",
         );
         family.push([("reason", "limit")], dropped.over_limit as f64);
         family.push([("reason", "removed")], dropped.removed as f64);
+        family.push([("reason", "unresolvable")], dropped.unresolvable as f64);
         out.push(family);
         Ok(())
     }
