@@ -189,7 +189,21 @@ impl Collector for NetclassCollector {
             {
                 continue;
             }
-            interfaces.insert(name, read_interface(&entry.path())?);
+            match read_interface(&entry.path()) {
+                Ok(interface) => {
+                    interfaces.insert(name, interface);
+                }
+                // Removed while we read it (pod veths come and go all the time): skipped, as
+                // if the listing had not had it.
+                Err(error) if !entry.path().exists() => {
+                    tracing::debug!(
+                        device = name,
+                        err = format!("{error:#}"),
+                        "network device removed during the scrape"
+                    );
+                }
+                Err(error) => return Err(error),
+            }
         }
 
         let mut up = MetricFamily::gauge(
@@ -284,6 +298,35 @@ mod tests {
         );
         assert_eq!(interface.strings[c"address"], "aa:bb:cc:dd:ee:ff");
         assert_eq!(interface.numbers.len() + interface.strings.len(), 4);
+    }
+
+    #[test]
+    fn an_interface_removed_during_the_scrape_is_skipped_alone() {
+        let root = std::env::temp_dir().join(format!("netclass-gone-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let class_net = root.join("class/net");
+        let devices = root.join("devices");
+        for device in ["eth0", "veth1"] {
+            std::fs::create_dir_all(devices.join(device)).unwrap();
+            std::fs::write(devices.join(device).join("operstate"), "up\n").unwrap();
+        }
+        std::fs::create_dir_all(&class_net).unwrap();
+        for device in ["eth0", "veth1"] {
+            std::os::unix::fs::symlink(devices.join(device), class_net.join(device)).unwrap();
+        }
+        // The listing still has veth1, its device is gone.
+        std::fs::remove_dir_all(devices.join("veth1")).unwrap();
+        let collector = NetclassCollector {
+            class_net,
+            ignored: None,
+            ignore_invalid_speed: false,
+        };
+        let mut out = Vec::new();
+        collector.update(&mut out).unwrap();
+        let up = out.iter().find(|f| f.name == "node_network_up").unwrap();
+        let devices: Vec<_> = up.metrics.iter().map(|m| m.labels[0].1.as_str()).collect();
+        assert_eq!(devices, ["eth0"]);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
