@@ -70,9 +70,16 @@ fn serves_without_bpf_privileges() {
         log.contains("CAP_BPF"),
         "the log names the missing capability:\n{log}"
     );
-    // One clear line, not one per scrape.
+    // One clear line, not one per scrape, nor one per eBPF collector.
     daemon.scrape();
-    assert_eq!(daemon.log().matches("eBPF unavailable").count(), 1);
+    let log = daemon.log();
+    assert_eq!(log.matches("eBPF unavailable").count(), 1);
+    let ebpf_lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("level=warn") || l.contains("level=error"))
+        .filter(|l| l.contains("ebpf") || l.contains("eBPF"))
+        .collect();
+    assert_eq!(ebpf_lines.len(), 1, "{ebpf_lines:#?}");
 }
 
 /// Starts the daemon with `hook_types` in a private mount namespace where tracefs is hidden

@@ -173,3 +173,85 @@ fn a_burst_of_connections_waits_in_the_listen_queue() {
     assert!(scrape.has("node_load1"));
     drop(burst);
 }
+
+/// Resident memory of `pid`, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib / 1024.0
+}
+
+/// `series` samples of one gauge family, as a textfile.
+fn textfile_of(series: usize) -> String {
+    let mut text = String::from("# HELP big_metric Many series.\n# TYPE big_metric gauge\n");
+    for i in 0..series {
+        text.push_str(&format!("big_metric{{id=\"{i}\"}} {i}\n"));
+    }
+    text
+}
+
+#[test]
+fn hostile_textfiles_cost_only_themselves_and_memory_comes_back() {
+    let dir = common::TempDir(
+        std::env::temp_dir().join(format!("hostile-textfile-{}", std::process::id())),
+    );
+    std::fs::create_dir_all(&dir.0).unwrap();
+    std::fs::write(dir.0.join("good.prom"), "good_metric 1\n").unwrap();
+    std::os::unix::fs::symlink("/dev/zero", dir.0.join("zero.prom")).unwrap();
+    let fifo = std::ffi::CString::new(dir.0.join("fifo.prom").to_str().unwrap()).unwrap();
+    // SAFETY: a valid, NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    // A million series: refused by the default cap.
+    std::fs::write(dir.0.join("huge.prom"), textfile_of(1_000_000)).unwrap();
+    let directory = format!("--collector.textfile.directory={}", dir.0.display());
+    let daemon = Daemon::start(&[
+        "--collector.disable-defaults",
+        "--collector.textfile",
+        &directory,
+    ]);
+    let baseline = rss_mib(daemon.pid());
+    let scrape = daemon.scrape();
+    assert_eq!(scrape.value("good_metric", &[]), 1.0);
+    assert_eq!(scrape.value("node_textfile_scrape_error", &[]), 1.0);
+    assert!(!scrape.has("big_metric"));
+    assert!(
+        rss_mib(daemon.pid()) < baseline + 16.0,
+        "{} MiB after refusing a 1M-series file (from {baseline})",
+        rss_mib(daemon.pid())
+    );
+    let log = daemon.log();
+    for file in ["zero.prom", "fifo.prom", "huge.prom"] {
+        assert!(log.contains(file), "{file} not logged:\n{log}");
+    }
+    drop(daemon);
+
+    // Under a raised cap a large file is served; once it is gone, its memory is given back.
+    std::fs::remove_file(dir.0.join("huge.prom")).unwrap();
+    std::fs::write(dir.0.join("large.prom"), textfile_of(100_000)).unwrap();
+    let daemon = Daemon::start(&[
+        "--collector.disable-defaults",
+        "--collector.textfile",
+        &directory,
+        "--collector.textfile.max-file-bytes=67108864",
+    ]);
+    let baseline = rss_mib(daemon.pid());
+    let scrape = daemon.scrape();
+    assert_eq!(scrape.matching("big_metric", &[]).count(), 100_000);
+    let peak = rss_mib(daemon.pid());
+    std::fs::remove_file(dir.0.join("large.prom")).unwrap();
+    daemon.scrape();
+    daemon.scrape();
+    let after = rss_mib(daemon.pid());
+    eprintln!(
+        "RSS {baseline:.1} MiB, {peak:.1} with 100k series, {after:.1} once the file is gone"
+    );
+    assert!(
+        after < baseline + 8.0,
+        "{after:.1} MiB once the file is gone (from {baseline:.1}, peak {peak:.1})"
+    );
+}

@@ -1,7 +1,7 @@
 //! The shape every eBPF collector shares. Each scrape it reports its programs' status, then
-//! fails (success 0) when eBPF is not loaded or none of its hooks is attached, so
-//! `node_scrape_collector_success` tells a node without eBPF from a working one; otherwise it
-//! reads its maps. A subsystem supplies only the reading: a [`MapReader`], built once from the
+//! reports success 0 when eBPF is not loaded or none of its hooks is attached, so
+//! `node_scrape_collector_success` tells a node without eBPF from a working one (logged once, at
+//! start-up, not by each collector); otherwise it reads its maps. A subsystem supplies only the reading: a [`MapReader`], built once from the
 //! maps it takes out of the runtime.
 use std::sync::Arc;
 
@@ -10,7 +10,7 @@ use super::runtime::{
     status::{self, ProgramStatus},
 };
 use crate::{
-    collector::{BuildContext, Collector},
+    collector::{BuildContext, Collector, NoData},
     metrics::MetricFamily,
 };
 
@@ -72,15 +72,20 @@ impl<R: MapReader> Collector for EbpfCollector<R> {
         programs.extend(R::other_programs(reader, runtime));
         status::push(runtime, &programs, out);
 
+        // Success 0 either way, but not a fault of this collector to log: start-up has logged
+        // why eBPF or each hook is unavailable, once.
         let Some((runtime, reader)) = &self.loaded else {
-            anyhow::bail!("eBPF programs not loaded (see the start-up log)");
+            return Err(
+                NoData("eBPF programs not loaded (see the start-up log)".to_owned()).into(),
+            );
         };
         if self
             .hooks
             .iter()
             .all(|hook| runtime.attached(hook).is_none())
         {
-            anyhow::bail!("none of its kernel hooks is attached (see ebpf_program_attached)");
+            let reason = "none of its kernel hooks is attached (see ebpf_program_attached)";
+            return Err(NoData(reason.to_owned()).into());
         }
         reader.read(runtime, out)
     }

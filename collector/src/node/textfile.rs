@@ -52,6 +52,8 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 struct TextfileCollector {
     globs: Vec<String>,
     max_file_bytes: u64,
+    /// Bytes the previous update read: its output was freed after its scrape.
+    last_bytes_read: std::sync::atomic::AtomicUsize,
 }
 
 fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
@@ -70,6 +72,7 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     Ok(Arc::new(TextfileCollector {
         globs,
         max_file_bytes,
+        last_bytes_read: Default::default(),
     }))
 }
 
@@ -218,9 +221,10 @@ fn read_regular_file(path: &str, max_bytes: u64) -> Result<(Vec<u8>, std::fs::Me
     Ok((text, metadata))
 }
 
-/// A file's families, or why the whole file is skipped.
-fn process_file(path: &str, max_bytes: u64) -> Result<(Vec<ParsedFamily>, f64), String> {
+/// A file's families, its mtime and size, or why the whole file is skipped.
+fn process_file(path: &str, max_bytes: u64) -> Result<(Vec<ParsedFamily>, f64, usize), String> {
     let (text, metadata) = read_regular_file(path, max_bytes)?;
+    let size = text.len();
     let text = String::from_utf8_lossy(&text);
     let families = textparse::parse(&text)
         .map_err(|e| format!("failed to parse textfile data from {path:?}: {e}"))?;
@@ -239,7 +243,21 @@ fn process_file(path: &str, max_bytes: u64) -> Result<(Vec<ParsedFamily>, f64), 
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as f64)
         .unwrap_or_else(|e| -(e.duration().as_secs() as f64));
-    Ok((families, seconds))
+    Ok((families, seconds, size))
+}
+
+/// Files read in one update beyond which the heap is trimmed afterwards: parsing takes several
+/// times a file's size, and glibc keeps what is freed for reuse, so one large file would leave
+/// the process that much larger until exit.
+const TRIM_AFTER_BYTES: usize = 1 << 20;
+
+/// Gives the heap's free memory back to the kernel (glibc; musl returns it by itself).
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 impl Collector for TextfileCollector {
@@ -250,6 +268,7 @@ impl Collector for TextfileCollector {
 
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
         let mut errored = false;
+        let mut bytes_read = 0;
         let mut parsed: Vec<FromFile> = Vec::new();
         let mut mtimes: Vec<(String, f64)> = Vec::new();
         for dir in self.directories() {
@@ -272,7 +291,8 @@ impl Collector for TextfileCollector {
             for name in names {
                 let path = Path::new(&dir).join(&name).to_string_lossy().into_owned();
                 match process_file(&path, self.max_file_bytes) {
-                    Ok((families, mtime)) => {
+                    Ok((families, mtime, size)) => {
+                        bytes_read += size;
                         parsed.extend(families.into_iter().map(|family| FromFile {
                             family,
                             path: path.clone(),
@@ -374,6 +394,13 @@ impl Collector for TextfileCollector {
             )
             .with_value(if errored { 1.0 } else { 0.0 }),
         );
+        // This update's parsing buffers are free now, the previous one's output too.
+        let previous = self
+            .last_bytes_read
+            .swap(bytes_read, std::sync::atomic::Ordering::Relaxed);
+        if bytes_read.max(previous) > TRIM_AFTER_BYTES {
+            trim_heap();
+        }
         Ok(())
     }
 }
@@ -528,6 +555,7 @@ mod tests {
         let collector = TextfileCollector {
             globs: vec![dir.to_string_lossy().into_owned()],
             max_file_bytes: 1000,
+            last_bytes_read: Default::default(),
         };
         let started = std::time::Instant::now();
         let mut out = Vec::new();
