@@ -67,6 +67,10 @@ pub struct Options {
     /// Only the scrape-cost comparisons, without the kernel program workloads.
     #[arg(long)]
     scrape_only: bool,
+    /// Instead of everything else: soak the collector this many minutes under scrapes and
+    /// textfile, cgroup and interface churn, and report its memory, fds and threads each minute.
+    #[arg(long)]
+    soak_minutes: Option<u64>,
     /// Measure this collector binary (an older build, to compare) instead of building
     /// target/release/collector.
     #[arg(long)]
@@ -85,6 +89,10 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| root.join("target/release/collector"));
     let mut report = String::new();
+    if let Some(minutes) = options.soak_minutes {
+        report += &crate::soak::run(&collector, minutes, &root.join("target/bench"))?;
+        return write_report(root, &report);
+    }
 
     let full = scrape_cost(
         "collector",
@@ -240,7 +248,7 @@ struct ScrapeCost {
 }
 
 /// An exporter child process on a loopback port, killed when dropped.
-struct Exporter {
+pub(crate) struct Exporter {
     child: Child,
     url: String,
     /// Keeps its connection open between scrapes, as Prometheus does.
@@ -248,7 +256,7 @@ struct Exporter {
 }
 
 impl Exporter {
-    fn start(command: &mut Command) -> anyhow::Result<Self> {
+    pub(crate) fn start(command: &mut Command) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -273,7 +281,7 @@ impl Exporter {
         Ok(exporter)
     }
 
-    fn get(&self) -> anyhow::Result<String> {
+    pub(crate) fn get(&self) -> anyhow::Result<String> {
         let mut body = String::new();
         self.agent
             .get(&self.url)
@@ -284,7 +292,7 @@ impl Exporter {
         Ok(body)
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 }
@@ -504,7 +512,7 @@ fn user_and_system_ticks(pid: u32) -> anyhow::Result<(u64, u64)> {
     Ok((field(14)?, field(15)?))
 }
 
-fn status_kib(status: &str, key: &str) -> anyhow::Result<u64> {
+pub(crate) fn status_kib(status: &str, key: &str) -> anyhow::Result<u64> {
     status
         .lines()
         .find_map(|line| line.strip_prefix(key))

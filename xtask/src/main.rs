@@ -2,6 +2,7 @@
 mod bench;
 mod setup;
 mod shell;
+mod soak;
 
 use std::{os::unix::process::CommandExt as _, process::Command};
 
