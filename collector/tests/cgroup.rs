@@ -158,32 +158,6 @@ test_each_hook_type!(
     attributes_a_pods_workload_tracepoint
 );
 
-/// The capabilities of the Kubernetes `capabilities` overlay and the systemd unit, with their
-/// numbers, as far as the test itself holds them (a sandbox may lack CAP_SYS_RESOURCE, only
-/// needed before 5.11 anyway), less `without`: "+bpf,+perfmon,...".
-fn deployment_capabilities(without: &[&str]) -> String {
-    const CAPABILITIES: [(&str, u32); 6] = [
-        ("bpf", 39),
-        ("perfmon", 38),
-        ("sys_resource", 24),
-        ("dac_read_search", 2),
-        ("sys_ptrace", 19),
-        ("net_admin", 12),
-    ];
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let bounding = status
-        .lines()
-        .find_map(|line| line.strip_prefix("CapBnd:"))
-        .map(|hex| u64::from_str_radix(hex.trim(), 16).unwrap())
-        .unwrap();
-    CAPABILITIES
-        .iter()
-        .filter(|(name, bit)| bounding & (1 << bit) != 0 && !without.contains(name))
-        .map(|(name, _)| format!("+{name}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 /// Starts the daemon (only `ebpf.cgroup`) as root whose capability bounding set is just
 /// `capabilities` (setpriv cannot keep capabilities across a change of user), so every
 /// capability check it meets is made against them; runs a workload in pod cgroup `tag`; returns
@@ -216,7 +190,7 @@ fn run_with_capabilities(capabilities: &str, tag: u8) -> (Daemon, Scrape, PodCgr
 fn attributes_with_only_the_deployments_capabilities() {
     require_root!();
     require_cgroup2!();
-    let (daemon, scrape, pod) = run_with_capabilities(&deployment_capabilities(&[]), 0x05);
+    let (daemon, scrape, pod) = run_with_capabilities(&common::deployment_capabilities(&[]), 0x05);
     common::assert_attached(
         &scrape,
         &["cgroup_skb_ingress", "cgroup_skb_egress"],
@@ -240,7 +214,7 @@ fn attributes_with_only_the_deployments_capabilities() {
 fn without_net_admin_and_dac_read_search_walks_and_reports_no_traffic() {
     require_root!();
     require_cgroup2!();
-    let capabilities = deployment_capabilities(&["net_admin", "dac_read_search"]);
+    let capabilities = common::deployment_capabilities(&["net_admin", "dac_read_search"]);
     let (daemon, scrape, pod) = run_with_capabilities(&capabilities, 0x06);
     let labels = [
         ("pod_uid", pod.uid.as_str()),

@@ -145,3 +145,48 @@ fn one_refused_hook_type_falls_back_to_the_next() {
         );
     }
 }
+
+#[test]
+fn the_deployments_capabilities_attach_every_program() {
+    require_root!();
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        eprintln!("skipped: this kernel has no BTF, so no tp_btf hooks to check");
+        return;
+    }
+    // Root whose bounding set is exactly the capabilities overlay's (setpriv cannot keep
+    // capabilities across a change of user), so every check the daemon meets is made against it.
+    let capabilities = common::deployment_capabilities(&[]);
+    let mut command = Command::new(common::tool("setpriv"));
+    command.args([
+        &format!("--inh-caps=-all,{capabilities}"),
+        &format!("--bounding-set=-all,{capabilities}"),
+        BINARY,
+    ]);
+    let daemon = Daemon::spawn(command);
+    let scrape = daemon.scrape();
+    for hook in all_hooks() {
+        assert_eq!(
+            scrape.value(
+                "ebpf_program_attached",
+                &[("program", hook), ("hook_type", "tp_btf")]
+            ),
+            1.0,
+            "{hook} with {capabilities}:\n{}",
+            daemon.log()
+        );
+    }
+    common::assert_attached(
+        &scrape,
+        &["cgroup_skb_ingress", "cgroup_skb_egress"],
+        "cgroup_skb",
+    );
+    for spec in ebpf_collectors() {
+        assert_eq!(
+            scrape.value("node_scrape_collector_success", &[("collector", spec.name)]),
+            1.0,
+            "{}",
+            spec.name
+        );
+    }
+    assert!(!daemon.log().contains("walking the hierarchy"));
+}

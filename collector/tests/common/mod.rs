@@ -97,6 +97,52 @@ impl Drop for TempDir {
     }
 }
 
+/// The capabilities the Kubernetes `capabilities` overlay adds (the systemd unit grants the
+/// same), as far as the test itself holds them (a sandbox may lack CAP_SYS_RESOURCE, only
+/// needed before 5.11 anyway), less `without`, for setpriv: "+bpf,+perfmon,...".
+pub fn deployment_capabilities(without: &[&str]) -> String {
+    /// Capability numbers (linux/capability.h), to check the bounding set.
+    const NUMBERS: [(&str, u32); 7] = [
+        ("dac_read_search", 2),
+        ("net_admin", 12),
+        ("sys_ptrace", 19),
+        ("sys_admin", 21),
+        ("sys_resource", 24),
+        ("perfmon", 38),
+        ("bpf", 39),
+    ];
+    let overlay = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/kubernetes/overlays/capabilities/capabilities.yaml");
+    let patch = yaml_file(&overlay);
+    let added = patch["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+        ["capabilities"]["add"]
+        .as_array()
+        .expect("the overlay adds capabilities")
+        .iter()
+        .map(|name| name.as_str().unwrap().to_ascii_lowercase())
+        .collect::<Vec<_>>();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let bounding = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapBnd:"))
+        .map(|hex| u64::from_str_radix(hex.trim(), 16).unwrap())
+        .unwrap();
+    added
+        .iter()
+        .filter(|name| !without.contains(&name.as_str()))
+        .filter(|name| {
+            let bit = NUMBERS
+                .iter()
+                .find(|(known, _)| known == name)
+                .unwrap_or_else(|| panic!("capability {name} of the overlay has no number here"))
+                .1;
+            bounding & (1 << bit) != 0
+        })
+        .map(|name| format!("+{name}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Flags (for the collector or node_exporter) that serve only collector `name`'s families.
 pub fn only_collector(name: &str) -> Vec<String> {
     vec![
