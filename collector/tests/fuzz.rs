@@ -1,0 +1,156 @@
+//! Bounded fuzzing, run by `cargo xtask test`: the text exposition parser (what the textfile
+//! collector reads) and the HTTP request path take arbitrary input without panicking, and the
+//! daemon keeps answering. The case counts bound the time (a few seconds each); raise
+//! PROPTEST_CASES for a longer run.
+mod common;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    time::Duration,
+};
+
+use common::Daemon;
+use proptest::{prelude::*, test_runner::Config};
+
+/// Tokens of the text format, so that generated input gets past the first character.
+fn exposition_line() -> impl Strategy<Value = String> {
+    let token = prop_oneof![
+        Just("# HELP ".to_owned()),
+        Just("# TYPE ".to_owned()),
+        Just("counter".to_owned()),
+        Just("gauge".to_owned()),
+        Just("histogram".to_owned()),
+        Just("summary".to_owned()),
+        Just("untyped".to_owned()),
+        Just("metric_a".to_owned()),
+        Just("metric_a_bucket".to_owned()),
+        Just("metric_a_sum".to_owned()),
+        Just("metric_a_count".to_owned()),
+        Just("{".to_owned()),
+        Just("}".to_owned()),
+        Just("le=\"".to_owned()),
+        Just("quantile=\"".to_owned()),
+        Just("x=\"".to_owned()),
+        Just("\"".to_owned()),
+        Just(",".to_owned()),
+        Just(" ".to_owned()),
+        Just("\\".to_owned()),
+        Just("+Inf".to_owned()),
+        Just("NaN".to_owned()),
+        Just("1e308".to_owned()),
+        Just("-0".to_owned()),
+        Just("1700000000000".to_owned()),
+        "[0-9.eE+-]{1,12}",
+        "[ -~]{0,8}",
+    ];
+    proptest::collection::vec(token, 0..12).prop_map(|tokens| tokens.concat())
+}
+
+fn exposition_text() -> impl Strategy<Value = String> {
+    proptest::collection::vec(exposition_line(), 0..30).prop_map(|lines| {
+        let mut text = lines.join("\n");
+        text.push('\n');
+        text
+    })
+}
+
+proptest! {
+    // Generating structured text is the slow part in a debug build: ~10 ms a case.
+    #![proptest_config(Config { cases: 400, ..Config::default() })]
+
+    #[test]
+    fn the_text_parser_takes_any_input(text in exposition_text()) {
+        // Ok or an error naming the line; never a panic.
+        let _ = collector::textparse::parse(&text);
+    }
+
+}
+
+proptest! {
+    #![proptest_config(Config { cases: 3000, ..Config::default() })]
+
+    #[test]
+    fn the_text_parser_takes_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = collector::textparse::parse(&String::from_utf8_lossy(&bytes));
+    }
+}
+
+/// Pieces of an HTTP request, odd ones included.
+fn request() -> impl Strategy<Value = Vec<u8>> {
+    let method = prop_oneof![
+        Just("GET"),
+        Just("HEAD"),
+        Just("POST"),
+        Just("OPTIONS"),
+        Just("G\u{0}T"),
+        Just(""),
+    ];
+    let path = prop_oneof![
+        Just("/metrics".to_owned()),
+        Just("/".to_owned()),
+        Just("*".to_owned()),
+        Just("http://x/metrics".to_owned()),
+        "/[ -~]{0,40}",
+    ];
+    let version = prop_oneof![
+        Just("HTTP/1.1"),
+        Just("HTTP/1.0"),
+        Just("HTTP/2.0"),
+        Just("HTTP/9")
+    ];
+    let header = prop_oneof![
+        Just("Host: x".to_owned()),
+        Just("X-Prometheus-Scrape-Timeout-Seconds: 1e308".to_owned()),
+        Just("Accept-Encoding: gzip".to_owned()),
+        Just("Content-Length: 5".to_owned()),
+        Just("Transfer-Encoding: chunked".to_owned()),
+        "[A-Za-z-]{1,20}: [ -~]{0,60}",
+        "[\\x00-\\xff]{0,40}",
+    ];
+    (
+        method,
+        path,
+        version,
+        proptest::collection::vec(header, 0..8),
+        proptest::collection::vec(any::<u8>(), 0..64),
+    )
+        .prop_map(|(method, path, version, headers, body)| {
+            let mut request = format!("{method} {path} {version}\r\n").into_bytes();
+            for header in headers {
+                request.extend_from_slice(header.as_bytes());
+                request.extend_from_slice(b"\r\n");
+            }
+            request.extend_from_slice(b"Connection: close\r\n\r\n");
+            request.extend_from_slice(&body);
+            request
+        })
+}
+
+#[test]
+fn the_http_request_path_takes_any_request() {
+    let daemon = Daemon::start(&["--collector.disable-defaults", "--collector.loadavg"]);
+    let mut runner = proptest::test_runner::TestRunner::new(Config {
+        cases: 300,
+        ..Config::default()
+    });
+    runner
+        .run(&request(), |request| {
+            let mut stream = TcpStream::connect(daemon.address).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let _ = stream.write_all(&request);
+            // The request ends here, even where a header promised more.
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            let mut response = Vec::new();
+            let _ = stream.read_to_end(&mut response);
+            // Whatever it was, an answer or a closed connection; a status line if any.
+            prop_assert!(response.is_empty() || response.starts_with(b"HTTP/1."));
+            Ok(())
+        })
+        .unwrap();
+    // Still serving, and nothing panicked.
+    assert!(daemon.scrape().has("node_load1"));
+    assert!(!daemon.log().contains("panicked"), "{}", daemon.log());
+}
