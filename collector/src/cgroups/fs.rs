@@ -221,3 +221,33 @@ fn is_refused(error: &io::Error) -> bool {
         Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::ffi::OsStrExt as _;
+
+    use super::*;
+
+    /// A directory named with bytes that are not UTF-8 is found by walking, stays "existing"
+    /// under its exact name, and gets a label no other name shares.
+    #[test]
+    fn non_utf8_names_are_kept_byte_for_byte() {
+        let root = std::env::temp_dir().join(format!("cgroup-names-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let odd = std::ffi::OsStr::from_bytes(b"app-\xff\xfe");
+        std::fs::create_dir_all(root.join("kubepods").join(odd)).unwrap();
+        std::fs::create_dir_all(root.join("kubepods").join("app-\u{fffd}\u{fffd}")).unwrap();
+        let hierarchy = CgroupFs::open(&root).unwrap();
+        let inode = |path: &Path| std::fs::metadata(root.join(path)).unwrap().ino();
+        let odd_path = Path::new("/kubepods").join(odd);
+        let lossy_path = Path::new("/kubepods/app-\u{fffd}\u{fffd}");
+        let id = inode(odd_path.strip_prefix("/").unwrap());
+        let found = hierarchy.lookup_by_walking(&[id]).unwrap();
+        assert_eq!(found[&id], Lookup::Path(odd_path.clone()));
+        assert!(hierarchy.still_exists(&odd_path, id));
+        assert!(!hierarchy.still_exists(lossy_path, id));
+        assert_eq!(label(&odd_path), "/kubepods/app-\\xff\\xfe");
+        assert_eq!(label(lossy_path), "/kubepods/app-\u{fffd}\u{fffd}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
