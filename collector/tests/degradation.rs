@@ -190,3 +190,87 @@ fn the_deployments_capabilities_attach_every_program() {
     }
     assert!(!daemon.log().contains("walking the hierarchy"));
 }
+
+/// Applies deploy/seccomp/ebpf-node-collector.json as a container runtime would (libseccomp,
+/// everything else fails with EPERM), then runs the rest of the command line.
+const APPLY_SECCOMP_PROFILE: &str = r#"
+import errno, json, os, sys, seccomp
+profile = json.load(open(sys.argv[1]))
+assert profile["defaultAction"] == "SCMP_ACT_ERRNO"
+rules = seccomp.SyscallFilter(defaction=seccomp.ERRNO(errno.EPERM))
+for group in profile["syscalls"]:
+    assert group["action"] == "SCMP_ACT_ALLOW"
+    for name in group["names"]:
+        try:
+            rules.add_rule(seccomp.ALLOW, name)
+        except (RuntimeError, ValueError):
+            pass  # not a system call of this architecture
+rules.load()
+os.execv(sys.argv[2], sys.argv[2:])
+"#;
+
+#[test]
+fn the_shipped_seccomp_profile_allows_what_the_daemon_does() {
+    require_root!();
+    let profile = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/seccomp/ebpf-node-collector.json");
+    let capabilities = common::deployment_capabilities(&[]);
+    let mut command = Command::new(common::tool("setpriv"));
+    command.args([
+        &format!("--inh-caps=-all,{capabilities}"),
+        &format!("--bounding-set=-all,{capabilities}"),
+        // Debian's python3-seccomp is for Debian's interpreter, whatever python3 is first on PATH.
+        "/usr/bin/python3",
+        "-c",
+        APPLY_SECCOMP_PROFILE,
+        profile.to_str().unwrap(),
+        BINARY,
+    ]);
+    let daemon = Daemon::spawn(command);
+    let scrape = daemon.scrape();
+    // Without the profile, a call it lacks would fail with EPERM somewhere below.
+    for hook in all_hooks() {
+        assert_eq!(
+            scrape.sum("ebpf_program_attached", &[("program", hook)]),
+            1.0,
+            "{hook}:\n{}",
+            daemon.log()
+        );
+    }
+    let failed: Vec<_> = scrape
+        .matching("node_scrape_collector_success", &[])
+        .filter(|sample| sample.value != 1.0)
+        .map(|sample| sample.labels["collector"].clone())
+        .collect();
+    let unconfined = Daemon::start(&[]).scrape();
+    let failed_unconfined: Vec<_> = unconfined
+        .matching("node_scrape_collector_success", &[])
+        .filter(|sample| sample.value != 1.0)
+        .map(|sample| sample.labels["collector"].clone())
+        .collect();
+    assert_eq!(
+        failed, failed_unconfined,
+        "collectors failing only under the profile"
+    );
+    // Per-item failures a collector reports without failing (a statfs refused...).
+    let families = |scrape: &Scrape| -> std::collections::BTreeSet<String> {
+        scrape.samples.iter().map(|s| s.name.clone()).collect()
+    };
+    let missing: Vec<_> = families(&unconfined)
+        .difference(&families(&scrape))
+        .cloned()
+        .collect();
+    assert!(missing.is_empty(), "missing under the profile: {missing:?}");
+    assert_eq!(
+        scrape.sum("node_filesystem_device_error", &[]),
+        unconfined.sum("node_filesystem_device_error", &[]),
+        "mounts failing only under the profile"
+    );
+    assert!(
+        !daemon.log().contains("Operation not permitted"),
+        "{}",
+        daemon.log()
+    );
+    let status = daemon.stop_with(libc::SIGTERM);
+    assert!(status.success(), "{status}");
+}

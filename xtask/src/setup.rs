@@ -15,6 +15,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus-node-exporter", // compatibility peer and benchmark baseline
     "bpftool",                  // inspecting loaded programs when a test fails
     "nftables",                 // dropping packets in the network tests (retransmits, drops)
+    "python3-seccomp",          // applying the shipped seccomp profile to the daemon in a test
 ];
 
 /// Validates the rendered Kubernetes manifests against the API schemas it ships (offline); its
