@@ -535,3 +535,117 @@ fn bad_cgroup_flags_stop_the_daemon_naming_the_flag() {
         assert!(log.contains(flag) && log.contains(says), "{flag}:\n{log}");
     }
 }
+
+/// A chain of cgroups `levels` deep under `parent`, each named `name`: its path is longer than
+/// PATH_MAX, so it is made (and removed) through directory descriptors, never by path.
+struct DeepCgroup {
+    /// The descriptors of every level, the deepest last.
+    levels: Vec<std::os::fd::OwnedFd>,
+    parent: std::fs::File,
+    name: std::ffi::CString,
+}
+
+impl DeepCgroup {
+    fn create(parent: &Path, name: &str, levels: usize) -> Self {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let parent_dir = std::fs::File::open(parent).unwrap();
+        let name = std::ffi::CString::new(name).unwrap();
+        let mut chain: Vec<std::os::fd::OwnedFd> = Vec::new();
+        for _ in 0..levels {
+            let at = chain
+                .last()
+                .map_or(parent_dir.as_raw_fd(), |fd| fd.as_raw_fd());
+            // SAFETY: a valid directory descriptor and NUL-terminated name; the descriptor
+            // openat returns is owned from here on.
+            let fd = unsafe {
+                assert_eq!(libc::mkdirat(at, name.as_ptr(), 0o755), 0, "mkdirat");
+                libc::openat(at, name.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY)
+            };
+            assert!(fd >= 0, "openat: {}", std::io::Error::last_os_error());
+            // SAFETY: just returned to us.
+            chain.push(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+        }
+        Self {
+            levels: chain,
+            parent: parent_dir,
+            name,
+        }
+    }
+
+    /// Runs a second of busy work in the deepest cgroup.
+    fn run_in_deepest(&self) {
+        use std::os::{fd::AsRawFd, unix::process::CommandExt};
+        let deepest = self.levels.last().unwrap().as_raw_fd();
+        let mut command = Command::new("sh");
+        command.args([
+            "-c",
+            "echo $$ > cgroup.procs && timeout 1 sh -c 'while :; do :; done'; true",
+        ]);
+        // SAFETY: fchdir is async-signal-safe.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::fchdir(deepest) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        assert!(command.status().unwrap().success());
+    }
+}
+
+impl Drop for DeepCgroup {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // Deepest first; each level is removed from the one above it.
+        while let Some(level) = self.levels.pop() {
+            drop(level);
+            let at = self
+                .levels
+                .last()
+                .map_or(self.parent.as_raw_fd(), |fd| fd.as_raw_fd());
+            // SAFETY: a valid directory descriptor and NUL-terminated name.
+            unsafe { libc::unlinkat(at, self.name.as_ptr(), libc::AT_REMOVEDIR) };
+        }
+    }
+}
+
+#[test]
+fn a_cgroup_deeper_than_path_max_is_skipped_alone() {
+    require_root!();
+    let root = require_cgroup2!();
+    let daemon = Daemon::start(&["--collector.disable-defaults", "--collector.ebpf.cgroup"]);
+    daemon.scrape();
+    let pod = PodCgroup::create(&root, 0x07);
+    pod.run("timeout 0.2 sh -c 'while :; do :; done' || true");
+    // 20 levels of 250 characters: 5000 bytes of path.
+    let deep = DeepCgroup::create(&root, &"d".repeat(250), 20);
+    deep.run_in_deepest();
+    let scrape = daemon.scrape();
+    let labels = [
+        ("pod_uid", pod.uid.as_str()),
+        ("container_id", pod.container_id.as_str()),
+    ];
+    assert!(
+        scrape.value("ebpf_cgroup_cpu_seconds_total", &labels) > 0.1,
+        "the other cgroups are still served"
+    );
+    assert!(
+        scrape.value("ebpf_cgroups_dropped_total", &[("reason", "unresolvable")]) >= 1.0,
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(
+        scrape.value(
+            "node_scrape_collector_success",
+            &[("collector", "ebpf.cgroup")]
+        ),
+        1.0
+    );
+    assert_eq!(daemon.log().matches("its path cannot be read").count(), 1);
+    // Charged again: not logged again.
+    deep.run_in_deepest();
+    daemon.scrape();
+    assert_eq!(daemon.log().matches("its path cannot be read").count(), 1);
+}
