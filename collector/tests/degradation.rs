@@ -26,27 +26,48 @@ fn ebpf_collectors() -> Vec<&'static CollectorSpec> {
         .collect()
 }
 
-fn nothing_attached_but_serving(scrape: &Scrape) {
+/// Asserts every hook is attached as `hook_type` (`none`: value 0) and every eBPF collector at
+/// `success`.
+fn assert_every_hook(scrape: &Scrape, hook_type: &str, success: f64) {
+    let attached = if hook_type == "none" { 0.0 } else { 1.0 };
     let hooks = all_hooks();
     assert!(hooks.len() >= 16, "{hooks:?}");
     for hook in hooks {
         assert_eq!(
             scrape.value(
                 "ebpf_program_attached",
-                &[("program", hook), ("hook_type", "none")]
+                &[("program", hook), ("hook_type", hook_type)]
             ),
-            0.0,
+            attached,
             "{hook}"
         );
     }
     for spec in ebpf_collectors() {
         assert_eq!(
             scrape.value("node_scrape_collector_success", &[("collector", spec.name)]),
-            0.0,
+            success,
             "{}",
             spec.name
         );
     }
+}
+
+/// setpriv running `program` as root whose bounding set is exactly the capabilities overlay's
+/// (setpriv cannot keep capabilities across a change of user), so every check the daemon meets
+/// is made against it.
+fn with_deployment_capabilities(program: &str) -> Command {
+    let capabilities = common::deployment_capabilities(&[]);
+    let mut command = Command::new(common::tool("setpriv"));
+    command.args([
+        &format!("--inh-caps=-all,{capabilities}"),
+        &format!("--bounding-set=-all,{capabilities}"),
+        program,
+    ]);
+    command
+}
+
+fn nothing_attached_but_serving(scrape: &Scrape) {
+    assert_every_hook(scrape, "none", 0.0);
     assert!(!scrape.has("ebpf_runqueue_latency_seconds_count"));
     assert!(scrape.has("process_resident_memory_bytes"));
     assert!(scrape.has("ebpf_build_info"));
@@ -125,25 +146,7 @@ fn one_refused_hook_type_falls_back_to_the_next() {
     // Classic tracepoints first, but tracefs is hidden: every hook is refused as a tracepoint and
     // must land on the next type allowed, raw_tp.
     let daemon = without_tracefs("--ebpf.hook-types=tracepoint,raw_tp");
-    let scrape = daemon.scrape();
-    for hook in all_hooks() {
-        assert_eq!(
-            scrape.value(
-                "ebpf_program_attached",
-                &[("program", hook), ("hook_type", "raw_tp")]
-            ),
-            1.0,
-            "{hook}"
-        );
-    }
-    for spec in ebpf_collectors() {
-        assert_eq!(
-            scrape.value("node_scrape_collector_success", &[("collector", spec.name)]),
-            1.0,
-            "{}",
-            spec.name
-        );
-    }
+    assert_every_hook(&daemon.scrape(), "raw_tp", 1.0);
 }
 
 #[test]
@@ -153,41 +156,14 @@ fn the_deployments_capabilities_attach_every_program() {
         eprintln!("skipped: this kernel has no BTF, so no tp_btf hooks to check");
         return;
     }
-    // Root whose bounding set is exactly the capabilities overlay's (setpriv cannot keep
-    // capabilities across a change of user), so every check the daemon meets is made against it.
-    let capabilities = common::deployment_capabilities(&[]);
-    let mut command = Command::new(common::tool("setpriv"));
-    command.args([
-        &format!("--inh-caps=-all,{capabilities}"),
-        &format!("--bounding-set=-all,{capabilities}"),
-        BINARY,
-    ]);
-    let daemon = Daemon::spawn(command);
+    let daemon = Daemon::spawn(with_deployment_capabilities(BINARY));
     let scrape = daemon.scrape();
-    for hook in all_hooks() {
-        assert_eq!(
-            scrape.value(
-                "ebpf_program_attached",
-                &[("program", hook), ("hook_type", "tp_btf")]
-            ),
-            1.0,
-            "{hook} with {capabilities}:\n{}",
-            daemon.log()
-        );
-    }
+    assert_every_hook(&scrape, "tp_btf", 1.0);
     common::assert_attached(
         &scrape,
         &["cgroup_skb_ingress", "cgroup_skb_egress"],
         "cgroup_skb",
     );
-    for spec in ebpf_collectors() {
-        assert_eq!(
-            scrape.value("node_scrape_collector_success", &[("collector", spec.name)]),
-            1.0,
-            "{}",
-            spec.name
-        );
-    }
     assert!(!daemon.log().contains("walking the hierarchy"));
 }
 
@@ -214,13 +190,9 @@ fn the_shipped_seccomp_profile_allows_what_the_daemon_does() {
     require_root!();
     let profile = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../deploy/seccomp/ebpf-node-collector.json");
-    let capabilities = common::deployment_capabilities(&[]);
-    let mut command = Command::new(common::tool("setpriv"));
+    // Debian's python3-seccomp is for Debian's interpreter, whatever python3 is first on PATH.
+    let mut command = with_deployment_capabilities("/usr/bin/python3");
     command.args([
-        &format!("--inh-caps=-all,{capabilities}"),
-        &format!("--bounding-set=-all,{capabilities}"),
-        // Debian's python3-seccomp is for Debian's interpreter, whatever python3 is first on PATH.
-        "/usr/bin/python3",
         "-c",
         APPLY_SECCOMP_PROFILE,
         profile.to_str().unwrap(),
