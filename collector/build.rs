@@ -61,7 +61,8 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-/// `COLLECTOR_GIT_REVISION` and `COLLECTOR_RUSTC_VERSION` for the build-info metric.
+/// `COLLECTOR_GIT_REVISION`, `COLLECTOR_GIT_BRANCH` and `COLLECTOR_RUSTC_VERSION` for the
+/// build-info metrics.
 fn emit_build_info(workspace: &std::path::Path) {
     let output = |program: &str, args: &[&str]| {
         Command::new(program)
@@ -78,7 +79,11 @@ fn emit_build_info(workspace: &std::path::Path) {
     let rustc_version = output(&rustc, &["--version"])
         .and_then(|v| v.split_whitespace().nth(1).map(str::to_owned))
         .unwrap_or_else(|| "unknown".into());
+    // "HEAD" when detached, as Go builds of node_exporter say.
+    let branch =
+        output("git", &["rev-parse", "--abbrev-ref", "HEAD"]).unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=COLLECTOR_GIT_REVISION={revision}");
+    println!("cargo:rustc-env=COLLECTOR_GIT_BRANCH={branch}");
     println!("cargo:rustc-env=COLLECTOR_RUSTC_VERSION={rustc_version}");
     for git_file in [".git/HEAD", ".git/refs/heads"] {
         let path = workspace.join(git_file);

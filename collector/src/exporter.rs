@@ -48,6 +48,24 @@ impl ExporterMetrics {
             .iter()
             .filter_map(from_prometheus)
             .collect();
+        // The prometheus crate divides clock ticks by the tick rate in integers, so its
+        // process_cpu_seconds_total moved in whole seconds and "exporter CPU" panels read 0;
+        // client_golang keeps the fraction.
+        if let Some(seconds) = own_cpu_seconds()
+            && let Some(cpu) = families
+                .iter_mut()
+                .find(|f| f.name == "process_cpu_seconds_total")
+        {
+            cpu.metrics.clear();
+            cpu.push(std::iter::empty::<(&str, &str)>(), seconds);
+        }
+        families.push(
+            MetricFamily::gauge(
+                "process_virtual_memory_max_bytes",
+                "Maximum amount of virtual memory available in bytes.",
+            )
+            .with_value(address_space_limit()),
+        );
         families.push(
             MetricFamily::gauge(
                 "promhttp_metric_handler_requests_in_flight",
@@ -82,6 +100,32 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// User and system CPU time of this process, from /proc/self/stat, to the clock tick.
+fn own_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // After the command name (which may hold spaces), state is the first field: utime and
+    // stime are the 12th and 13th from there (fields 14 and 15 of proc(5)).
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf takes a plain integer.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_second > 0).then(|| ticks as f64 / per_second as f64)
+}
+
+/// The soft limit on this process's address space (RLIMIT_AS), as client_golang reports it:
+/// unlimited is 2^64 - 1.
+fn address_space_limit() -> f64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes a valid struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } != 0 {
+        return f64::NAN;
+    }
+    limit.rlim_cur as f64
+}
+
 /// `ebpf_build_info`: always exported, like node_exporter's `node_exporter_build_info`.
 pub fn build_info() -> MetricFamily {
     MetricFamily::gauge(
@@ -94,6 +138,36 @@ pub fn build_info() -> MetricFamily {
             ("revision", env!("COLLECTOR_GIT_REVISION")),
             ("rustversion", env!("COLLECTOR_RUSTC_VERSION")),
             ("arch", std::env::consts::ARCH),
+        ],
+        1.0,
+    )
+}
+
+/// `node_exporter_build_info`, as node_exporter (prometheus/common's version collector) labels
+/// it, with this collector's build: dashboards and alerts find their targets by it (kube-
+/// prometheus' "USE Method / Node" takes its instance variable from it). `goversion` is the Rust
+/// compiler's version and `goarch` the architecture in Go's spelling, as the label values are
+/// matched.
+pub fn node_exporter_build_info() -> MetricFamily {
+    let goarch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        other => other,
+    };
+    MetricFamily::gauge(
+        "node_exporter_build_info",
+        "A metric with a constant '1' value labeled by version, revision, branch, goversion from which node_exporter was built, and the goos and goarch for the build.",
+    )
+    .with(
+        [
+            ("branch", env!("COLLECTOR_GIT_BRANCH")),
+            ("goarch", goarch),
+            ("goos", std::env::consts::OS),
+            ("goversion", concat!("rust", env!("COLLECTOR_RUSTC_VERSION"))),
+            ("revision", env!("COLLECTOR_GIT_REVISION")),
+            ("tags", "ebpf"),
+            ("version", env!("CARGO_PKG_VERSION")),
         ],
         1.0,
     )
@@ -135,6 +209,7 @@ mod tests {
         let names: Vec<_> = families.iter().map(|f| f.name.as_str()).collect();
         for expected in [
             "process_cpu_seconds_total",
+            "process_virtual_memory_max_bytes",
             "process_max_fds",
             "process_open_fds",
             "process_resident_memory_bytes",
@@ -165,5 +240,35 @@ mod tests {
             text.contains("# TYPE process_cpu_seconds_total counter\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn own_cpu_time_has_sub_second_resolution() {
+        let before = own_cpu_seconds().unwrap();
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < std::time::Duration::from_millis(300) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let spent = own_cpu_seconds().unwrap() - before;
+        assert!((0.1..1.0).contains(&spent), "{spent} s for 0.3 s of work");
+        assert!(address_space_limit() > 0.0);
+    }
+
+    #[test]
+    fn node_exporters_build_info_labels() {
+        let text = crate::exposition::encode(&[node_exporter_build_info()]);
+        for label in [
+            "branch=",
+            "goarch=",
+            "goos=\"linux\"",
+            "goversion=\"rust",
+            "revision=",
+            "tags=",
+            "version=\"",
+        ] {
+            assert!(text.contains(label), "{label}: {text}");
+        }
     }
 }

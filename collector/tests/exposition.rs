@@ -98,6 +98,8 @@ fn every_family_has_help_and_type_and_is_sorted() {
     }
     for expected in [
         "ebpf_build_info",
+        "node_exporter_build_info",
+        "process_virtual_memory_max_bytes",
         "ebpf_context_switches_total",
         "ebpf_hardirq_seconds_total",
         "ebpf_program_attached",

@@ -111,7 +111,7 @@ impl Golden {
         for line in exposition.lines() {
             let name = line.split(['{', ' ']).next().unwrap_or_default();
             // The build's own revision changes with every commit.
-            if line.contains("ebpf_build_info") {
+            if line.contains("ebpf_build_info") || line.contains("node_exporter_build_info") {
                 continue;
             }
             let masked = !line.starts_with('#')

@@ -93,7 +93,7 @@ async fn metrics_handler(State(state): State<Arc<AppState>>, headers: HeaderMap)
     };
     let in_flight = state.exporter.in_flight();
     let timeout = scrape_timeout(&headers);
-    let mut own = vec![exporter::build_info()];
+    let mut own = vec![exporter::build_info(), exporter::node_exporter_build_info()];
     if state.exporter_metrics_enabled {
         own.extend(state.exporter.families());
     }
