@@ -160,7 +160,8 @@ impl Collector for CpufreqCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
         let mut cpus = read::cpu_dirs(&self.sys_cpu);
         let offline_path = self.sys_cpu.join("offline");
-        let offline = read::to_string(&offline_path)?;
+        // Absent on some kernels and in containers' sysfs views: no CPU is offline then.
+        let offline = read::optional(&offline_path)?.unwrap_or_default();
         if !offline.trim().is_empty() {
             let offline = read::parse_cpu_range(&offline)
                 .with_context(|| offline_path.display().to_string())?;
@@ -280,6 +281,29 @@ mod tests {
         assert_eq!(cpu.governor, "powersave");
         assert_eq!(cpu.available_governors, "performance powersave");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn no_offline_file_means_no_cpu_offline() {
+        let sys_cpu = temp_dir("no-offline");
+        write(&sys_cpu.join("cpu0/cpufreq"), STRINGS);
+        write(
+            &sys_cpu.join("cpu0/cpufreq"),
+            &[("scaling_cur_freq", "1200000\n")],
+        );
+        assert!(!sys_cpu.join("offline").exists());
+        let collector = CpufreqCollector {
+            sys_cpu: sys_cpu.clone(),
+        };
+        let mut out = Vec::new();
+        collector.update(&mut out).unwrap();
+        assert!(
+            out.iter()
+                .any(|f| f.name == "node_cpu_scaling_frequency_hertz" && !f.metrics.is_empty()),
+            "{:?}",
+            out.iter().map(|f| &f.name).collect::<Vec<_>>()
+        );
+        std::fs::remove_dir_all(&sys_cpu).unwrap();
     }
 
     #[test]
