@@ -13,7 +13,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -137,6 +137,8 @@ struct Connection {
     last_active_ms: AtomicU64,
     /// Told to close: another connection needs its place.
     evict: Notify,
+    /// Already told, so not chosen again.
+    evicted: AtomicBool,
 }
 
 impl OpenConnections {
@@ -158,10 +160,12 @@ impl OpenConnections {
         let connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         let idlest = connections
             .values()
-            .filter(|c| c.busy.load(Ordering::Acquire) == 0)
+            .filter(|c| c.busy.load(Ordering::Acquire) == 0 && !c.evicted.load(Ordering::Acquire))
             .min_by_key(|c| c.last_active_ms.load(Ordering::Acquire));
         match idlest {
             Some(connection) => {
+                connection.evicted.store(true, Ordering::Release);
+                // Stored if its task is not waiting right now: it closes at its next poll.
                 connection.evict.notify_one();
                 true
             }
@@ -193,16 +197,19 @@ async fn accept_loop(
             Some(permit) => permit,
             None => {
                 let evicted = open.evict_idlest();
+                // The evicted connection's place, or one a connection closing meanwhile frees.
                 let wait = open.wait_for_permit(Duration::from_millis(200));
-                match (evicted, wait.await) {
-                    (true, Some(permit)) => {
-                        tracing::warn!(
-                            max_connections = limits.max_connections,
-                            "connection limit reached (--web.max-connections): closed the connection idle longest"
-                        );
+                match wait.await {
+                    Some(permit) => {
+                        if evicted {
+                            tracing::warn!(
+                                max_connections = limits.max_connections,
+                                "connection limit reached (--web.max-connections): closed the connection idle longest"
+                            );
+                        }
                         permit
                     }
-                    _ => {
+                    None => {
                         tracing::warn!(
                             max_connections = limits.max_connections,
                             "connection limit reached (--web.max-connections) and every connection busy: closing a new connection"
@@ -216,6 +223,7 @@ async fn accept_loop(
             busy: AtomicUsize::new(0),
             last_active_ms: AtomicU64::new(open.now_ms()),
             evict: Notify::new(),
+            evicted: AtomicBool::new(false),
         });
         let id = open.next_id.fetch_add(1, Ordering::Relaxed);
         open.connections
