@@ -1,14 +1,19 @@
-//! Whole-map reads, many entries per `BPF_MAP_LOOKUP_BATCH` call (Linux 5.6+; we need 5.8).
+//! Whole-map reads, many entries per `BPF_MAP_LOOKUP_BATCH` call.
 //!
 //! aya 0.14 reads a map one key per syscall, and a walk adds a `GET_NEXT_KEY` per key: the
 //! drop-reason array alone cost ~130 syscalls a scrape, and the cgroup map two per cgroup. A
 //! batch walks hash maps bucket by bucket, so an entry deleted under it (LRU eviction) does not
 //! restart the walk either.
+//!
+//! Batches came to hash maps in 5.6 but to arrays, per-CPU ones included, only later: on 5.10
+//! (Amazon Linux 2) a batch of a per-CPU array fails with ENOTSUPP. A map whose first batch is
+//! refused is read key by key (`GET_NEXT_KEY` and `LOOKUP_ELEM`) from then on.
 use std::{
     io,
     marker::PhantomData,
     mem::size_of,
     os::fd::{AsFd as _, AsRawFd as _, RawFd},
+    sync::atomic::{AtomicBool, Ordering},
 };
 
 use aya::{
@@ -22,7 +27,24 @@ const MAX_CHUNK: usize = 256;
 /// Value bytes fetched per call, at most: per-CPU histograms are ~1 KiB per CPU.
 const MAX_CHUNK_BYTES: usize = 64 << 10;
 
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// The kernel's ENOTSUPP, which reaches user space from the BPF syscall unchanged.
+const ENOTSUPP: i32 = 524;
+
+/// The element members of `union bpf_attr`, for `LOOKUP_ELEM` (`value`) and `GET_NEXT_KEY`
+/// (`next_key`).
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value_or_next_key: u64,
+    flags: u64,
+}
 
 /// The `batch` member of `union bpf_attr` (include/uapi/linux/bpf.h).
 #[repr(C)]
@@ -49,6 +71,8 @@ pub struct BatchReader<K, V> {
     cursor_size: usize,
     /// Entries asked for per call.
     chunk: usize,
+    /// False once the kernel refused a batch of this map: read key by key.
+    batches: AtomicBool,
     _types: PhantomData<(K, V)>,
 }
 
@@ -96,6 +120,7 @@ impl<K: Pod, V: Pod> BatchReader<K, V> {
             values_per_key,
             cursor_size: key_size.max(size_of::<u32>()),
             chunk: (MAX_CHUNK_BYTES / (value_stride * values_per_key)).clamp(1, MAX_CHUNK),
+            batches: AtomicBool::new(true),
             _types: PhantomData,
         })
     }
@@ -109,6 +134,9 @@ impl<K: Pod, V: Pod> BatchReader<K, V> {
                 io::ErrorKind::InvalidInput,
                 "batch reader used with another map than its own",
             ));
+        }
+        if !self.batches.load(Ordering::Relaxed) {
+            return self.read_key_by_key(map_fd);
         }
         let mut entries = Entries {
             keys: Vec::new(),
@@ -151,6 +179,11 @@ impl<K: Pod, V: Pod> BatchReader<K, V> {
                     continue;
                 }
                 None | Some(libc::ENOENT) => {}
+                // No batches for this map type (or at all) on this kernel.
+                Some(ENOTSUPP | libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS) if first => {
+                    self.batches.store(false, Ordering::Relaxed);
+                    return self.read_key_by_key(map_fd);
+                }
                 Some(_) => return Err(error.expect("an errno comes from an error")),
             }
             let filled = attr.count as usize;
@@ -171,6 +204,72 @@ impl<K: Pod, V: Pod> BatchReader<K, V> {
             std::mem::swap(&mut cursor, &mut next_cursor);
             first = false;
         }
+    }
+}
+
+impl<K: Pod, V: Pod> BatchReader<K, V> {
+    /// Every entry, one `GET_NEXT_KEY` and one `LOOKUP_ELEM` each.
+    fn read_key_by_key(&self, map_fd: RawFd) -> io::Result<Entries<K, V>> {
+        let mut entries = Entries {
+            keys: Vec::new(),
+            values: Vec::new(),
+            values_per_key: self.values_per_key,
+        };
+        let mut key = vec![0u8; size_of::<K>()];
+        let mut next_key = vec![0u8; size_of::<K>()];
+        let mut value = vec![0u8; self.values_per_key * self.value_stride];
+        let mut first = true;
+        loop {
+            let mut attr = ElemAttr {
+                map_fd: map_fd as u32,
+                key: if first { 0 } else { key.as_ptr() as u64 },
+                value_or_next_key: next_key.as_mut_ptr() as u64,
+                ..ElemAttr::default()
+            };
+            match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(entries),
+                Err(e) => return Err(e),
+                Ok(()) => {}
+            }
+            let mut attr = ElemAttr {
+                map_fd: map_fd as u32,
+                key: next_key.as_ptr() as u64,
+                value_or_next_key: value.as_mut_ptr() as u64,
+                ..ElemAttr::default()
+            };
+            match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+                // Deleted between the two calls (an LRU eviction): skipped.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e),
+                Ok(()) => {
+                    entries.keys.push(decode::<K>(&next_key));
+                    entries
+                        .values
+                        .extend(value.chunks_exact(self.value_stride).map(decode::<V>));
+                }
+            }
+            std::mem::swap(&mut key, &mut next_key);
+            first = false;
+        }
+    }
+}
+
+/// One element command of the bpf syscall.
+fn bpf(command: libc::c_long, attr: &mut ElemAttr) -> io::Result<()> {
+    // SAFETY: `attr` is the element member of `union bpf_attr`; the pointers in it are to
+    // buffers of the map's key and value sizes (all CPUs' copies for a per-CPU map).
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command,
+            attr as *mut ElemAttr,
+            size_of::<ElemAttr>(),
+        )
+    };
+    if result < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
 
@@ -251,7 +350,9 @@ mod tests {
         // until the chunk has grown to fit it.
         let mut one_at_a_time = BatchReader::<u64, u64>::new(&map).unwrap();
         one_at_a_time.chunk = 1;
-        for reader in [reader, one_at_a_time] {
+        let key_by_key = BatchReader::<u64, u64>::new(&map).unwrap();
+        key_by_key.batches.store(false, Ordering::Relaxed);
+        for reader in [reader, one_at_a_time, key_by_key] {
             let mut seen: Vec<(u64, u64)> = reader
                 .read(&map)
                 .unwrap()
@@ -309,15 +410,17 @@ mod tests {
             }
             update(&map, &key, &padded[0]);
         }
-        let entries = BatchReader::<u32, u32>::new(&map)
-            .unwrap()
-            .read(&map)
-            .unwrap();
-        let read: Vec<(u32, Vec<u32>)> = entries.iter().map(|(k, v)| (k, v.to_vec())).collect();
-        assert_eq!(read.len(), 300);
-        for (key, values) in read {
-            let expected: Vec<u32> = (0..cpus as u32).map(|cpu| key * 100 + cpu).collect();
-            assert_eq!(values, expected, "key {key}");
+        // In batches, and key by key as on kernels that refuse batches of arrays (5.10).
+        let key_by_key = BatchReader::<u32, u32>::new(&map).unwrap();
+        key_by_key.batches.store(false, Ordering::Relaxed);
+        for reader in [BatchReader::<u32, u32>::new(&map).unwrap(), key_by_key] {
+            let entries = reader.read(&map).unwrap();
+            let read: Vec<(u32, Vec<u32>)> = entries.iter().map(|(k, v)| (k, v.to_vec())).collect();
+            assert_eq!(read.len(), 300);
+            for (key, values) in read {
+                let expected: Vec<u32> = (0..cpus as u32).map(|cpu| key * 100 + cpu).collect();
+                assert_eq!(values, expected, "key {key}");
+            }
         }
     }
 
@@ -330,5 +433,9 @@ mod tests {
         assert_eq!(std::mem::offset_of!(BatchAttr, map_fd), 36);
         assert_eq!(std::mem::offset_of!(BatchAttr, flags), 48);
         assert_eq!(size_of::<BatchAttr>(), 56);
+        // And in its element member (map_fd, key, value / next_key, flags).
+        assert_eq!(std::mem::offset_of!(ElemAttr, key), 8);
+        assert_eq!(std::mem::offset_of!(ElemAttr, value_or_next_key), 16);
+        assert_eq!(std::mem::offset_of!(ElemAttr, flags), 24);
     }
 }
