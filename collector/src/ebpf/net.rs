@@ -3,14 +3,12 @@ use std::{collections::HashMap, sync::Arc};
 
 use anyhow::Context as _;
 use aya::maps::{IterableMap as _, MapData, PerCpuArray};
-use collector_common::CpuNetCounters;
+use collector_common::{CpuNetCounters, layout::UNKNOWN_OFFSET};
 
 use super::reader::{EbpfCollector, MapReader};
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec, KernelPart},
-    ebpf::runtime::{
-        EbpfRuntime, Hook, HookType, batch::BatchReader, layout, needs_nothing, tracepoint_fields,
-    },
+    ebpf::runtime::{EbpfRuntime, Hook, HookType, batch::BatchReader, layout, needs_nothing},
     hook,
     metrics::MetricFamily,
 };
@@ -22,7 +20,9 @@ pub static TCP_SEND_RESET: Hook = hook!("tcp" / "tcp_send_reset", requires: need
 pub static TCP_RECEIVE_RESET: Hook = hook!("tcp" / "tcp_receive_reset", requires: needs_nothing);
 pub static KFREE_SKB: Hook = hook!("skb" / "kfree_skb",
     requires: |layout, hook_type| match hook_type {
-        HookType::Tracepoint => tracepoint_fields(&[layout.tp_kfree_skb_reason]),
+        // Not the generic tracefs message: the field is missing from the event before 5.17.
+        HookType::Tracepoint => (layout.tp_kfree_skb_reason == UNKNOWN_OFFSET)
+            .then_some("kfree_skb has no reason field (before 5.17), or its tracefs format is not readable"),
         _ => (layout.kfree_skb_has_reason == 0)
             .then_some("kfree_skb has no drop reason argument (before 5.17) or no BTF"),
     },
@@ -126,7 +126,10 @@ impl MapReader for NetMaps {
         }
         if attached(&TCP_SEND_RESET) {
             out.push(
-                MetricFamily::counter("ebpf_tcp_resets_sent_total", "TCP resets (RST) sent.")
+                MetricFamily::counter(
+                    "ebpf_tcp_resets_sent_total",
+                    "TCP resets (RST) sent (before kernel 6.10, only those sent from a socket: not the resets answering connections to closed ports).",
+                )
                     .with(no_labels(), total.resets_sent as f64),
             );
         }
@@ -162,5 +165,29 @@ impl MapReader for NetMaps {
             out.push(drops);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use collector_common::KernelLayout;
+
+    use super::*;
+
+    #[test]
+    fn a_kfree_skb_without_a_reason_field_says_so() {
+        let layout = KernelLayout::UNKNOWN;
+        let refusal = (KFREE_SKB.requires)(&layout, HookType::Tracepoint).unwrap();
+        assert!(
+            refusal.contains("no reason field (before 5.17)"),
+            "{refusal}"
+        );
+        for hook in &HOOKS[..4] {
+            assert_eq!(
+                (hook.requires)(&layout, HookType::Tracepoint),
+                None,
+                "{hook:?}"
+            );
+        }
     }
 }
