@@ -10,7 +10,7 @@ use crate::{
     collector::{BuildContext, CollectorSpec},
     ebpf::runtime::{ConfigureContext, EbpfRuntime, Hook, ObjectSettings, layout},
     exporter::ExporterMetrics,
-    logging, registry,
+    logging, memory, registry,
     scrape::Scraper,
     server::{self, AppState},
 };
@@ -279,10 +279,7 @@ fn no_error_backtraces() {
 /// size reflects steady state; the code a scrape needs is read back in (from the page cache, or
 /// from disk if it was dropped there too) on the first scrapes.
 fn release_startup_memory() {
-    // SAFETY: malloc_trim has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    memory::trim_heap();
     if let Err(e) = page_out_own_image() {
         tracing::debug!(err = %e, "cannot page out start-up code");
     }

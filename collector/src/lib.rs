@@ -13,6 +13,7 @@ pub mod exporter;
 pub mod exposition;
 pub mod flags;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod node;
 mod pool;

@@ -251,15 +251,6 @@ fn process_file(path: &str, max_bytes: u64) -> Result<(Vec<ParsedFamily>, f64, u
 /// the process that much larger until exit.
 const TRIM_AFTER_BYTES: usize = 1 << 20;
 
-/// Gives the heap's free memory back to the kernel (glibc; musl returns it by itself).
-fn trim_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 impl Collector for TextfileCollector {
     /// Its families come from other programs' files.
     fn is_external(&self) -> bool {
@@ -399,7 +390,7 @@ impl Collector for TextfileCollector {
             .last_bytes_read
             .swap(bytes_read, std::sync::atomic::Ordering::Relaxed);
         if bytes_read.max(previous) > TRIM_AFTER_BYTES {
-            trim_heap();
+            crate::memory::trim_heap();
         }
         Ok(())
     }
