@@ -206,15 +206,16 @@ fn hostile_textfiles_cost_only_themselves_and_memory_comes_back() {
     let fifo = std::ffi::CString::new(dir.0.join("fifo.prom").to_str().unwrap()).unwrap();
     // SAFETY: a valid, NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
-    // A million series: refused by the default cap.
-    std::fs::write(dir.0.join("huge.prom"), textfile_of(1_000_000)).unwrap();
     let directory = format!("--collector.textfile.directory={}", dir.0.display());
     let daemon = Daemon::start(&[
         "--collector.disable-defaults",
         "--collector.textfile",
         &directory,
     ]);
+    daemon.scrape(); // the code a scrape runs is paged in
     let baseline = rss_mib(daemon.pid());
+    // A million series: refused by the default cap.
+    std::fs::write(dir.0.join("huge.prom"), textfile_of(1_000_000)).unwrap();
     let scrape = daemon.scrape();
     assert_eq!(scrape.value("good_metric", &[]), 1.0);
     assert_eq!(scrape.value("node_textfile_scrape_error", &[]), 1.0);
@@ -239,7 +240,10 @@ fn hostile_textfiles_cost_only_themselves_and_memory_comes_back() {
         &directory,
         "--collector.textfile.max-file-bytes=67108864",
     ]);
+    std::fs::rename(dir.0.join("large.prom"), dir.0.join("large.later")).unwrap();
+    daemon.scrape(); // the code a scrape runs is paged in
     let baseline = rss_mib(daemon.pid());
+    std::fs::rename(dir.0.join("large.later"), dir.0.join("large.prom")).unwrap();
     let scrape = daemon.scrape();
     assert_eq!(scrape.matching("big_metric", &[]).count(), 100_000);
     let peak = rss_mib(daemon.pid());

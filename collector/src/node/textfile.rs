@@ -209,14 +209,21 @@ fn read_regular_file(path: &str, max_bytes: u64) -> Result<(Vec<u8>, std::fs::Me
             metadata.file_type()
         ));
     }
+    let too_large = || {
+        format!(
+            "textfile {path:?} is larger than --{MAX_FILE_BYTES}={max_bytes} bytes, skipping it"
+        )
+    };
+    // Refused before reading when its size says so; the bounded read covers a file that grows.
+    if metadata.len() > max_bytes {
+        return Err(too_large());
+    }
     let mut text = Vec::new();
     file.take(max_bytes + 1)
         .read_to_end(&mut text)
         .map_err(|e| format!("failed to read textfile data file {path:?}: {e}"))?;
     if text.len() as u64 > max_bytes {
-        return Err(format!(
-            "textfile {path:?} is larger than --{MAX_FILE_BYTES}={max_bytes} bytes, skipping it"
-        ));
+        return Err(too_large());
     }
     Ok((text, metadata))
 }
