@@ -128,6 +128,20 @@ fn every_family_has_help_and_type_and_is_sorted() {
         scrape.value("ebpf_build_info", &[("version", env!("CARGO_PKG_VERSION"))]),
         1.0
     );
+    // Every attached program's recursion misses, from its fdinfo (this kernel has them).
+    let attached: Vec<&str> = scrape
+        .matching("ebpf_program_attached", &[])
+        .filter(|sample| sample.value == 1.0)
+        .map(|sample| sample.labels["program"].as_str())
+        .collect();
+    assert!(attached.len() >= 16, "{attached:?}");
+    for program in attached {
+        let misses = scrape.value(
+            "ebpf_program_recursion_misses_total",
+            &[("program", program)],
+        );
+        assert!(misses >= 0.0, "{program}: {misses}");
+    }
 }
 
 #[test]

@@ -56,6 +56,8 @@ pub struct EbpfRuntime {
     stats_fd: Option<OwnedFd>,
     /// When the sysctl was last read and what it said: every eBPF collector asks each scrape.
     stats_sysctl: Mutex<Option<(Instant, bool)>>,
+    /// Each program's recursion misses, and when they were read.
+    recursion_misses: Mutex<HashMap<&'static str, (Instant, Option<u64>)>>,
     /// This kernel's drop reasons, found with the layout: the per-reason array was sized by them.
     drop_reasons: Option<layout::DropReasons>,
     /// What the programs were told of the kernel's layout.
@@ -160,6 +162,7 @@ impl EbpfRuntime {
             attached,
             stats_fd,
             stats_sysctl: Mutex::new(None),
+            recursion_misses: Mutex::default(),
             drop_reasons,
             kernel_layout,
             empty_programs: options.empty_programs,
@@ -264,6 +267,35 @@ impl EbpfRuntime {
                 enabled
             }
         }
+    }
+
+    /// Times the kernel skipped the loaded program `name` because a BPF program was already
+    /// running on that CPU (a classic tracepoint hit from inside another program, say), from its
+    /// fdinfo; `None` before 5.12, whose kernels do not count them. Read at most once a second.
+    pub fn recursion_misses(&self, name: &'static str) -> Option<u64> {
+        let mut cache = self.recursion_misses.lock().expect("misses lock poisoned");
+        if let Some((read_at, misses)) = cache.get(name)
+            && read_at.elapsed() < Duration::from_secs(1)
+        {
+            return *misses;
+        }
+        let misses = {
+            use std::os::fd::{AsFd as _, AsRawFd as _};
+            let ebpf = self.ebpf.lock().expect("ebpf lock poisoned");
+            let program = ebpf.program(name);
+            let fd = program
+                .and_then(|p| p.fd().ok())
+                .map(|fd| fd.as_fd().as_raw_fd());
+            fd.and_then(|fd| std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok())
+                .and_then(|fdinfo| {
+                    fdinfo
+                        .lines()
+                        .find_map(|line| line.strip_prefix("recursion_misses:"))
+                        .and_then(|value| value.trim().parse().ok())
+                })
+        };
+        cache.insert(name, (Instant::now(), misses));
+        misses
     }
 
     /// Statistics of the loaded program `name` (as named in collector-ebpf).

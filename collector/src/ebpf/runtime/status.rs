@@ -50,10 +50,26 @@ pub fn push(
         attached.push([("program", status.label), ("hook_type", hook_type)], value);
     }
     out.push(attached);
-
-    let Some(runtime) = runtime.filter(|r| r.stats_enabled()) else {
+    let Some(runtime) = runtime else {
         return;
     };
+
+    let mut misses = MetricFamily::counter(
+        "ebpf_program_recursion_misses_total",
+        "Times the kernel skipped the eBPF program because another BPF program was running on that CPU (events it did not count; kernel 5.12+).",
+    );
+    for status in programs.iter().filter(|s| s.attached_as.is_some()) {
+        if let Some(count) = runtime.recursion_misses(status.program) {
+            misses.push([("program", status.label)], count as f64);
+        }
+    }
+    if !misses.metrics.is_empty() {
+        out.push(misses);
+    }
+
+    if !runtime.stats_enabled() {
+        return;
+    }
     let mut run_time = MetricFamily::counter(
         "ebpf_program_run_seconds_total",
         "CPU time spent running the eBPF program, from the kernel's BPF statistics (--ebpf.enable-stats).",
