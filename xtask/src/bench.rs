@@ -22,11 +22,13 @@
 use std::{
     io::Read as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
+
+use crate::exporter::{Exporter, status_kib};
 
 /// The integration tests' workloads: the benchmark runs the same ones, timed.
 #[allow(dead_code)] // the tests use more of them
@@ -70,7 +72,7 @@ pub struct Options {
     /// Instead of everything else: soak the collector this many minutes under scrapes and
     /// textfile, cgroup and interface churn, and report its memory, fds and threads each minute.
     #[arg(long)]
-    soak_minutes: Option<u64>,
+    pub soak_minutes: Option<u64>,
     /// Measure this collector binary (an older build, to compare) instead of building
     /// target/release/collector.
     #[arg(long)]
@@ -88,11 +90,6 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| root.join("target/release/collector"));
     let mut report = String::new();
-    // The soak measures flatness, which other programs on the same hooks do not change.
-    if let Some(minutes) = options.soak_minutes {
-        report += &crate::soak::run(&collector, minutes, &root.join("target/bench"))?;
-        return write_report(root, &report);
-    }
     refuse_programs_already_loaded()?;
 
     let full = scrape_cost(
@@ -225,7 +222,7 @@ fn refuse_programs_already_loaded() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_report(root: &Path, report: &str) -> anyhow::Result<()> {
+pub fn write_report(root: &Path, report: &str) -> anyhow::Result<()> {
     println!("\n{report}");
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
@@ -246,63 +243,6 @@ struct ScrapeCost {
     series: usize,
     /// The collectors that ran (`node_scrape_collector_success` labels).
     collectors: Vec<String>,
-}
-
-/// An exporter child process on a loopback port, killed when dropped.
-pub(crate) struct Exporter {
-    child: Child,
-    url: String,
-    /// Keeps its connection open between scrapes, as Prometheus does.
-    agent: ureq::Agent,
-}
-
-impl Exporter {
-    pub(crate) fn start(command: &mut Command) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let child = command
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {command:?}"))?;
-        let exporter = Self {
-            child,
-            url: format!("http://127.0.0.1:{port}/metrics"),
-            agent: ureq::Agent::new_with_defaults(),
-        };
-        let started = Instant::now();
-        while exporter.get().is_err() {
-            if started.elapsed() > Duration::from_secs(30) {
-                bail!("{command:?} did not answer within 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(exporter)
-    }
-
-    pub(crate) fn get(&self) -> anyhow::Result<String> {
-        let mut body = String::new();
-        self.agent
-            .get(&self.url)
-            .call()?
-            .body_mut()
-            .as_reader()
-            .read_to_string(&mut body)?;
-        Ok(body)
-    }
-
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Exporter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn scrape_cost(name: &str, command: &mut Command, scrapes: usize) -> anyhow::Result<ScrapeCost> {
@@ -511,14 +451,6 @@ fn user_and_system_ticks(pid: u32) -> anyhow::Result<(u64, u64)> {
             .parse()?)
     };
     Ok((field(14)?, field(15)?))
-}
-
-pub(crate) fn status_kib(status: &str, key: &str) -> anyhow::Result<u64> {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(key))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .with_context(|| format!("no {key} in /proc/<pid>/status"))
 }
 
 /// One column per configuration of ours, node_exporter's, then our ratios to it.

@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask setup | build | run | test | bench`.
 mod bench;
+mod exporter;
 mod setup;
 mod shell;
 mod soak;
@@ -61,7 +62,17 @@ fn main() -> anyhow::Result<()> {
             if options.binary.is_none() {
                 build()?;
             }
-            bench::run(&root, &options)
+            let collector = options
+                .binary
+                .clone()
+                .unwrap_or_else(|| root.join("target/release/collector"));
+            match options.soak_minutes {
+                Some(minutes) => {
+                    let report = soak::run(&collector, minutes, &root.join("target/bench"))?;
+                    bench::write_report(&root, &report)
+                }
+                None => bench::run(&root, &options),
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::bench::{Exporter, status_kib};
+use crate::exporter::{Exporter, status_kib};
 
 /// One minute's sample of the collector process.
 struct Sample {
