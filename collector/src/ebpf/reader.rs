@@ -1,8 +1,8 @@
 //! The shape every eBPF collector shares. Each scrape it reports its programs' status, then
 //! reports success 0 when eBPF is not loaded or none of its hooks is attached, so
 //! `node_scrape_collector_success` tells a node without eBPF from a working one (logged once, at
-//! start-up, not by each collector); otherwise it reads its maps. A subsystem supplies only the reading: a [`MapReader`], built once from the
-//! maps it takes out of the runtime.
+//! start-up, not by each collector); otherwise it reads its maps. A subsystem supplies only the
+//! reading: a [`MapReader`], built once from the maps it takes out of the runtime.
 use std::sync::Arc;
 
 use super::runtime::{
