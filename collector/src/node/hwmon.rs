@@ -2,7 +2,7 @@
 //! (lm-sensors' data): one family per sensor type and property, with upstream's units, HELP
 //! texts and `chip` names derived from the device path.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     io::Read as _,
     path::{Path, PathBuf},
     sync::{Arc, LazyLock},
@@ -190,6 +190,47 @@ fn chip_name(dir: &Path) -> anyhow::Result<String> {
     Ok(name)
 }
 
+/// Each hwmon directory with its `chip` label, as 1.12 gives them: [`chip_name`], and where
+/// several directories share one parent device (one hwmon for fan control, another for WMI
+/// sensors, or a wireless card's per-band ones) that name plus the cleaned `name` file, or plus
+/// the `hwmonN` directory name when the `name` files are alike too. A directory no name can be
+/// derived for is skipped.
+fn chip_labels(dirs: &[PathBuf]) -> Vec<(PathBuf, String)> {
+    let mut entries = Vec::new();
+    for dir in dirs {
+        match chip_name(dir) {
+            Ok(base) => {
+                let name_file = std::fs::read_to_string(dir.join("name"))
+                    .map(|name| name.trim().to_owned())
+                    .unwrap_or_default();
+                entries.push((dir, base, name_file));
+            }
+            Err(error) => {
+                tracing::debug!(dir = %dir.display(), err = %error, "failed to derive hwmon chip name");
+            }
+        }
+    }
+    let mut bases: HashMap<&str, usize> = HashMap::new();
+    let mut names: HashMap<(&str, &str), usize> = HashMap::new();
+    for (_, base, name_file) in &entries {
+        *bases.entry(base).or_default() += 1;
+        *names.entry((base, name_file)).or_default() += 1;
+    }
+    entries
+        .iter()
+        .map(|(dir, base, name_file)| {
+            if bases[base.as_str()] == 1 {
+                return ((*dir).clone(), base.clone());
+            }
+            let mut suffix = clean(name_file);
+            if suffix.is_empty() || names[&(base.as_str(), name_file.as_str())] > 1 {
+                suffix = clean(&dir.file_name().unwrap_or_default().to_string_lossy());
+            }
+            ((*dir).clone(), format!("{base}_{suffix}"))
+        })
+        .collect()
+}
+
 /// The cleaned `name` file, for node_hwmon_chip_names.
 fn human_readable_name(dir: &Path) -> Option<String> {
     let raw = std::fs::read(dir.join("name")).ok()?;
@@ -224,8 +265,8 @@ impl Families {
 }
 
 impl HwmonCollector {
-    fn update_chip(&self, dir: &Path, families: &mut Families) -> anyhow::Result<()> {
-        let chip = chip_name(dir)?;
+    fn update_chip(&self, dir: &Path, chip: &str, families: &mut Families) -> anyhow::Result<()> {
+        let chip = chip.to_owned();
         if self.chips.ignored(&chip) {
             return Ok(());
         }
@@ -409,9 +450,9 @@ impl Collector for HwmonCollector {
         dirs.sort();
         let mut families = Families::default();
         let mut last_error = None;
-        for dir in dirs {
+        for (dir, chip) in chip_labels(&dirs) {
             // A broken chip fails the collector but the others are still served.
-            if let Err(error) = self.update_chip(&dir, &mut families) {
+            if let Err(error) = self.update_chip(&dir, &chip, &mut families) {
                 last_error = Some(error);
             }
         }
@@ -439,6 +480,47 @@ mod tests {
         assert_eq!(e("in10"), Some(("in".into(), 10, "".into())));
         assert_eq!(e("1temp"), None);
         assert_eq!(e("temp99999999999999999999_input"), None);
+    }
+
+    /// Three hwmon directories on one wireless card, as 1.12 labels them: by their `name`
+    /// files where those differ, by `hwmonN` where they do not.
+    #[test]
+    fn hwmon_directories_sharing_a_device_get_distinct_labels() {
+        let root = std::env::temp_dir().join(format!("hwmon-shared-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let device = root.join("devices/pci0000:00/ieee80211/phy0");
+        let class = root.join("class/hwmon");
+        std::fs::create_dir_all(&device).unwrap();
+        std::fs::create_dir_all(&class).unwrap();
+        for (hwmon, name) in [
+            ("hwmon1", "mt7996_phy0.0\n"),
+            ("hwmon2", "mt7996_phy0.1\n"),
+            ("hwmon3", "same\n"),
+            ("hwmon4", "same\n"),
+        ] {
+            let dir = root.join("devices/virtual/hwmon").join(hwmon);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("name"), name).unwrap();
+            std::os::unix::fs::symlink(&device, dir.join("device")).unwrap();
+            std::os::unix::fs::symlink(&dir, class.join(hwmon)).unwrap();
+        }
+        let dirs: Vec<PathBuf> = ["hwmon1", "hwmon2", "hwmon3", "hwmon4"]
+            .iter()
+            .map(|h| class.join(h))
+            .collect();
+        let labels: Vec<String> = chip_labels(&dirs).into_iter().map(|(_, l)| l).collect();
+        assert_eq!(
+            labels,
+            [
+                "ieee80211_phy0_mt7996_phy0_0",
+                "ieee80211_phy0_mt7996_phy0_1",
+                "ieee80211_phy0_hwmon3",
+                "ieee80211_phy0_hwmon4",
+            ]
+        );
+        // Alone on its device, a directory keeps the plain name.
+        assert_eq!(chip_labels(&dirs[..1])[0].1, "ieee80211_phy0");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
