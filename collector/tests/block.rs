@@ -229,6 +229,9 @@ fn counts_displaced_requests_with(hook_type: &str) {
         "--no-collector.ebpf.sched",
         "--no-collector.ebpf.net",
     ]);
+    // Nothing but the test's writers on the disks: a backlog of writeback (a build just done)
+    // gets requests requeued by a busy device, each requeue another issue.
+    wait_for_idle_disks();
     let before = daemon.scrape();
     std::thread::scope(|scope| {
         for target in &targets {
