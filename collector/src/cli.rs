@@ -108,9 +108,12 @@ pub struct Cli {
     pub options: Options,
     pub enabled_collectors: Vec<&'static str>,
     pub collector_flags: CollectorFlags,
-    /// Upstream collectors and options given (or enabled by default) that this collector does
-    /// not implement, to be logged once as ignored.
-    pub ignored: Vec<String>,
+    /// Upstream collectors and options given on the command line that this collector does not
+    /// implement: they do nothing here, which is logged once as a warning.
+    pub ignored_given: Vec<String>,
+    /// Upstream collectors on by default that this collector does not implement: logged once,
+    /// as information.
+    pub ignored_by_default: Vec<String>,
 }
 
 /// The collectors and options known to the command line: implemented and accepted-only.
@@ -176,19 +179,22 @@ where
         .map(|spec| spec.name)
         .collect();
     let collector_flags = CollectorFlags::from_matches(&matches, registry.flags());
-    let mut ignored = Vec::new();
+    let (mut ignored_given, mut ignored_by_default) = (Vec::new(), Vec::new());
     for collector in registry.ignored {
-        if enabled(collector.name, collector.default_enabled) {
-            ignored.push(format!("collector.{}", collector.name));
+        let switch = format!("collector.{}", collector.name);
+        if flags::given_bool(&matches, &switch) == Some(true) {
+            ignored_given.push(switch);
+        } else if enabled(collector.name, collector.default_enabled) {
+            ignored_by_default.push(switch);
         }
-        ignored.extend(
+        ignored_given.extend(
             collector_flags
                 .explicit_among(collector.flags)
                 .map(str::to_owned),
         );
     }
     if options.systemd_socket {
-        ignored.push("web.systemd-socket".to_owned());
+        ignored_given.push("web.systemd-socket".to_owned());
     }
     if !options.web_config_file.is_empty() {
         return Err(clap::Error::raw(
@@ -202,7 +208,8 @@ where
         options,
         enabled_collectors,
         collector_flags,
-        ignored,
+        ignored_given,
+        ignored_by_default,
     })
 }
 
@@ -425,7 +432,8 @@ mod tests {
     #[test]
     fn unimplemented_upstream_options_are_accepted_and_reported() {
         let cli = parse(&[]).unwrap();
-        assert_eq!(cli.ignored, ["collector.zeta"]);
+        assert!(cli.ignored_given.is_empty());
+        assert_eq!(cli.ignored_by_default, ["collector.zeta"]);
         let cli = parse(&[
             "--no-collector.zeta",
             "--collector.eta",
@@ -434,9 +442,10 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            cli.ignored,
+            cli.ignored_given,
             ["collector.zeta.url", "collector.eta", "web.systemd-socket"]
         );
+        assert!(cli.ignored_by_default.is_empty());
         let err = parse(&["--web.config.file=/etc/web.yml"]).unwrap_err();
         assert!(err.to_string().contains("not supported"), "{err}");
         parse(&["--runtime.gomaxprocs=2", "--path.udev.data=/x"]).unwrap();

@@ -73,10 +73,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .filter(|spec| cli.enabled_collectors.contains(&spec.name))
         .collect();
     tracing::info!(collectors = ?cli.enabled_collectors, "enabled collectors");
-    if !cli.ignored.is_empty() {
+    if !cli.ignored_given.is_empty() {
+        tracing::warn!(
+            ignored = ?cli.ignored_given,
+            "node_exporter collectors and options given but not implemented here: accepted, and they do nothing"
+        );
+    }
+    if !cli.ignored_by_default.is_empty() {
         tracing::info!(
-            ignored = ?cli.ignored,
-            "node_exporter collectors and options not implemented here: accepted and ignored"
+            ignored = ?cli.ignored_by_default,
+            "node_exporter collectors on by default but not implemented here"
         );
     }
 
