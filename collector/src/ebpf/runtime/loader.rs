@@ -55,9 +55,9 @@ pub struct EbpfRuntime {
     /// Keeps `kernel.bpf_stats_enabled` on while we run (`--ebpf.enable-stats`).
     stats_fd: Option<OwnedFd>,
     /// When the sysctl was last read and what it said: every eBPF collector asks each scrape.
-    stats_sysctl: Mutex<Option<(Instant, bool)>>,
+    stats_sysctl: Mutex<ReadAt<bool>>,
     /// Each program's recursion misses, and when they were read.
-    recursion_misses: Mutex<HashMap<&'static str, (Instant, Option<u64>)>>,
+    recursion_misses: Mutex<HashMap<&'static str, ReadAt<Option<u64>>>>,
     /// This kernel's drop reasons, found with the layout: the per-reason array was sized by them.
     drop_reasons: Option<layout::DropReasons>,
     /// What the programs were told of the kernel's layout.
@@ -258,15 +258,10 @@ impl EbpfRuntime {
             return true;
         }
         let mut last = self.stats_sysctl.lock().expect("stats lock poisoned");
-        match *last {
-            Some((read_at, enabled)) if read_at.elapsed() < Duration::from_secs(1) => enabled,
-            _ => {
-                let enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
-                    .is_ok_and(|v| v.trim() == "1");
-                *last = Some((Instant::now(), enabled));
-                enabled
-            }
-        }
+        at_most_once_a_second(&mut last, || {
+            std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+                .is_ok_and(|v| v.trim() == "1")
+        })
     }
 
     /// Times the kernel skipped the loaded program `name` because a BPF program was already
@@ -274,12 +269,7 @@ impl EbpfRuntime {
     /// fdinfo; `None` before 5.12, whose kernels do not count them. Read at most once a second.
     pub fn recursion_misses(&self, name: &'static str) -> Option<u64> {
         let mut cache = self.recursion_misses.lock().expect("misses lock poisoned");
-        if let Some((read_at, misses)) = cache.get(name)
-            && read_at.elapsed() < Duration::from_secs(1)
-        {
-            return *misses;
-        }
-        let misses = {
+        at_most_once_a_second(cache.entry(name).or_default(), || {
             use std::os::fd::{AsFd as _, AsRawFd as _};
             let ebpf = self.ebpf.lock().expect("ebpf lock poisoned");
             let program = ebpf.program(name);
@@ -293,9 +283,7 @@ impl EbpfRuntime {
                         .find_map(|line| line.strip_prefix("recursion_misses:"))
                         .and_then(|value| value.trim().parse().ok())
                 })
-        };
-        cache.insert(name, (Instant::now(), misses));
-        misses
+        })
     }
 
     /// Statistics of the loaded program `name` (as named in collector-ebpf).
@@ -306,6 +294,22 @@ impl EbpfRuntime {
             run_time: info.run_time(),
             run_count: info.run_count(),
         })
+    }
+}
+
+/// A value read from the kernel, and when; `None` until first read.
+type ReadAt<T> = Option<(Instant, T)>;
+
+/// The value `slot` holds if it was read less than a second ago, else `read()`'s, kept: what
+/// every eBPF collector asks on every scrape, read from the kernel once a second.
+fn at_most_once_a_second<T: Copy>(slot: &mut Option<(Instant, T)>, read: impl FnOnce() -> T) -> T {
+    match *slot {
+        Some((read_at, value)) if read_at.elapsed() < Duration::from_secs(1) => value,
+        _ => {
+            let value = read();
+            *slot = Some((Instant::now(), value));
+            value
+        }
     }
 }
 
