@@ -26,10 +26,12 @@ use crate::{
 };
 
 const DIRECTORY: &str = "collector.textfile.directory";
+const MAX_FILE_BYTES: &str = "collector.textfile.max-file-bytes";
+/// 4 MiB: about 40,000 series.
+const DEFAULT_MAX_FILE_BYTES: &str = "4194304";
 
 /// The collector's own families, which no file may redefine.
 const OWN_FAMILIES: [&str; 2] = ["node_textfile_mtime_seconds", "node_textfile_scrape_error"];
-const MAX_FILE_BYTES: &str = "collector.textfile.max-file-bytes";
 
 pub const SPEC: CollectorSpec = CollectorSpec {
     name: "textfile",
@@ -41,7 +43,7 @@ pub const SPEC: CollectorSpec = CollectorSpec {
         ),
         FlagSpec::value(
             MAX_FILE_BYTES,
-            Some("4194304"),
+            Some(DEFAULT_MAX_FILE_BYTES),
             "Largest textfile read, in bytes (4 MiB: about 40,000 series); a larger one is skipped with an error.",
         ),
     ],
@@ -61,7 +63,10 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     if globs.is_empty() {
         globs.push(String::new());
     }
-    let value = context.flags.string(MAX_FILE_BYTES).unwrap_or("4194304");
+    let value = context
+        .flags
+        .string(MAX_FILE_BYTES)
+        .unwrap_or(DEFAULT_MAX_FILE_BYTES);
     let max_file_bytes = value
         .parse::<u64>()
         .ok()
