@@ -81,27 +81,21 @@ pub struct Options {
 
 const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
 
-pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
-    if !crate::setup::is_root() {
-        bail!("the benchmark loads eBPF programs: run it as root");
-    }
-    let collector = options
-        .binary
-        .clone()
-        .unwrap_or_else(|| root.join("target/release/collector"));
+/// The whole benchmark of `collector` (root's release build, or `--binary`).
+pub fn run(root: &Path, collector: &Path, options: &Options) -> anyhow::Result<()> {
     let mut report = String::new();
     refuse_programs_already_loaded()?;
 
     let full = scrape_cost(
         "collector",
-        Command::new(&collector).arg("--ebpf.enable-stats"),
+        Command::new(collector).arg("--ebpf.enable-stats"),
         options.scrapes,
     )?;
     // The foundation's scope: the kernel programs' metrics and the exporter's own, with the
     // eBPF collectors the full run reported.
     let ebpf_only = scrape_cost(
         "collector, eBPF only",
-        Command::new(&collector)
+        Command::new(collector)
             .arg("--ebpf.enable-stats")
             .arg("--collector.disable-defaults")
             .args(
@@ -125,7 +119,7 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
         for clients in [2, 20] {
             rows.push(concurrent_scrapes(
                 "collector",
-                &mut Command::new(&collector),
+                &mut Command::new(collector),
                 clients,
                 duration,
             )?);
@@ -139,7 +133,7 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
         report += &concurrent_table(&rows, duration);
     }
     if options.collector_scrapes > 0 {
-        report += &per_collector_table(&collector, &ours[0].collectors, options.collector_scrapes)?;
+        report += &per_collector_table(collector, &ours[0].collectors, options.collector_scrapes)?;
     }
     if options.scrape_only {
         return write_report(root, &report);
@@ -190,7 +184,7 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
         .iter()
         .filter(|w| options.workload.is_empty() || options.workload.contains(&w.kind))
     {
-        report += &kernel_cost(&collector, workload, options.runs.into())?;
+        report += &kernel_cost(collector, workload, options.runs.into())?;
     }
     let _ = std::fs::remove_file(&fsync_file);
     write_report(root, &report)

@@ -62,6 +62,9 @@ fn main() -> anyhow::Result<()> {
             if options.binary.is_none() {
                 build()?;
             }
+            if !setup::is_root() {
+                anyhow::bail!("the benchmark loads eBPF programs: run it as root");
+            }
             let collector = options
                 .binary
                 .clone()
@@ -71,7 +74,7 @@ fn main() -> anyhow::Result<()> {
                     let report = soak::run(&collector, minutes, &root.join("target/bench"))?;
                     bench::write_report(&root, &report)
                 }
-                None => bench::run(&root, &options),
+                None => bench::run(&root, &collector, &options),
             }
         }
     }
