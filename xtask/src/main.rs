@@ -1,9 +1,10 @@
-//! Project tasks: `cargo xtask setup | build | run | test | bench`.
+//! Project tasks: `cargo xtask setup | build | run | test | bench | upstream-e2e`.
 mod bench;
 mod exporter;
 mod setup;
 mod shell;
 mod soak;
+mod upstream;
 
 use std::{os::unix::process::CommandExt as _, process::Command};
 
@@ -37,6 +38,9 @@ enum Task {
     },
     /// Measure scrape cost against node_exporter and the cost of the kernel programs.
     Bench(bench::Options),
+    /// Run the collector on node_exporter's end-to-end fixtures (a checkout of its latest
+    /// release) and compare with its expected output, family by family.
+    UpstreamE2e(upstream::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -58,6 +62,16 @@ fn main() -> anyhow::Result<()> {
             Err(error).context("starting target/release/collector")
         }
         Task::Test { args } => test(&args),
+        Task::UpstreamE2e(options) => {
+            if options.binary.is_none() {
+                build()?;
+            }
+            let collector = options
+                .binary
+                .clone()
+                .unwrap_or_else(|| root.join("target/release/collector"));
+            upstream::run(&collector, &options)
+        }
         Task::Bench(options) => {
             if options.binary.is_none() {
                 build()?;
