@@ -37,6 +37,7 @@ pub const ALL: &[CollectorSpec] = &[
     node::udp_queues::SPEC,
     node::uname::SPEC,
     node::vmstat::SPEC,
+    node::zfs::SPEC,
     ebpf::block::SPEC,
     ebpf::cgroup::SPEC,
     ebpf::irq::SPEC,

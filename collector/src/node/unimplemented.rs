@@ -216,6 +216,5 @@ pub const IGNORED: &[IgnoredCollector] = &[
     ),
     ignored("xfrm", false, &[]),
     ignored("xfs", true, &[]),
-    ignored("zfs", true, &[]),
     ignored("zoneinfo", false, &[]),
 ];
