@@ -190,6 +190,13 @@ fn agrees_with_node_exporter_on_this_machine() {
         if spec.name.starts_with("ebpf.") {
             continue;
         }
+        if !common::node_exporter::has_collector(spec.name) {
+            eprintln!(
+                "{}: not compared: node_exporter 1.5.0 has no such collector",
+                spec.name
+            );
+            continue;
+        }
         compare_collector(spec.name, &mut differences);
     }
     for difference in &differences {

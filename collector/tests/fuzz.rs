@@ -154,3 +154,107 @@ fn the_http_request_path_takes_any_request() {
     assert!(daemon.scrape().has("node_load1"));
     assert!(!daemon.log().contains("panicked"), "{}", daemon.log());
 }
+
+/// Pieces of /proc/zoneinfo (zone headers, known and unknown keys, protection arrays, numbers
+/// good and bad), so that generated text reaches every branch of the parser.
+fn zoneinfo_text() -> impl Strategy<Value = String> {
+    let token = prop_oneof![
+        Just("Node ".to_owned()),
+        Just("\nNode".to_owned()),
+        Just(", zone ".to_owned()),
+        Just("DMA32".to_owned()),
+        Just("Normal".to_owned()),
+        Just("  per-node stats".to_owned()),
+        Just("pages free".to_owned()),
+        Just("nr_free_pages ".to_owned()),
+        Just("min ".to_owned()),
+        Just("high: ".to_owned()),
+        Just("numa_hit ".to_owned()),
+        Just("nr_mlock_stack ".to_owned()),
+        Just("protection: (".to_owned()),
+        Just("protection:".to_owned()),
+        Just(", ".to_owned()),
+        Just(")".to_owned()),
+        Just(":".to_owned()),
+        Just("-9223372036854775808".to_owned()),
+        Just("99999999999999999999".to_owned()),
+        Just("0x_1f".to_owned()),
+        Just("\u{a0}".to_owned()),
+        "[0-9]{1,6}",
+        "[ \t\r\x0b\x0c]{1,4}",
+        "[ -~]{0,8}",
+    ];
+    let line = proptest::collection::vec(token, 0..10).prop_map(|tokens| tokens.concat());
+    proptest::collection::vec(line, 0..40).prop_map(|lines| lines.join("\n"))
+}
+
+/// Pieces of /proc/slabinfo: its version and header lines, cache lines of 16 fields or
+/// thereabouts, separators Go's `\s` does and does not take.
+fn slabinfo_text() -> impl Strategy<Value = String> {
+    let field = prop_oneof![
+        Just("slabinfo - version: 2.1".to_owned()),
+        Just("# name".to_owned()),
+        Just(":".to_owned()),
+        Just("tunables".to_owned()),
+        Just("slabdata".to_owned()),
+        Just("kmalloc-8k".to_owned()),
+        Just("-1".to_owned()),
+        Just("+7".to_owned()),
+        Just("9223372036854775808".to_owned()),
+        Just("".to_owned()),
+        "[0-9]{1,8}",
+        "[ -~]{0,6}",
+    ];
+    let separator = prop_oneof![
+        Just(" ".to_owned()),
+        Just("   ".to_owned()),
+        Just("\t".to_owned()),
+        Just("\r".to_owned()),
+        Just("\x0b".to_owned()),
+        Just("\x0c".to_owned()),
+    ];
+    let line = proptest::collection::vec((field, separator), 0..20).prop_map(|parts| {
+        parts
+            .into_iter()
+            .map(|(field, separator)| field + &separator)
+            .collect::<String>()
+    });
+    proptest::collection::vec(line, 0..20).prop_map(|lines| lines.join("\n"))
+}
+
+proptest! {
+    // As above, generation is the slow part: ~20 ms a case in a debug build.
+    #![proptest_config(Config { cases: 200, ..Config::default() })]
+
+    #[test]
+    fn the_zoneinfo_parser_takes_any_input(text in zoneinfo_text()) {
+        // Never an error: one zone per `\nNode` block, whatever is in it.
+        let zones = collector::node::zoneinfo::parse(&text);
+        prop_assert_eq!(zones.len(), text.matches("\nNode").count() + 1);
+        for zone in &zones {
+            prop_assert!(zone.node.bytes().all(|b| b.is_ascii_digit()));
+            let _ = zone.fields().count();
+        }
+    }
+
+    #[test]
+    fn the_slabinfo_parser_takes_any_input(text in slabinfo_text()) {
+        // A list of caches or an error; never a panic.
+        if let Ok(slabs) = collector::node::slabinfo::parse(&text) {
+            prop_assert!(slabs.iter().all(|slab| !slab.name.contains(' ')));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(Config { cases: 2000, ..Config::default() })]
+
+    #[test]
+    fn the_zoneinfo_and_slabinfo_parsers_take_any_bytes(
+        bytes in proptest::collection::vec(any::<u8>(), 0..512),
+    ) {
+        let text = String::from_utf8_lossy(&bytes);
+        let _ = collector::node::zoneinfo::parse(&text);
+        let _ = collector::node::slabinfo::parse(&text);
+    }
+}

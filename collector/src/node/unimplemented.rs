@@ -44,7 +44,6 @@ pub const IGNORED: &[IgnoredCollector] = &[
     ),
     ignored("bcachefs", true, &[]),
     ignored("btrfs", true, &[]),
-    ignored("buddyinfo", false, &[]),
     ignored("cgroups", false, &[]),
     ignored("cpu_vulnerabilities", false, &[]),
     ignored("dmi", true, &[]),
@@ -79,11 +78,8 @@ pub const IGNORED: &[IgnoredCollector] = &[
             FlagSpec::value("collector.ipvs.backend-labels", Some("local_address,local_port,remote_address,remote_port,proto,local_mark"), "Comma separated list for IPVS backend stats labels."),
         ],
     ),
-    ignored("kernel_hung", false, &[]),
-    ignored("ksmd", false, &[]),
     ignored("lnstat", false, &[]),
     ignored("logind", false, &[]),
-    ignored("meminfo_numa", false, &[]),
     ignored("mountstats", false, &[]),
     ignored("network_route", false, &[]),
     ignored("nfs", true, &[]),
@@ -159,14 +155,6 @@ pub const IGNORED: &[IgnoredCollector] = &[
         ],
     ),
     ignored("selinux", true, &[]),
-    ignored(
-        "slabinfo",
-        false,
-        &[
-            FlagSpec::value("collector.slabinfo.slabs-include", Some(".*"), "Regexp of slabs to include in slabinfo collector."),
-            FlagSpec::value("collector.slabinfo.slabs-exclude", Some(""), "Regexp of slabs to exclude in slabinfo collector."),
-        ],
-    ),
     ignored("softirqs", false, &[]),
     ignored(
         "supervisord",
@@ -175,7 +163,6 @@ pub const IGNORED: &[IgnoredCollector] = &[
             FlagSpec::value("collector.supervisord.url", Some("http://localhost:9001/RPC2"), "XML RPC endpoint."),
         ],
     ),
-    ignored("swaps", false, &[]),
     ignored(
         "sysctl",
         false,
@@ -216,5 +203,4 @@ pub const IGNORED: &[IgnoredCollector] = &[
     ),
     ignored("xfrm", false, &[]),
     ignored("xfs", true, &[]),
-    ignored("zoneinfo", false, &[]),
 ];

@@ -18,6 +18,21 @@ pub const UPSTREAM_DEFAULTS: &[&str] = &[
     "--collector.diskstats.device-exclude=^(z?ram|loop|fd|(h|s|v|xv)d[a-z]|nvme\\d+n\\d+p)\\d+$",
 ];
 
+/// Whether the peer node_exporter has the collector `name` (1.5.0 lacks those added since).
+pub fn has_collector(name: &str) -> bool {
+    static HELP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let help = HELP.get_or_init(|| {
+        let output = Command::new(super::tool("prometheus-node-exporter"))
+            .arg("--help")
+            .output()
+            .expect("running prometheus-node-exporter --help");
+        // kingpin prints its usage on stderr.
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr)
+    });
+    help.contains(&format!("--collector.{name} "))
+}
+
 pub struct NodeExporter {
     child: Child,
     pub address: SocketAddr,
