@@ -47,8 +47,6 @@ pub const IGNORED: &[IgnoredCollector] = &[
     ignored("cgroups", false, &[]),
     ignored("cpu_vulnerabilities", false, &[]),
     ignored("dmi", true, &[]),
-    ignored("dmmultipath", false, &[]),
-    ignored("drbd", false, &[]),
     ignored("drm", false, &[]),
     ignored("edac", true, &[]),
     ignored(
@@ -60,7 +58,6 @@ pub const IGNORED: &[IgnoredCollector] = &[
             FlagSpec::value("collector.ethtool.metrics-include", Some(".*"), "Regexp of ethtool stats to include."),
         ],
     ),
-    ignored("fibrechannel", true, &[]),
     ignored("infiniband", true, &[]),
     ignored(
         "interrupts",
@@ -97,8 +94,6 @@ pub const IGNORED: &[IgnoredCollector] = &[
             FlagSpec::value("collector.ntp.local-offset-tolerance", Some("1ms"), "Offset between local clock and local ntpd time to tolerate"),
         ],
     ),
-    ignored("nvme", true, &[]),
-    ignored("nvmesubsystem", false, &[]),
     ignored(
         "pcidevice",
         false,
@@ -185,13 +180,6 @@ pub const IGNORED: &[IgnoredCollector] = &[
             FlagSpec::bool("collector.systemd.enable-start-time-metrics", false, "Enables service unit metric unit_start_time_seconds"),
         ],
     ),
-    ignored(
-        "tapestats",
-        true,
-        &[
-            FlagSpec::value("collector.tapestats.ignored-devices", Some("^$"), "Regexp of devices to ignore for tapestats."),
-        ],
-    ),
     ignored("tcpstat", false, &[]),
     ignored("watchdog", true, &[]),
     ignored(
@@ -202,5 +190,4 @@ pub const IGNORED: &[IgnoredCollector] = &[
         ],
     ),
     ignored("xfrm", false, &[]),
-    ignored("xfs", true, &[]),
 ];
