@@ -258,3 +258,76 @@ proptest! {
         let _ = collector::node::slabinfo::parse(&text);
     }
 }
+
+/// Pieces of /proc/interrupts: CPU headers, numbered and named rows (aarch64's without a space
+/// after the colon), counts good and bad, chip and device words, stray colons and bytes.
+fn interrupts_text() -> impl Strategy<Value = String> {
+    let header = proptest::collection::vec(
+        prop_oneof![
+            Just("CPU0".to_owned()),
+            Just("CPU17".to_owned()),
+            Just("   ".to_owned()),
+            "[ -~]{0,6}",
+        ],
+        0..6,
+    )
+    .prop_map(|cells| cells.join(" "));
+    let token = prop_oneof![
+        Just(" 24:".to_owned()),
+        Just("NMI:".to_owned()),
+        Just("IPI0:".to_owned()),
+        Just("ERR:".to_owned()),
+        Just("-1:".to_owned()),
+        Just("+7:".to_owned()),
+        Just("99999999999999999999:".to_owned()),
+        Just(":".to_owned()),
+        Just(" ".to_owned()),
+        Just("\t".to_owned()),
+        Just("0".to_owned()),
+        Just("18446744073709551616".to_owned()),
+        Just("1e400".to_owned()),
+        Just("-Inf".to_owned()),
+        Just("NaN".to_owned()),
+        Just("IO-APIC".to_owned()),
+        Just("PCI-MSI 81921-edge".to_owned()),
+        Just("nvme0q1,".to_owned()),
+        Just("Local timer interrupts".to_owned()),
+        Just("\u{a0}".to_owned()),
+        "[0-9]{1,12}",
+        "[ -~]{0,10}",
+        "[\\x00-\\xff]{0,4}",
+    ];
+    let line = proptest::collection::vec(token, 0..12).prop_map(|tokens| tokens.concat());
+    (header, proptest::collection::vec(line, 0..20)).prop_map(|(header, lines)| {
+        let mut text = header;
+        for line in lines {
+            text.push('\n');
+            text.push_str(&line);
+        }
+        text
+    })
+}
+
+proptest! {
+    // Generating the text is the slow part in a debug build: a few ms a case.
+    #![proptest_config(Config { cases: 250, ..Config::default() })]
+
+    #[test]
+    fn the_interrupts_parser_takes_any_input(text in interrupts_text()) {
+        // An error (an empty file) or rows, never a panic; each row has one count per CPU
+        // column of the header.
+        if let Ok(interrupts) = collector::node::interrupts::parse(&text) {
+            let cpus = text.lines().next().map_or(0, |h| h.split_whitespace().count());
+            for interrupt in interrupts.values() {
+                prop_assert_eq!(interrupt.values.len(), cpus);
+            }
+        } else {
+            prop_assert!(text.is_empty());
+        }
+    }
+
+    #[test]
+    fn the_interrupts_parser_takes_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = collector::node::interrupts::parse(&String::from_utf8_lossy(&bytes));
+    }
+}

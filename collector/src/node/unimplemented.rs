@@ -44,8 +44,6 @@ pub const IGNORED: &[IgnoredCollector] = &[
     ),
     ignored("bcachefs", true, &[]),
     ignored("btrfs", true, &[]),
-    ignored("cgroups", false, &[]),
-    ignored("cpu_vulnerabilities", false, &[]),
     ignored("dmi", true, &[]),
     ignored("drm", false, &[]),
     ignored("edac", true, &[]),
@@ -60,22 +58,12 @@ pub const IGNORED: &[IgnoredCollector] = &[
     ),
     ignored("infiniband", true, &[]),
     ignored(
-        "interrupts",
-        false,
-        &[
-            FlagSpec::value("collector.interrupts.name-include", None, "Regexp of interrupts name to include (mutually exclusive to --collector.interrupts.name-exclude)."),
-            FlagSpec::value("collector.interrupts.name-exclude", None, "Regexp of interrupts name to exclude (mutually exclusive to --collector.interrupts.name-include)."),
-            FlagSpec::bool("collector.interrupts.include-zeros", true, "Include interrupts that have a zero value"),
-        ],
-    ),
-    ignored(
         "ipvs",
         true,
         &[
             FlagSpec::value("collector.ipvs.backend-labels", Some("local_address,local_port,remote_address,remote_port,proto,local_mark"), "Comma separated list for IPVS backend stats labels."),
         ],
     ),
-    ignored("lnstat", false, &[]),
     ignored("logind", false, &[]),
     ignored("mountstats", false, &[]),
     ignored("network_route", false, &[]),
@@ -123,7 +111,6 @@ pub const IGNORED: &[IgnoredCollector] = &[
             FlagSpec::value("collector.powersupply.ignored-supplies", Some("^$"), "Regexp of power supplies to ignore for powersupplyclass collector."),
         ],
     ),
-    ignored("processes", false, &[]),
     ignored(
         "qdisc",
         false,
@@ -150,20 +137,11 @@ pub const IGNORED: &[IgnoredCollector] = &[
         ],
     ),
     ignored("selinux", true, &[]),
-    ignored("softirqs", false, &[]),
     ignored(
         "supervisord",
         false,
         &[
             FlagSpec::value("collector.supervisord.url", Some("http://localhost:9001/RPC2"), "XML RPC endpoint."),
-        ],
-    ),
-    ignored(
-        "sysctl",
-        false,
-        &[
-            FlagSpec::repeated("collector.sysctl.include", "Select sysctl metrics to include"),
-            FlagSpec::repeated("collector.sysctl.include-info", "Select sysctl metrics to include as info metrics"),
         ],
     ),
     ignored(
