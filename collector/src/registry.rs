@@ -9,7 +9,10 @@ use crate::{
 
 /// Every collector, in `--help` order.
 pub const ALL: &[CollectorSpec] = &[
+    node::bcache::SPEC,
+    node::bcachefs::SPEC,
     node::bonding::SPEC,
+    node::btrfs::SPEC,
     node::buddyinfo::SPEC,
     node::cgroups::SPEC,
     node::conntrack::SPEC,

@@ -2,7 +2,10 @@
 //! node_exporter's. Each file declares its `SPEC`; `registry` lists them.
 pub mod unimplemented;
 
+pub mod bcache;
+pub mod bcachefs;
 pub mod bonding;
+pub mod btrfs;
 pub mod buddyinfo;
 pub mod cgroups;
 pub mod conntrack;

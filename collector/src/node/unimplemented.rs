@@ -35,15 +35,6 @@ pub const IGNORED: &[IgnoredCollector] = &[
             FlagSpec::bool("collector.arp.netlink", false, "Use netlink to gather stats instead of /proc/net/arp."),
         ],
     ),
-    ignored(
-        "bcache",
-        true,
-        &[
-            FlagSpec::bool("collector.bcache.priorityStats", false, "Expose expensive priority stats."),
-        ],
-    ),
-    ignored("bcachefs", true, &[]),
-    ignored("btrfs", true, &[]),
     ignored("dmi", true, &[]),
     ignored("drm", false, &[]),
     ignored("edac", true, &[]),
