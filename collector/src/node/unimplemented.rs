@@ -35,9 +35,6 @@ pub const IGNORED: &[IgnoredCollector] = &[
             FlagSpec::bool("collector.arp.netlink", false, "Use netlink to gather stats instead of /proc/net/arp."),
         ],
     ),
-    ignored("dmi", true, &[]),
-    ignored("drm", false, &[]),
-    ignored("edac", true, &[]),
     ignored(
         "ethtool",
         false,
@@ -47,7 +44,6 @@ pub const IGNORED: &[IgnoredCollector] = &[
             FlagSpec::value("collector.ethtool.metrics-include", Some(".*"), "Regexp of ethtool stats to include."),
         ],
     ),
-    ignored("infiniband", true, &[]),
     ignored(
         "ipvs",
         true,
@@ -74,14 +70,6 @@ pub const IGNORED: &[IgnoredCollector] = &[
         ],
     ),
     ignored(
-        "pcidevice",
-        false,
-        &[
-            FlagSpec::value("collector.pcidevice.idsfile", None, "Path to pci.ids file to use for PCI device identification."),
-            FlagSpec::bool("collector.pcidevice.names", false, "Enable PCI device name resolution (requires pci.ids file)."),
-        ],
-    ),
-    ignored(
         "perf",
         false,
         &[
@@ -96,13 +84,6 @@ pub const IGNORED: &[IgnoredCollector] = &[
         ],
     ),
     ignored(
-        "powersupplyclass",
-        true,
-        &[
-            FlagSpec::value("collector.powersupply.ignored-supplies", Some("^$"), "Regexp of power supplies to ignore for powersupplyclass collector."),
-        ],
-    ),
-    ignored(
         "qdisc",
         false,
         &[
@@ -114,20 +95,12 @@ pub const IGNORED: &[IgnoredCollector] = &[
         ],
     ),
     ignored(
-        "rapl",
-        true,
-        &[
-            FlagSpec::bool("collector.rapl.enable-zone-label", false, "Enables service unit metric unit_start_time_seconds"),
-        ],
-    ),
-    ignored(
         "runit",
         false,
         &[
             FlagSpec::value("collector.runit.servicedir", Some("/etc/service"), "Path to runit service directory."),
         ],
     ),
-    ignored("selinux", true, &[]),
     ignored(
         "supervisord",
         false,
@@ -150,7 +123,6 @@ pub const IGNORED: &[IgnoredCollector] = &[
         ],
     ),
     ignored("tcpstat", false, &[]),
-    ignored("watchdog", true, &[]),
     ignored(
         "wifi",
         false,
