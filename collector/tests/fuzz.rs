@@ -331,3 +331,159 @@ proptest! {
         let _ = collector::node::interrupts::parse(&String::from_utf8_lossy(&bytes));
     }
 }
+
+/// A number of a mountstats line: a plausible counter, or one past a float's mantissa.
+fn mountstats_number() -> impl Strategy<Value = String> {
+    prop_oneof![
+        12 => "[0-9]{1,7}",
+        1 => Just("9007199254740993".to_owned()),
+        1 => Just("18446744073709551615".to_owned()),
+    ]
+}
+
+/// `count` numbers, one of them sometimes one that procfs refuses (signed, out of range, not a
+/// number): mostly whole lines that parse, so that the lines after them are reached.
+fn mountstats_numbers(count: impl Strategy<Value = usize>) -> impl Strategy<Value = String> {
+    let bad = prop_oneof![
+        Just("18446744073709551616"),
+        Just("-1"),
+        Just("+1"),
+        Just("0x1f"),
+        Just("1.5"),
+        Just("\u{fffd}"),
+    ];
+    count
+        .prop_flat_map(|count| proptest::collection::vec(mountstats_number(), count))
+        .prop_flat_map(move |numbers| {
+            let len = numbers.len();
+            (
+                Just(numbers),
+                proptest::option::weighted(0.04, (0..len.max(1), bad.clone())),
+            )
+        })
+        .prop_map(|(mut numbers, bad)| {
+            if let Some((index, bad)) = bad
+                && let Some(number) = numbers.get_mut(index)
+            {
+                *number = bad.to_owned();
+            }
+            numbers.join(" ")
+        })
+}
+
+/// One mount of /proc/self/mountstats, mostly well formed (an EFS-like NFSv4.1 or NFSv3 mount
+/// with its statistics), with counts of values around the expected ones, unknown protocols and
+/// statistics versions, and the per-op header or closing blank line sometimes left out.
+fn mountstats_mount() -> impl Strategy<Value = String> {
+    (
+        (
+            prop_oneof![
+                Just("fs-0a1b2c3d4e5f60789.efs.us-west-2.amazonaws.com:/"),
+                Just("127.0.0.1:/"),
+                Just("/dev/nvme0n1p1"),
+            ],
+            prop_oneof![12 => Just("nfs4"), 6 => Just("nfs"), 1 => Just("xfs")],
+            prop_oneof![
+                16 => Just(" statvers=1.1"),
+                2 => Just(" statvers=1.0"),
+                1 => Just(" statvers=1.2"),
+                1 => Just(""),
+                1 => Just(" 1.1"),
+            ],
+        ),
+        prop_oneof![
+            12 => "[0-9]{1,7}",
+            2 => "[-+]?[0-9.]{0,4}[hmsuµn]{0,2}[0-9]{0,3}",
+            1 => Just("99999999999999999999".to_owned()),
+        ],
+        mountstats_numbers(prop_oneof![12 => Just(8), 1 => 6..10usize]),
+        mountstats_numbers(prop_oneof![12 => Just(27), 1 => 25..29usize]),
+        proptest::collection::vec(
+            prop_oneof![
+                8 => (Just("tcp"), Just(13usize)),
+                1 => (Just("udp"), Just(10usize)),
+                1 => (Just("tcp"), Just(10usize)),
+                1 => (Just("udp"), Just(7usize)),
+                1 => (Just("rdma"), 19..33usize),
+                1 => (prop_oneof![Just("tcp"), Just("sctp")], 0..16usize),
+            ]
+            .prop_flat_map(|(protocol, count)| (Just(protocol), mountstats_numbers(Just(count)))),
+            0..3,
+        ),
+        proptest::collection::vec(
+            (
+                prop_oneof![Just("READ:"), Just("WRITE:"), Just("GETATTR"), Just(":")],
+                mountstats_numbers(prop_oneof![8 => 8..10usize, 1 => 6..8usize]),
+            ),
+            0..5,
+        ),
+        proptest::bool::weighted(0.85),
+        proptest::bool::weighted(0.85),
+    )
+        .prop_map(
+            |((device, fstype, statvers), age, bytes, events, xprts, ops, per_op, blank)| {
+                let mut text = format!(
+                    "device {device} mounted on /mnt/efs with fstype {fstype}{statvers}\n\
+                     \topts:\trw,vers=4.1,hard,proto=tcp\n\tage:\t{age}\n\
+                     \tcaps:\tcaps=0x3ffbf,wtmult=512\n\tevents:\t{events}\n\tbytes:\t{bytes}\n\
+                     \tRPC iostats version: 1.1  p/v: 100003/4 (nfs)\n"
+                );
+                for (protocol, numbers) in xprts {
+                    text.push_str(&format!("\txprt:\t{protocol} {numbers}\n"));
+                }
+                if per_op {
+                    text.push_str("\tper-op statistics\n");
+                }
+                for (name, numbers) in ops {
+                    text.push_str(&format!("\t{name:>12} {numbers}\n"));
+                }
+                if blank {
+                    text.push('\n');
+                }
+                text
+            },
+        )
+}
+
+/// Whole files: mounts, stray lines (other devices, keys without values, truncated lines,
+/// carriage returns) in any order.
+fn mountstats_text() -> impl Strategy<Value = String> {
+    let stray = prop_oneof![
+        Just("device proc mounted on /proc with fstype proc\n".to_owned()),
+        Just("device\n".to_owned()),
+        Just("\tage:\n".to_owned()),
+        Just("\topts:\n".to_owned()),
+        Just("\txprt:\ttcp\n".to_owned()),
+        Just("\tper-op statistics\n".to_owned()),
+        Just("\n".to_owned()),
+        Just("\r\n".to_owned()),
+        "[ -~\t]{0,40}\n",
+    ];
+    let piece = prop_oneof![3 => mountstats_mount(), 1 => stray];
+    proptest::collection::vec(piece, 0..5).prop_map(|pieces| pieces.concat())
+}
+
+proptest! {
+    // A mount's text is a few hundred tokens: ~5 ms a case in a debug build.
+    #![proptest_config(Config { cases: 300, ..Config::default() })]
+
+    #[test]
+    fn the_mountstats_parser_takes_any_input(text in mountstats_text()) {
+        // Mounts or an error naming the line, never a panic.
+        match collector::node::mountstats::parse_mountstats(text.as_bytes()) {
+            Ok(mounts) => {
+                let devices =
+                    text.lines().filter(|l| l.split_whitespace().next() == Some("device"));
+                prop_assert!(mounts.len() <= devices.count());
+            }
+            Err(error) => prop_assert!(format!("{error:#}").contains("line "), "{error:#}"),
+        }
+        let _ = collector::node::mountstats::parse_mountinfo_addresses(text.as_bytes());
+    }
+
+    #[test]
+    fn the_mountstats_parser_takes_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = collector::node::mountstats::parse_mountstats(&bytes);
+        let _ = collector::node::mountstats::parse_mountinfo_addresses(&bytes);
+    }
+}

@@ -52,10 +52,7 @@ pub const IGNORED: &[IgnoredCollector] = &[
         ],
     ),
     ignored("logind", false, &[]),
-    ignored("mountstats", false, &[]),
     ignored("network_route", false, &[]),
-    ignored("nfs", true, &[]),
-    ignored("nfsd", true, &[]),
     ignored(
         "ntp",
         false,
