@@ -9,6 +9,7 @@ use crate::{
 
 /// Every collector, in `--help` order.
 pub const ALL: &[CollectorSpec] = &[
+    node::arp::SPEC,
     node::bcache::SPEC,
     node::bcachefs::SPEC,
     node::bonding::SPEC,
@@ -32,6 +33,7 @@ pub const ALL: &[CollectorSpec] = &[
     node::hwmon::SPEC,
     node::infiniband::SPEC,
     node::interrupts::SPEC,
+    node::ipvs::SPEC,
     node::kernel_hung::SPEC,
     node::ksmd::SPEC,
     node::lnstat::SPEC,
@@ -43,6 +45,7 @@ pub const ALL: &[CollectorSpec] = &[
     node::netclass::SPEC,
     node::netdev::SPEC,
     node::netstat::SPEC,
+    node::network_route::SPEC,
     node::nfs::SPEC,
     node::nfsd::SPEC,
     node::nvme::SPEC,
@@ -63,6 +66,7 @@ pub const ALL: &[CollectorSpec] = &[
     node::swap::SPEC,
     node::sysctl::SPEC,
     node::tapestats::SPEC,
+    node::tcpstat::SPEC,
     node::textfile::SPEC,
     node::thermal_zone::SPEC,
     node::time::SPEC,
@@ -71,6 +75,7 @@ pub const ALL: &[CollectorSpec] = &[
     node::uname::SPEC,
     node::vmstat::SPEC,
     node::watchdog::SPEC,
+    node::xfrm::SPEC,
     node::xfs::SPEC,
     node::zfs::SPEC,
     node::zoneinfo::SPEC,

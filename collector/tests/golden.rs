@@ -30,6 +30,8 @@ const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Collectors without a golden file, and why.
 const NOT_FROM_FILES: &[(&str, &str)] = &[
+    ("network_route", "reads rtnetlink routes, no file (tests/netlink.rs)"),
+    ("tcpstat", "reads inet_diag sockets, no file (tests/netlink.rs)"),
     ("time", "reads the clock, no file"),
     ("timex", "reads adjtimex(2), no file"),
     ("uname", "reads uname(2), no file"),

@@ -27,15 +27,6 @@ const fn ignored(
 /// options.
 pub const IGNORED: &[IgnoredCollector] = &[
     ignored(
-        "arp",
-        true,
-        &[
-            FlagSpec::value("collector.arp.device-include", None, "Regexp of arp devices to include (mutually exclusive to device-exclude)."),
-            FlagSpec::value("collector.arp.device-exclude", None, "Regexp of arp devices to exclude (mutually exclusive to device-include)."),
-            FlagSpec::bool("collector.arp.netlink", false, "Use netlink to gather stats instead of /proc/net/arp."),
-        ],
-    ),
-    ignored(
         "ethtool",
         false,
         &[
@@ -44,15 +35,7 @@ pub const IGNORED: &[IgnoredCollector] = &[
             FlagSpec::value("collector.ethtool.metrics-include", Some(".*"), "Regexp of ethtool stats to include."),
         ],
     ),
-    ignored(
-        "ipvs",
-        true,
-        &[
-            FlagSpec::value("collector.ipvs.backend-labels", Some("local_address,local_port,remote_address,remote_port,proto,local_mark"), "Comma separated list for IPVS backend stats labels."),
-        ],
-    ),
     ignored("logind", false, &[]),
-    ignored("network_route", false, &[]),
     ignored(
         "ntp",
         false,
@@ -119,7 +102,6 @@ pub const IGNORED: &[IgnoredCollector] = &[
             FlagSpec::bool("collector.systemd.enable-start-time-metrics", false, "Enables service unit metric unit_start_time_seconds"),
         ],
     ),
-    ignored("tcpstat", false, &[]),
     ignored(
         "wifi",
         false,
@@ -127,5 +109,4 @@ pub const IGNORED: &[IgnoredCollector] = &[
             FlagSpec::value("collector.wifi.fixtures", Some(""), "test fixtures to use for wifi collector metrics"),
         ],
     ),
-    ignored("xfrm", false, &[]),
 ];
