@@ -1,9 +1,12 @@
-//! `netdev`: per-device network counters from /proc/net/dev, as node_exporter's netdev
-//! collector. Upstream reads rtnetlink by default (`--collector.netdev.netlink`); /proc/net/dev
-//! gives the same counters for the standard families (the kernel prints them from the same
-//! `rtnl_link_stats64`, folding the detailed errors exactly as upstream's `legacy()` does), and
-//! in netlink mode the one extra netlink counter, `rx_nohandler`, is read from
-//! /sys/class/net/<dev>/statistics.
+//! `netdev`: per-device network counters, as node_exporter's netdev collector. By default
+//! (`--collector.netdev.netlink`, as upstream 1.12) from one rtnetlink link dump: each link's
+//! `IFLA_STATS64` (or the 32-bit `IFLA_STATS` where a driver gives only that), which is what the
+//! kernel prints in /proc/net/dev too, but with the detailed error counters and `rx_nohandler`,
+//! and without parsing text per device. With `--no-collector.netdev.netlink`, /proc/net/dev
+//! under `--path.procfs`. Unless `--collector.netdev.enable-detailed-metrics`, the detailed
+//! counters are folded into /proc/net/dev's names exactly as upstream's `legacy()` folds them.
+//! The netlink dump reads the collector's own network namespace (the host's under
+//! `hostNetwork`), as upstream's does, not one under `--path.procfs`.
 use std::{
     collections::BTreeMap,
     ffi::CStr,
@@ -14,6 +17,10 @@ use std::{
 
 use anyhow::Context as _;
 
+use netlink_packet_core::NlasIterator;
+use netlink_packet_route::{RouteNetlinkMessage, link::LinkMessage};
+
+use super::netlink_dump;
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec},
     flags::{DeviceFilter, FlagSpec},
@@ -137,12 +144,12 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     }))
 }
 
-/// One /proc/net/dev line: the device and its 16 counters, keyed as upstream keys them.
-type DeviceStats = (String, Vec<(&'static str, u64)>);
+/// One device's counters, keyed as upstream keys them (`receive_bytes`, `multicast`...).
+type Counters = BTreeMap<&'static str, u64>;
 
 /// Parses /proc/net/dev as procfs' `NetDev` does: two header lines, then `name: 16 numbers`
 /// (the name is what precedes the last colon).
-fn parse(text: &str, path: &Path) -> anyhow::Result<Vec<DeviceStats>> {
+fn parse(text: &str, path: &Path) -> anyhow::Result<Vec<(String, Counters)>> {
     let mut devices = Vec::new();
     for line in text.lines().skip(2) {
         let (name, counters) = line
@@ -160,28 +167,161 @@ fn parse(text: &str, path: &Path) -> anyhow::Result<Vec<DeviceStats>> {
                 fields.len()
             );
         }
-        let mut stats = Vec::with_capacity(16);
+        let mut stats = Counters::new();
         for (key, field) in RECEIVE_COLUMNS
             .iter()
             .chain(TRANSMIT_COLUMNS.iter())
             .zip(fields)
         {
-            stats.push((*key, read::parse_number::<u64>(field, key, path)?));
+            stats.insert(*key, read::parse_number::<u64>(field, key, path)?);
         }
         devices.push((name.to_owned(), stats));
     }
     Ok(devices)
 }
 
-/// upstream's `legacy()`: the /proc/net/dev names of the errors and drops.
-fn legacy_name(key: &str) -> &str {
-    match key {
-        "receive_errors" => "receive_errs",
-        "receive_dropped" => "receive_drop",
-        "transmit_errors" => "transmit_errs",
-        "transmit_dropped" => "transmit_drop",
-        other => other,
+/// `struct rtnl_link_stats64` (and the 32-bit `rtnl_link_stats`), field by field, as upstream
+/// names them. Older kernels send fewer fields; the missing ones are absent, as upstream's
+/// zero values are then folded in as nothing.
+const LINK_STATS: [&str; 24] = [
+    "receive_packets",
+    "transmit_packets",
+    "receive_bytes",
+    "transmit_bytes",
+    "receive_errors",
+    "transmit_errors",
+    "receive_dropped",
+    "transmit_dropped",
+    "multicast",
+    "collisions",
+    "receive_length_errors",
+    "receive_over_errors",
+    "receive_crc_errors",
+    "receive_frame_errors",
+    "receive_fifo_errors",
+    "receive_missed_errors",
+    "transmit_aborted_errors",
+    "transmit_carrier_errors",
+    "transmit_fifo_errors",
+    "transmit_heartbeat_errors",
+    "transmit_window_errors",
+    "receive_compressed",
+    "transmit_compressed",
+    "receive_nohandler",
+];
+
+const IFLA_IFNAME: u16 = libc::IFLA_IFNAME;
+const IFLA_STATS: u16 = libc::IFLA_STATS;
+const IFLA_STATS64: u16 = libc::IFLA_STATS64;
+/// `struct ifinfomsg`, before the attributes of an RTM_NEWLINK message.
+const IFINFOMSG_LEN: usize = 16;
+
+/// Every link's name and counters from one RTM_GETLINK dump.
+fn netlink_stats() -> anyhow::Result<Vec<(String, Counters)>> {
+    let mut devices = Vec::new();
+    netlink_dump::dump(
+        netlink_dump::NETLINK_ROUTE,
+        RouteNetlinkMessage::GetLink(LinkMessage::default()),
+        |kind, payload| {
+            if kind == libc::RTM_NEWLINK
+                && let Some(device) = link_counters(payload)?
+            {
+                devices.push(device);
+            }
+            Ok(())
+        },
+    )
+    .context("couldn't get netstats: rtnetlink link dump")?;
+    Ok(devices)
+}
+
+/// The name and counters of one RTM_NEWLINK payload; `None` for a link without a name or
+/// statistics (upstream skips those).
+fn link_counters(payload: &[u8]) -> anyhow::Result<Option<(String, Counters)>> {
+    let attributes = payload
+        .get(IFINFOMSG_LEN..)
+        .context("malformed link message: shorter than ifinfomsg")?;
+    let (mut name, mut stats64, mut stats32) = (None, None, None);
+    for attribute in NlasIterator::new(attributes) {
+        let attribute =
+            attribute.map_err(|e| anyhow::anyhow!("malformed link message attribute: {e}"))?;
+        let value = attribute.value();
+        match attribute.kind() {
+            IFLA_IFNAME => {
+                let bytes = value.split(|b| *b == 0).next().unwrap_or_default();
+                name = Some(String::from_utf8_lossy(bytes).into_owned());
+            }
+            IFLA_STATS64 => stats64 = Some(value.to_vec()),
+            IFLA_STATS => stats32 = Some(value.to_vec()),
+            _ => {}
+        }
     }
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    let counters: Counters = match (stats64, stats32) {
+        (Some(stats), _) => LINK_STATS
+            .iter()
+            .zip(stats.chunks_exact(8))
+            .map(|(key, bytes)| {
+                (
+                    *key,
+                    u64::from_ne_bytes(bytes.try_into().unwrap_or_default()),
+                )
+            })
+            .collect(),
+        (None, Some(stats)) => LINK_STATS
+            .iter()
+            .zip(stats.chunks_exact(4))
+            .map(|(key, bytes)| {
+                let value = u32::from_ne_bytes(bytes.try_into().unwrap_or_default());
+                (*key, u64::from(value))
+            })
+            .collect(),
+        (None, None) => return Ok(None),
+    };
+    Ok(Some((name, counters)))
+}
+
+/// upstream's `legacy()`: the detailed netlink counters folded into /proc/net/dev's names and
+/// sums (net/core/net-procfs.c); on /proc/net/dev's own counters only the renames apply.
+fn legacy(counters: &mut Counters) {
+    let mut fold = |into: &'static str, from: &'static str, added: &[&'static str]| {
+        if let Some(value) = counters.remove(from) {
+            let extra: u64 = added.iter().filter_map(|key| counters.remove(key)).sum();
+            counters.insert(into, value.wrapping_add(extra));
+        }
+    };
+    fold("receive_errs", "receive_errors", &[]);
+    fold(
+        "receive_drop",
+        "receive_dropped",
+        &["receive_missed_errors"],
+    );
+    fold("receive_fifo", "receive_fifo_errors", &[]);
+    fold(
+        "receive_frame",
+        "receive_frame_errors",
+        &[
+            "receive_length_errors",
+            "receive_over_errors",
+            "receive_crc_errors",
+        ],
+    );
+    fold("receive_multicast", "multicast", &[]);
+    fold("transmit_errs", "transmit_errors", &[]);
+    fold("transmit_drop", "transmit_dropped", &[]);
+    fold("transmit_fifo", "transmit_fifo_errors", &[]);
+    fold("transmit_colls", "collisions", &[]);
+    fold(
+        "transmit_carrier",
+        "transmit_carrier_errors",
+        &[
+            "transmit_aborted_errors",
+            "transmit_heartbeat_errors",
+            "transmit_window_errors",
+        ],
+    );
 }
 
 impl NetdevCollector {
@@ -212,16 +352,20 @@ impl NetdevCollector {
 
 impl Collector for NetdevCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        let text = self.file.to_string()?;
-        let devices = parse(&text, self.file.path())?;
+        let devices = if self.netlink {
+            netlink_stats()?
+        } else {
+            let text = self.file.to_string()?;
+            parse(&text, self.file.path())?
+        };
         let aliases = if self.ifalias {
             Some(self.ifaliases()?)
         } else {
             None
         };
 
-        let mut families: BTreeMap<String, MetricFamily> = BTreeMap::new();
-        for (device, stats) in devices {
+        let mut families: BTreeMap<&str, MetricFamily> = BTreeMap::new();
+        for (device, mut counters) in devices {
             if self.filter.ignored(&device) {
                 continue;
             }
@@ -229,20 +373,12 @@ impl Collector for NetdevCollector {
             if let Some(alias) = aliases.as_ref().and_then(|a| a.get(&device)) {
                 labels.push(("ifalias", alias.clone()));
             }
-            let mut stats: Vec<(&str, u64)> = stats;
-            if self.netlink {
-                let path = self.class_net.join(&device).join("statistics/rx_nohandler");
-                if let Some(value) = read::sys_attribute(&path)
-                    .ok()
-                    .and_then(|v| v.parse::<u64>().ok())
-                {
-                    stats.push(("receive_nohandler", value));
-                }
+            if !self.detailed {
+                legacy(&mut counters);
             }
-            for (key, value) in stats {
-                let key = if self.detailed { key } else { legacy_name(key) };
+            for (key, value) in counters {
                 families
-                    .entry(key.to_owned())
+                    .entry(key)
                     .or_insert_with(|| {
                         MetricFamily::counter(
                             format!("node_network_{key}_total"),
@@ -392,9 +528,9 @@ mod tests {
         let devices = parse(&text, Path::new("/proc/net/dev")).unwrap();
         assert_eq!(devices.len(), 2);
         assert_eq!(devices[1].0, "eth0");
-        assert_eq!(devices[1].1[0], ("receive_bytes", 1));
-        assert_eq!(devices[1].1[13], ("transmit_colls", 14));
-        assert_eq!(devices[1].1[15], ("transmit_compressed", 16));
+        assert_eq!(devices[1].1["receive_bytes"], 1);
+        assert_eq!(devices[1].1["transmit_colls"], 14);
+        assert_eq!(devices[1].1["transmit_compressed"], 16);
     }
 
     #[test]
@@ -424,40 +560,150 @@ mod tests {
     }
 
     #[test]
-    fn netlink_mode_adds_rx_nohandler_and_ifalias_labels() {
+    fn ifalias_labels_where_sysfs_has_the_device() {
         let host = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/host");
         let collector = NetdevCollector {
             file: read::KeptFile::new(host.join("proc/net/dev")),
             class_net: host.join("sys/class/net"),
             filter: DeviceFilter::new(None, Some(regex::Regex::new("^(eth0|ib0)$").unwrap())),
             detailed: false,
-            netlink: true,
+            netlink: false,
             ifalias: true,
             address_info: false,
         };
         let mut out = Vec::new();
         collector.update(&mut out).unwrap();
-        let nohandler = out
-            .iter()
-            .find(|f| f.name == "node_network_receive_nohandler_total")
-            .unwrap();
-        assert_eq!(nohandler.metrics.len(), 1, "ib0 has no statistics");
-        assert_eq!(
-            nohandler.metrics[0].labels,
-            [
-                ("device".to_owned(), "eth0".to_owned()),
-                ("ifalias".to_owned(), "uplink to rack switch".to_owned())
-            ]
-        );
         let bytes = out
             .iter()
             .find(|f| f.name == "node_network_receive_bytes_total")
             .unwrap();
         assert_eq!(bytes.metrics.len(), 2);
+        assert!(bytes.metrics.iter().any(|m| m.labels
+            == [
+                ("device".to_owned(), "eth0".to_owned()),
+                ("ifalias".to_owned(), "uplink to rack switch".to_owned())
+            ]));
         assert!(
             bytes.metrics.iter().any(|m| m.labels.len() == 1),
             "ib0 has no sysfs entry"
         );
+    }
+
+    /// An RTM_NEWLINK payload: an ifinfomsg, then the attributes given.
+    fn link_message(attributes: &[(u16, Vec<u8>)]) -> Vec<u8> {
+        let mut payload = vec![0; IFINFOMSG_LEN];
+        for (kind, value) in attributes {
+            let length = 4 + value.len();
+            payload.extend((length as u16).to_ne_bytes());
+            payload.extend(kind.to_ne_bytes());
+            payload.extend(value);
+            payload.resize(payload.len().next_multiple_of(4), 0);
+        }
+        payload
+    }
+
+    fn name(name: &str) -> (u16, Vec<u8>) {
+        let mut value = name.as_bytes().to_vec();
+        value.push(0);
+        (IFLA_IFNAME, value)
+    }
+
+    #[test]
+    fn link_counters_from_stats64_or_the_32_bit_stats() {
+        let stats64: Vec<u8> = (1..=25u64).flat_map(u64::to_ne_bytes).collect();
+        let (device, counters) =
+            link_counters(&link_message(&[name("ens5"), (IFLA_STATS64, stats64)]))
+                .unwrap()
+                .unwrap();
+        assert_eq!(device, "ens5");
+        assert_eq!(counters.len(), 24, "rx_otherhost_dropped is not exported");
+        assert_eq!(counters["receive_packets"], 1);
+        assert_eq!(counters["receive_bytes"], 3);
+        assert_eq!(counters["multicast"], 9);
+        assert_eq!(counters["receive_nohandler"], 24);
+
+        // A driver without 64-bit stats, on a kernel that sends 23 fields (no rx_nohandler).
+        let stats32: Vec<u8> = (1..=23u32).flat_map(u32::to_ne_bytes).collect();
+        let (_, counters) = link_counters(&link_message(&[(IFLA_STATS, stats32), name("sit0")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(counters.len(), 23);
+        assert_eq!(counters["transmit_compressed"], 23);
+        assert!(!counters.contains_key("receive_nohandler"));
+    }
+
+    #[test]
+    fn links_without_a_name_or_stats_are_skipped_and_garbage_is_an_error() {
+        assert!(
+            link_counters(&link_message(&[name("x")]))
+                .unwrap()
+                .is_none()
+        );
+        let stats: Vec<u8> = vec![0; 8 * 24];
+        assert!(
+            link_counters(&link_message(&[(IFLA_STATS64, stats)]))
+                .unwrap()
+                .is_none()
+        );
+        assert!(link_counters(&[0; 8]).is_err(), "shorter than ifinfomsg");
+        let mut truncated = link_message(&[name("eth0")]);
+        truncated.extend([200, 0, 3, 0]); // an attribute claiming 200 bytes
+        assert!(link_counters(&truncated).is_err());
+    }
+
+    #[test]
+    fn legacy_folds_detailed_errors_as_upstream() {
+        let mut counters: Counters = LINK_STATS.iter().map(|key| (*key, 1)).collect();
+        legacy(&mut counters);
+        let folded: Vec<(&str, u64)> = counters.into_iter().collect();
+        assert_eq!(
+            folded,
+            [
+                ("receive_bytes", 1),
+                ("receive_compressed", 1),
+                ("receive_drop", 2),
+                ("receive_errs", 1),
+                ("receive_fifo", 1),
+                ("receive_frame", 4),
+                ("receive_multicast", 1),
+                ("receive_nohandler", 1),
+                ("receive_packets", 1),
+                ("transmit_bytes", 1),
+                ("transmit_carrier", 4),
+                ("transmit_colls", 1),
+                ("transmit_compressed", 1),
+                ("transmit_drop", 1),
+                ("transmit_errs", 1),
+                ("transmit_fifo", 1),
+                ("transmit_packets", 1),
+            ]
+        );
+    }
+
+    /// The live dump against /proc/net/dev read just before: the same devices, and counters
+    /// that only grow (the kernel prints both from the same `rtnl_link_stats64`).
+    #[test]
+    fn the_netlink_dump_agrees_with_proc_net_dev() {
+        let text = std::fs::read_to_string("/proc/net/dev").unwrap();
+        let mut before = parse(&text, Path::new("/proc/net/dev")).unwrap();
+        let mut after = netlink_stats().unwrap();
+        before.sort_by(|a, b| a.0.cmp(&b.0));
+        after.sort_by(|a, b| a.0.cmp(&b.0));
+        let names = |devices: &[(String, Counters)]| -> Vec<String> {
+            devices.iter().map(|(name, _)| name.clone()).collect()
+        };
+        assert_eq!(names(&before), names(&after));
+        for ((device, mut proc), (_, mut netlink)) in before.into_iter().zip(after) {
+            legacy(&mut proc);
+            legacy(&mut netlink);
+            for (key, value) in proc {
+                assert!(
+                    netlink[key] >= value,
+                    "{device} {key}: {} < {value}",
+                    netlink[key]
+                );
+            }
+        }
     }
 
     #[test]
