@@ -52,6 +52,7 @@ pub const ALL: &[CollectorSpec] = &[
     node::nvmesubsystem::SPEC,
     node::os::SPEC,
     node::pcidevice::SPEC,
+    node::perf::SPEC,
     node::powersupplyclass::SPEC,
     node::pressure::SPEC,
     node::processes::SPEC,

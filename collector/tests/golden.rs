@@ -31,6 +31,7 @@ const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 /// Collectors without a golden file, and why.
 const NOT_FROM_FILES: &[(&str, &str)] = &[
     ("network_route", "reads rtnetlink routes, no file (tests/netlink.rs)"),
+    ("perf", "reads live perf_event_open(2) counters, no file (tests/perf.rs)"),
     ("tcpstat", "reads inet_diag sockets, no file (tests/netlink.rs)"),
     ("time", "reads the clock, no file"),
     ("timex", "reads adjtimex(2), no file"),

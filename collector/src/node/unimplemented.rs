@@ -50,20 +50,6 @@ pub const IGNORED: &[IgnoredCollector] = &[
         ],
     ),
     ignored(
-        "perf",
-        false,
-        &[
-            FlagSpec::value("collector.perf.cpus", Some(""), "List of CPUs from which perf metrics should be collected"),
-            FlagSpec::repeated("collector.perf.tracepoint", "perf tracepoint that should be collected"),
-            FlagSpec::bool("collector.perf.disable-hardware-profilers", false, "disable perf hardware profilers"),
-            FlagSpec::repeated("collector.perf.hardware-profilers", "perf hardware profilers that should be collected"),
-            FlagSpec::bool("collector.perf.disable-software-profilers", false, "disable perf software profilers"),
-            FlagSpec::repeated("collector.perf.software-profilers", "perf software profilers that should be collected"),
-            FlagSpec::bool("collector.perf.disable-cache-profilers", false, "disable perf cache profilers"),
-            FlagSpec::repeated("collector.perf.cache-profilers", "perf cache profilers that should be collected"),
-        ],
-    ),
-    ignored(
         "qdisc",
         false,
         &[
