@@ -16,6 +16,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",                  // inspecting loaded programs when a test fails
     "nftables",                 // dropping packets in the network tests (retransmits, drops)
     "python3-seccomp",          // applying the shipped seccomp profile to the daemon in a test
+    "dbus-daemon",              // a private system bus for the systemd and logind collectors' tests
 ];
 
 /// Validates the rendered Kubernetes manifests against the API schemas it ships (offline); its

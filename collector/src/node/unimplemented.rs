@@ -35,7 +35,6 @@ pub const IGNORED: &[IgnoredCollector] = &[
             FlagSpec::value("collector.ethtool.metrics-include", Some(".*"), "Regexp of ethtool stats to include."),
         ],
     ),
-    ignored("logind", false, &[]),
     ignored(
         "ntp",
         false,
@@ -72,20 +71,6 @@ pub const IGNORED: &[IgnoredCollector] = &[
         false,
         &[
             FlagSpec::value("collector.supervisord.url", Some("http://localhost:9001/RPC2"), "XML RPC endpoint."),
-        ],
-    ),
-    ignored(
-        "systemd",
-        false,
-        &[
-            FlagSpec::value("collector.systemd.unit-include", Some(".+"), "Regexp of systemd units to include. Units must both match include and not match exclude to be included."),
-            FlagSpec::value("collector.systemd.unit-whitelist", Some(""), "DEPRECATED: Use --collector.systemd.unit-include").hidden(),
-            FlagSpec::value("collector.systemd.unit-exclude", Some(".+\\.(automount|device|mount|scope|slice)"), "Regexp of systemd units to exclude. Units must both match include and not match exclude to be included."),
-            FlagSpec::value("collector.systemd.unit-blacklist", Some(""), "DEPRECATED: Use collector.systemd.unit-exclude").hidden(),
-            FlagSpec::bool("collector.systemd.private", false, "Establish a private, direct connection to systemd without dbus (Strongly discouraged since it requires root. For testing purposes only).").hidden(),
-            FlagSpec::bool("collector.systemd.enable-task-metrics", false, "Enables service unit tasks metrics unit_tasks_current and unit_tasks_max"),
-            FlagSpec::bool("collector.systemd.enable-restarts-metrics", false, "Enables service unit metric service_restart_total"),
-            FlagSpec::bool("collector.systemd.enable-start-time-metrics", false, "Enables service unit metric unit_start_time_seconds"),
         ],
     ),
     ignored(
