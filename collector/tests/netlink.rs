@@ -1,6 +1,7 @@
 //! The netlink collectors (`arp` with its default `--collector.arp.netlink`, `network_route`,
-//! `tcpstat`) against what `ip neigh`, `ip route` and `ss -tan` print, in a network namespace
-//! each test creates with neighbours, routes and sockets of its own. Each outer test runs its
+//! `tcpstat`, `qdisc`) against what `ip neigh`, `ip route`, `ss -tan` and `tc -s qdisc` print,
+//! and `ethtool` against the veth driver, in a network namespace each test creates with
+//! neighbours, routes, sockets and qdiscs of its own. Each outer test runs its
 //! inner test again in a new network namespace (`unshare --net`; for a non-root user also
 //! `--user --map-root-user`, which gives CAP_NET_ADMIN over the new namespace only), where it
 //! sets the namespace up, starts the daemon and scrapes it over the namespace's loopback; arp
@@ -505,4 +506,259 @@ fn tcpstat_in_a_new_network_namespace() {
     assert_eq!(ours["established"], 2.0 * 3.0 + 2.0, "{}", scrape.text);
     assert_eq!(received, 1302.0);
     assert!(sent >= 2.0 * 128.0, "listeners' backlogs: {sent}");
+}
+
+/// Runs `tc` with `args`, which must succeed; its output.
+fn tc(args: &str) -> String {
+    let output = Command::new("tc")
+        .args(args.split_whitespace())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "tc {args}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// A veth pair q0/q1, up, quiet: no IPv6 (no router solicitations, no MLD), one IPv4 address on
+/// q0 and a static neighbour behind it, so that only the datagrams a test sends leave q0.
+fn set_up_quiet_links() {
+    ip("link set lo up");
+    ip("link add q0 type veth peer name q1");
+    for device in ["q0", "q1"] {
+        // Absent when the kernel has no IPv6: nothing to silence then.
+        let _ = std::fs::write(
+            format!("/proc/sys/net/ipv6/conf/{device}/disable_ipv6"),
+            "1",
+        );
+    }
+    ip("link set q0 up");
+    ip("link set q1 up");
+    ip("addr add 10.3.0.1/24 dev q0");
+    ip("neigh add 10.3.0.2 lladdr 02:00:00:00:03:02 dev q0");
+}
+
+/// Root qdiscs as `tc -s qdisc show` prints them: (device, kind) to bytes, packets, drops,
+/// requeues, overlimits, queue length and backlog.
+fn tc_root_qdiscs() -> BTreeMap<(String, String), [f64; 7]> {
+    let text = tc("-s qdisc show");
+    let mut qdiscs = BTreeMap::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let tokens: Vec<&str> = line.split_whitespace().collect();
+        if tokens.first() != Some(&"qdisc") || !tokens.contains(&"root") {
+            continue;
+        }
+        let device = tokens.windows(2).find(|w| w[0] == "dev").unwrap()[1];
+        // " Sent 426 bytes 5 pkt (dropped 0, overlimits 0 requeues 0)"
+        // " backlog 0b 0p requeues 0"
+        let number = |token: &str| -> f64 {
+            token
+                .trim_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .unwrap_or_else(|_| panic!("{token:?} in {text}"))
+        };
+        let sent: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        let backlog: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        qdiscs.insert(
+            (device.to_owned(), tokens[1].to_owned()),
+            [
+                number(sent[1]),
+                number(sent[3]),
+                number(sent[6]),
+                number(sent[10]),
+                number(sent[8]),
+                number(backlog[2]),
+                number(backlog[1]),
+            ],
+        );
+    }
+    qdiscs
+}
+
+#[test]
+fn qdisc_reports_the_root_qdiscs_tc_shows() {
+    run_in_new_network_namespace("qdisc_in_a_new_network_namespace");
+}
+
+#[test]
+#[ignore = "run in a network namespace of its own by qdisc_reports_the_root_qdiscs_tc_shows"]
+fn qdisc_in_a_new_network_namespace() {
+    if !inner_run() {
+        return;
+    }
+    if Command::new("tc").arg("-V").output().is_err() {
+        eprintln!("skipped: tc is not installed");
+        return;
+    }
+    set_up_quiet_links();
+    tc("qdisc add dev q0 root handle 1: pfifo limit 100");
+    // mq: a root qdisc with a child per queue, which is not reported.
+    tc("qdisc add dev q1 root handle 2: mq");
+    // Not a root qdisc (parent ffff:fff1); the module may be missing here.
+    let _ = Command::new("tc")
+        .args(["qdisc", "add", "dev", "q0", "ingress"])
+        .output();
+    let sender = std::net::UdpSocket::bind("10.3.0.1:0").unwrap();
+    for _ in 0..5 {
+        sender.send_to(&[0; 100], "10.3.0.2:9").unwrap();
+    }
+
+    let families = [
+        "node_qdisc_bytes_total",
+        "node_qdisc_packets_total",
+        "node_qdisc_drops_total",
+        "node_qdisc_requeues_total",
+        "node_qdisc_overlimits_total",
+        "node_qdisc_current_queue_length",
+        "node_qdisc_backlog",
+    ];
+    let scrape = daemon(&["--collector.qdisc"]).scrape();
+    assert_success(&scrape, "qdisc");
+    let mut ours: BTreeMap<(String, String), [f64; 7]> = BTreeMap::new();
+    for (index, family) in families.iter().enumerate() {
+        for sample in scrape.samples.iter().filter(|s| s.name == *family) {
+            let key = (
+                sample.labels["device"].clone(),
+                sample.labels["kind"].clone(),
+            );
+            ours.entry(key).or_default()[index] = sample.value;
+        }
+    }
+    assert_eq!(ours, tc_root_qdiscs(), "{}", scrape.text);
+    let key = |device: &str, kind: &str| (device.to_owned(), kind.to_owned());
+    assert_eq!(
+        ours.keys().cloned().collect::<Vec<_>>(),
+        [key("lo", "noqueue"), key("q0", "pfifo"), key("q1", "mq")],
+        "{}",
+        scrape.text
+    );
+    // Five frames of 100 bytes of payload, 8 of UDP, 20 of IPv4 and 14 of Ethernet.
+    assert_eq!(
+        ours[&key("q0", "pfifo")][..2],
+        [5.0 * 142.0, 5.0],
+        "{}",
+        scrape.text
+    );
+    assert_node_exporter_agrees(&["--collector.qdisc"], &scrape, &families);
+
+    let filtered = daemon(&["--collector.qdisc", "--collector.qdisc.device-include=^q"]).scrape();
+    let devices: BTreeSet<String> = filtered
+        .samples
+        .iter()
+        .filter(|s| s.name == "node_qdisc_packets_total")
+        .map(|s| s.labels["device"].clone())
+        .collect();
+    assert_eq!(devices, BTreeSet::from(["q0".to_owned(), "q1".to_owned()]));
+}
+
+#[test]
+fn ethtool_reports_what_the_veth_driver_answers() {
+    run_in_new_network_namespace("ethtool_in_a_new_network_namespace");
+}
+
+#[test]
+#[ignore = "run in a network namespace of its own by ethtool_reports_what_the_veth_driver_answers"]
+fn ethtool_in_a_new_network_namespace() {
+    if !inner_run() {
+        return;
+    }
+    set_up_quiet_links();
+    // The collector lists /sys/class/net, which shows the namespace sysfs was mounted in: a
+    // tree of this namespace's devices (and one that is gone, and bonding_masters, a file).
+    let sysfs = std::env::temp_dir().join(format!("ethtool-netns-{}", std::process::id()));
+    let class_net = sysfs.join("class/net");
+    for device in ["lo", "q0", "q1", "gone0"] {
+        std::fs::create_dir_all(class_net.join(device)).unwrap();
+    }
+    std::fs::write(class_net.join("bonding_masters"), "").unwrap();
+    let sysfs_flag = format!("--path.sysfs={}", sysfs.display());
+    let sender = std::net::UdpSocket::bind("10.3.0.1:0").unwrap();
+    for _ in 0..3 {
+        sender.send_to(&[0; 64], "10.3.0.2:9").unwrap();
+    }
+
+    let scrape = daemon(&["--collector.ethtool", &sysfs_flag]).scrape();
+    assert_success(&scrape, "ethtool");
+    let info = |device: &str| {
+        scrape.value(
+            "node_ethtool_info",
+            &[
+                ("bus_info", ""),
+                ("device", device),
+                ("driver", "veth"),
+                ("expansion_rom_version", ""),
+                ("firmware_version", ""),
+                ("version", "1.0"),
+            ],
+        )
+    };
+    assert_eq!(info("q0"), 1.0, "{}", scrape.text);
+    assert_eq!(info("q1"), 1.0, "{}", scrape.text);
+    // veth's first statistic is its peer's interface index.
+    let index = |device: &str| -> f64 {
+        let line = ip(&format!("-o link show {device}"));
+        line.split(':').next().unwrap().trim().parse().unwrap()
+    };
+    let peers = by_label(&scrape, "node_ethtool_peer_ifindex", "device");
+    assert_eq!(
+        peers,
+        BTreeMap::from([
+            ("q0".to_owned(), index("q1")),
+            ("q1".to_owned(), index("q0"))
+        ]),
+        "{}",
+        scrape.text
+    );
+    // veth has link settings (10000 Mb/s, no link modes), lo has none.
+    let autonegotiate = by_label(&scrape, "node_network_autonegotiate", "device");
+    assert_eq!(
+        autonegotiate,
+        BTreeMap::from([("q0".to_owned(), 0.0), ("q1".to_owned(), 0.0)]),
+        "{}",
+        scrape.text
+    );
+    assert!(
+        !scrape.text.contains("device=\"lo\"") && !scrape.text.contains("gone0"),
+        "{}",
+        scrape.text
+    );
+    // node_exporter 1.5.0 prints the same for every family of the collector.
+    let families: BTreeSet<&str> = scrape
+        .samples
+        .iter()
+        .map(|s| s.name.as_str())
+        .filter(|name| name.starts_with("node_ethtool_") || name.starts_with("node_network_"))
+        .collect();
+    assert!(families.len() > 5, "{}", scrape.text);
+    let families: Vec<&str> = families.into_iter().collect();
+    assert_node_exporter_agrees(&["--collector.ethtool", &sysfs_flag], &scrape, &families);
+
+    let filtered = daemon(&[
+        "--collector.ethtool",
+        &sysfs_flag,
+        "--collector.ethtool.device-exclude=^q1$",
+        "--collector.ethtool.metrics-include=^peer_",
+    ])
+    .scrape();
+    let stats: BTreeSet<&str> = filtered
+        .samples
+        .iter()
+        .filter(|s| s.name.starts_with("node_ethtool_"))
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(
+        stats,
+        BTreeSet::from(["node_ethtool_info", "node_ethtool_peer_ifindex"]),
+        "{}",
+        filtered.text
+    );
+    assert!(
+        !filtered.text.contains("device=\"q1\""),
+        "{}",
+        filtered.text
+    );
+    std::fs::remove_dir_all(&sysfs).unwrap();
 }

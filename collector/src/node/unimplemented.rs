@@ -27,15 +27,6 @@ const fn ignored(
 /// options.
 pub const IGNORED: &[IgnoredCollector] = &[
     ignored(
-        "ethtool",
-        false,
-        &[
-            FlagSpec::value("collector.ethtool.device-include", None, "Regexp of ethtool devices to include (mutually exclusive to device-exclude)."),
-            FlagSpec::value("collector.ethtool.device-exclude", None, "Regexp of ethtool devices to exclude (mutually exclusive to device-include)."),
-            FlagSpec::value("collector.ethtool.metrics-include", Some(".*"), "Regexp of ethtool stats to include."),
-        ],
-    ),
-    ignored(
         "ntp",
         false,
         &[
@@ -46,17 +37,6 @@ pub const IGNORED: &[IgnoredCollector] = &[
             FlagSpec::value("collector.ntp.ip-ttl", Some("1"), "IP TTL to use while sending NTP query"),
             FlagSpec::value("collector.ntp.max-distance", Some("3.46608s"), "Max accumulated distance to the root"),
             FlagSpec::value("collector.ntp.local-offset-tolerance", Some("1ms"), "Offset between local clock and local ntpd time to tolerate"),
-        ],
-    ),
-    ignored(
-        "qdisc",
-        false,
-        &[
-            FlagSpec::value("collector.qdisc.fixtures", Some(""), "test fixtures to use for qdisc collector end-to-end testing"),
-            FlagSpec::value("collector.qdisc.device-include", None, "Regexp of qdisc devices to include (mutually exclusive to device-exclude)."),
-            FlagSpec::value("collector.qdisc.device-exclude", None, "Regexp of qdisc devices to exclude (mutually exclusive to device-include)."),
-            FlagSpec::value("collector.qdisk.device-include", None, "Deprecated spelling of --collector.qdisc.device-include (node_exporter 1.5).").hidden(),
-            FlagSpec::value("collector.qdisk.device-exclude", None, "Deprecated spelling of --collector.qdisc.device-exclude (node_exporter 1.5).").hidden(),
         ],
     ),
     ignored(
@@ -71,13 +51,6 @@ pub const IGNORED: &[IgnoredCollector] = &[
         false,
         &[
             FlagSpec::value("collector.supervisord.url", Some("http://localhost:9001/RPC2"), "XML RPC endpoint."),
-        ],
-    ),
-    ignored(
-        "wifi",
-        false,
-        &[
-            FlagSpec::value("collector.wifi.fixtures", Some(""), "test fixtures to use for wifi collector metrics"),
         ],
     ),
 ];
