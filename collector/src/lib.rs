@@ -12,6 +12,7 @@ pub mod ebpf;
 pub mod exporter;
 pub mod exposition;
 pub mod flags;
+pub mod goparse;
 pub mod logging;
 pub mod memory;
 pub mod metrics;

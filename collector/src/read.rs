@@ -1,7 +1,10 @@
-//! Reading /proc and /sys files with errors that name the file, shared by the collectors.
+//! Reading /proc and /sys files, shared by the collectors: whole files with errors that name
+//! them, files kept open between scrapes, reads capped as procfs caps them, sysfs attributes as
+//! procfs' `util.SysReadFile` reads them, and directory listings in Go's order. Go's rules for
+//! the text read are in [`crate::goparse`].
 use std::{
-    ffi::CStr,
-    fs::File,
+    ffi::{CStr, OsString},
+    fs::{File, FileType},
     io::{Read as _, Seek as _},
     os::fd::{AsRawFd as _, FromRawFd as _},
     path::{Path, PathBuf},
@@ -9,6 +12,8 @@ use std::{
 };
 
 use anyhow::Context as _;
+
+use crate::goparse;
 
 /// The whole file, as text.
 pub fn to_string(path: &Path) -> anyhow::Result<String> {
@@ -150,88 +155,211 @@ where
         .with_context(|| format!("{}: {field}: bad number {value:?}", path.display()))
 }
 
-/// Go's `strconv.ParseUint(s, 0, bits)`: the base from the prefix (`0x`, `0o`, `0b`, a leading
-/// `0` for octal, else decimal), underscores between digits, `None` when invalid or out of
-/// range; the procfs parsers read /proc/meminfo and /proc/cpuinfo numbers this way.
+/// [`crate::goparse::parse_uint`] with base 0, under the name `node/arp.rs` still calls it by.
 pub fn go_parse_uint_base0(s: &str, bits: u32) -> Option<u64> {
-    let b = s.as_bytes();
-    if b.is_empty() {
-        return None;
-    }
-    let (radix, digits): (u32, &[u8]) = if b[0] == b'0' {
-        match b.get(1).map(u8::to_ascii_lowercase) {
-            Some(b'b') if b.len() >= 3 => (2, &b[2..]),
-            Some(b'o') if b.len() >= 3 => (8, &b[2..]),
-            Some(b'x') if b.len() >= 3 => (16, &b[2..]),
-            _ => (8, &b[1..]),
-        }
-    } else {
-        (10, b)
-    };
-    let mut value: u64 = 0;
-    for &c in digits {
-        if c == b'_' {
-            continue;
-        }
-        let digit = char::from(c).to_digit(radix)?;
-        value = value
-            .checked_mul(u64::from(radix))?
-            .checked_add(u64::from(digit))?;
-    }
-    // Go's underscoreOK: an underscore only between digits (a base prefix counts as one).
-    if b.contains(&b'_') {
-        let prefixed = radix != 10 && digits.len() + 2 == b.len();
-        let mut saw = if prefixed { b'0' } else { b'^' };
-        for &c in if prefixed { digits } else { b } {
-            if c == b'_' {
-                if saw != b'0' {
-                    return None;
-                }
-                saw = b'_';
-            } else {
-                saw = b'0';
-            }
-        }
-        if saw == b'_' {
-            return None;
-        }
-    }
-    (bits >= 64 || value < (1u64 << bits)).then_some(value)
+    crate::goparse::parse_uint(s, 0, bits)
 }
 
 /// The `<prefix>[0-9]*` entries of a directory (`cpu3`, `thermal_zone0`...), sorted by name as
 /// Go's `filepath.Glob` returns them (so `cpu10` before `cpu2`).
-pub fn numbered_entries(
-    dir: &Path,
-    prefix: &str,
-) -> std::io::Result<Vec<(String, std::path::PathBuf)>> {
-    let mut found: Vec<(String, std::path::PathBuf)> = std::fs::read_dir(dir)?
-        .filter_map(Result::ok)
-        .filter_map(|entry| {
-            let name = entry.file_name().into_string().ok()?;
-            let rest = name.strip_prefix(prefix)?;
-            rest.starts_with(|c: char| c.is_ascii_digit())
-                .then(|| (name.clone(), entry.path()))
+pub fn numbered_entries(dir: &Path, prefix: &str) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let names = glob_names(dir, |name| {
+        name.strip_prefix(prefix.as_bytes())
+            .is_some_and(|rest| rest.first().is_some_and(u8::is_ascii_digit))
+    })?;
+    Ok(names
+        .into_iter()
+        .filter_map(|name| {
+            let path = dir.join(&name);
+            Some((name.into_string().ok()?, path))
         })
-        .collect();
-    found.sort();
-    Ok(found)
+        .collect())
 }
 
 /// The `cpu[0-9]*` entries of a sysfs CPU folder ([`numbered_entries`]); none when the folder
 /// cannot be read.
-pub fn cpu_dirs(dir: &Path) -> Vec<(String, std::path::PathBuf)> {
+pub fn cpu_dirs(dir: &Path) -> Vec<(String, PathBuf)> {
     numbered_entries(dir, "cpu").unwrap_or_default()
 }
 
-/// node_exporter's `readUintFromFile`: the whole file, trimmed, as a decimal `u64`.
-pub fn uint_from_file(path: &Path) -> anyhow::Result<u64> {
-    let text = to_string(path)?;
-    parse_number(text.trim(), "value", path)
+/// node_exporter's `readUintFromFile` and procfs' `util.ReadUintFromFile`: the whole file,
+/// `strings.TrimSpace`d, as a decimal `u64` (Go's `ParseUint(s, 10, 64)`: no sign). A value that
+/// does not parse is an `InvalidData` error, so that callers can still tell a missing file apart.
+pub fn read_uint_file(path: &Path) -> std::io::Result<u64> {
+    let bytes = std::fs::read(path)?;
+    let text = String::from_utf8_lossy(goparse::trim_space(&bytes));
+    goparse::parse_uint(&text, 10, 64).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("parsing {text:?}: not a decimal unsigned 64-bit number"),
+        )
+    })
 }
 
-/// A sysfs attribute as procfs' `util.SysReadFile` reads it: one read, whitespace trimmed. The
-/// `io::Error` is kept so callers can skip attributes the kernel refuses (EINVAL, ENOENT...).
+/// [`read_uint_file`] with an error naming the file.
+pub fn uint_from_file(path: &Path) -> anyhow::Result<u64> {
+    read_uint_file(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// procfs' `util.ReadFileNoStat` bound: /proc files report a size of 0, so upstream reads them
+/// without asking and stops at 1 MiB; the collectors that follow it read at most this much.
+pub const NO_STAT_LIMIT: u64 = 1024 * 1024;
+
+/// The first `limit` bytes of a file (procfs' `util.ReadFileNoStat` with [`NO_STAT_LIMIT`]): a
+/// file that grows without bound costs a scrape no more than that.
+pub fn capped(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    File::open(path)?.take(limit).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// [`capped`] as text; invalid UTF-8 is an `InvalidData` error.
+pub fn capped_string(path: &Path, limit: u64) -> std::io::Result<String> {
+    let mut text = String::new();
+    File::open(path)?.take(limit).read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// procfs' `util.SysReadFile`: [`sys_read_raw`], then `bytes.TrimSpace`. Longer values are cut
+/// at 128 bytes, as upstream cuts them. Invalid UTF-8 is replaced as
+/// [`goparse::to_valid_utf8`] does.
+pub fn sys_read_file(path: &Path) -> std::io::Result<String> {
+    sys_read_attribute(path).map_err(|e| e.error)
+}
+
+/// A [`sys_read_raw`] failure: the error, and whether the file opened (procfs tells some
+/// errors of the `read(2)` apart by their text, which an open error's text never equals).
+#[derive(Debug)]
+pub struct SysReadError {
+    pub error: std::io::Error,
+    pub at_read: bool,
+}
+
+impl SysReadError {
+    /// Whether the error is `errno` returned by the read itself (Go's `err.Error() == "..."`).
+    pub fn read_errno(&self, errno: i32) -> bool {
+        self.at_read && self.error.raw_os_error() == Some(errno)
+    }
+
+    /// Go's `os.IsNotExist`.
+    pub fn not_found(&self) -> bool {
+        self.error.kind() == std::io::ErrorKind::NotFound
+    }
+
+    /// Go's `os.IsPermission`.
+    pub fn permission(&self) -> bool {
+        self.error.kind() == std::io::ErrorKind::PermissionDenied
+    }
+
+    /// Go's `errors.Is(err, syscall.EINVAL)`, at the open or the read.
+    pub fn invalid(&self) -> bool {
+        self.error.raw_os_error() == Some(libc::EINVAL)
+    }
+}
+
+/// [`sys_read_file`], telling an error of the open from one of the read.
+pub fn sys_read_attribute(path: &Path) -> Result<String, SysReadError> {
+    let bytes = sys_read_raw(path)?;
+    Ok(goparse::to_valid_utf8(goparse::trim_space(&bytes)))
+}
+
+/// A sysfs attribute as procfs' `util.SysReadFile` and node_exporter's own `sysReadFile` read
+/// it, untrimmed: one `read(2)` of at most 128 bytes (a broken driver answering EAGAIN forever
+/// must not make the scrape spin; EINTR is retried, as Go retries it).
+pub fn sys_read_raw(path: &Path) -> Result<Vec<u8>, SysReadError> {
+    let mut file = File::open(path).map_err(|error| SysReadError {
+        error,
+        at_read: false,
+    })?;
+    let mut buffer = [0u8; 128];
+    loop {
+        match file.read(&mut buffer) {
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => {
+                return Err(SysReadError {
+                    error,
+                    at_read: true,
+                });
+            }
+            Ok(n) => return Ok(buffer[..n].to_vec()),
+        }
+    }
+}
+
+/// Go's `errors.Is(err, os.ErrNotExist)` (`kind` NotFound) or `os.ErrPermission`
+/// (PermissionDenied) through an error chain: an `io::Error` of that kind is in it. Errors that
+/// upstream does not wrap (`%v`, parse errors) carry no `io::Error`.
+pub fn chain_has(error: &anyhow::Error, kind: std::io::ErrorKind) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == kind)
+    })
+}
+
+/// One entry of [`read_dir_sorted`].
+pub struct DirEntry {
+    pub name: OsString,
+    pub path: PathBuf,
+    /// The entry itself (a symlink is a symlink), as Go's `DirEntry.Type()`.
+    pub file_type: FileType,
+}
+
+/// Go's `os.ReadDir`: the entries of `dir` sorted by name.
+pub fn read_dir_sorted(dir: &Path) -> std::io::Result<Vec<DirEntry>> {
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        entries.push(DirEntry {
+            name: entry.file_name(),
+            path: entry.path(),
+            file_type: entry.file_type()?,
+        });
+    }
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(entries)
+}
+
+/// The names of Go's `os.ReadDir`, sorted, as text (a name that is not UTF-8 is read lossily:
+/// sysfs names are ASCII). Unlike [`read_dir_sorted`] the types are not asked for; unlike
+/// [`glob_names`] an entry that cannot be read fails the listing, as it fails `ReadDir`.
+pub fn sorted_names(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut names = std::fs::read_dir(dir)?
+        .map(|entry| entry.map(|entry| entry.file_name()))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    names.sort();
+    Ok(names
+        .into_iter()
+        .map(|name| name.to_string_lossy().into_owned())
+        .collect())
+}
+
+/// Go's `filepath.Glob(dir + "/" + pattern)` for a pattern without separators: the entries of
+/// `dir` whose name `matches`, sorted. Glob ignores I/O errors, so a `dir` that cannot be read
+/// matches nothing upstream; the error is kept for callers that log it.
+pub fn glob(dir: &Path, matches: impl Fn(&[u8]) -> bool) -> std::io::Result<Vec<PathBuf>> {
+    Ok(glob_names(dir, matches)?
+        .into_iter()
+        .map(|name| dir.join(name))
+        .collect())
+}
+
+/// The names of [`glob`]'s entries, sorted bytewise; an entry that cannot be read is left out,
+/// as Go's `Glob` leaves it out.
+pub fn glob_names(dir: &Path, matches: impl Fn(&[u8]) -> bool) -> std::io::Result<Vec<OsString>> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut names: Vec<OsString> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name())
+        .filter(|name| matches(name.as_bytes()))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// A sysfs attribute in one read of up to 4 KiB (procfs' `util.SysReadFile` reads at most 128
+/// bytes: [`sys_read_file`]), lossily decoded, whitespace trimmed. The `io::Error` is kept so
+/// callers can skip attributes the kernel refuses (EINVAL, ENOENT...).
 pub fn sys_attribute(path: &Path) -> std::io::Result<String> {
     read_attribute(File::open(path)?)
 }
@@ -282,46 +410,9 @@ pub fn is_unavailable(error: &std::io::Error) -> bool {
     )
 }
 
-/// Go's `strconv.ParseInt(s, 0, 64)`: an optional sign, then [`go_parse_uint_base0`]'s syntax.
-pub fn parse_go_int(s: &str) -> Option<i64> {
-    let (negative, digits) = match s.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, s.strip_prefix('+').unwrap_or(s)),
-    };
-    let magnitude = go_parse_uint_base0(digits, 64)?;
-    if negative {
-        0i64.checked_sub_unsigned(magnitude)
-    } else {
-        i64::try_from(magnitude).ok()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parse_uint_base0_follows_go() {
-        assert_eq!(go_parse_uint_base0("42", 64), Some(42));
-        assert_eq!(go_parse_uint_base0("0", 64), Some(0));
-        assert_eq!(go_parse_uint_base0("0x1f", 64), Some(31));
-        assert_eq!(go_parse_uint_base0("010", 64), Some(8));
-        assert_eq!(go_parse_uint_base0("0b101", 64), Some(5));
-        assert_eq!(go_parse_uint_base0("0x_1f", 64), Some(31));
-        assert_eq!(go_parse_uint_base0("1_000", 64), Some(1000));
-        assert_eq!(go_parse_uint_base0("0_7", 64), Some(7));
-        assert_eq!(go_parse_uint_base0("_1", 64), None);
-        assert_eq!(go_parse_uint_base0("1_", 64), None);
-        assert_eq!(go_parse_uint_base0("1__0", 64), None);
-        assert_eq!(go_parse_uint_base0("", 64), None);
-        assert_eq!(go_parse_uint_base0("0x", 64), None);
-        assert_eq!(go_parse_uint_base0("-1", 64), None);
-        assert_eq!(go_parse_uint_base0("+1", 64), None);
-        assert_eq!(go_parse_uint_base0("09", 64), None);
-        assert_eq!(go_parse_uint_base0("4294967296", 32), None);
-        assert_eq!(go_parse_uint_base0("4294967295", 32), Some(4294967295));
-        assert_eq!(go_parse_uint_base0("18446744073709551616", 64), None);
-    }
 
     #[test]
     fn cpu_ranges() {
@@ -378,18 +469,27 @@ mod tests {
     }
 
     #[test]
-    fn go_ints() {
-        assert_eq!(parse_go_int("4099"), Some(4099));
-        assert_eq!(parse_go_int("0x1003"), Some(4099));
-        assert_eq!(parse_go_int("-1"), Some(-1));
-        assert_eq!(parse_go_int("010"), Some(8));
-        assert_eq!(parse_go_int("0"), Some(0));
-        assert_eq!(parse_go_int(""), None);
-        assert_eq!(parse_go_int("12a"), None);
-        assert_eq!(parse_go_int("0x"), None);
-        assert_eq!(parse_go_int("9223372036854775808"), None);
-        assert_eq!(parse_go_int("-9223372036854775808"), Some(i64::MIN));
-        assert_eq!(parse_go_int("-9223372036854775809"), None);
-        assert_eq!(parse_go_int("+0x_1f"), Some(31));
+    fn attributes_are_read_as_procfs_reads_them() {
+        let dir = std::env::temp_dir().join(format!("sys-read-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let read = |name: &str, bytes: &[u8]| {
+            std::fs::write(dir.join(name), bytes).unwrap();
+            sys_read_file(&dir.join(name)).unwrap()
+        };
+        // One read of 128 bytes, then trimmed.
+        let long = format!("  {}\n", "x".repeat(200));
+        assert_eq!(read("long", long.as_bytes()), "x".repeat(126));
+        assert_eq!(
+            read("bytes", "\u{0}a\u{fffd}\n".as_bytes()),
+            "\u{0}a\u{fffd}"
+        );
+        assert_eq!(read("latin1", b"\xe9t\xe9\n"), "\u{fffd}t\u{fffd}");
+        // A run of invalid bytes is one replacement, as Go's `strings.ToValidUTF8`.
+        assert_eq!(read("run", b"LNV\xff\xfe-1\n"), "LNV\u{fffd}-1");
+        let error = sys_read_attribute(&dir.join("missing")).unwrap_err();
+        assert!(error.not_found() && !error.at_read);
+        let error = sys_read_attribute(&dir).unwrap_err();
+        assert!(error.read_errno(libc::EISDIR));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -10,8 +10,7 @@
 //! must exist. No `/sys/fs/bcache` is no metrics, with success 1 (upstream globs).
 use std::{
     collections::BTreeMap,
-    fs::File,
-    io::{ErrorKind, Read as _},
+    io::ErrorKind,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -21,7 +20,9 @@ use anyhow::Context as _;
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec},
     flags::FlagSpec,
+    goparse,
     metrics::{MetricFamily, MetricType},
+    read,
 };
 
 const PRIORITY_STATS: &str = "collector.bcache.priorityStats";
@@ -51,13 +52,6 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
         priority_stats: context.flags.bool(PRIORITY_STATS),
     }))
 }
-
-/// The most read of one file, as procfs' `ReadFileNoStat` bounds its reads; sysfs attributes
-/// are at most a page.
-pub(super) const MAX_FILE_SIZE: u64 = 1024 * 1024;
-
-/// `bufio.Scanner`'s default longest line: a longer one fails the file, as upstream.
-pub(super) const MAX_LINE: usize = 64 * 1024;
 
 /// One cache set, the values node_exporter exports.
 #[derive(Debug, Default, PartialEq)]
@@ -123,102 +117,18 @@ struct WritebackRateDebug {
     change: i64,
 }
 
-/// Go's `strconv.ParseFloat(s, 64)` for decimal input: `inf`/`infinity`/`nan` in any case (a
-/// sign only before `inf`), an out-of-range value is an error. Hexadecimal floats (`0x1p-2`)
-/// and underscores, which Go also accepts, are rejected: no sysfs file prints them.
-pub(super) fn go_parse_float(s: &str) -> Option<f64> {
-    let unsigned = s.strip_prefix(['+', '-']).unwrap_or(s);
-    let lower = unsigned.to_ascii_lowercase();
-    match lower.as_str() {
-        "inf" | "infinity" => {
-            return Some(if s.starts_with('-') {
-                f64::NEG_INFINITY
-            } else {
-                f64::INFINITY
-            });
-        }
-        "nan" if unsigned.len() == s.len() => return Some(f64::NAN),
-        "nan" => return None,
-        _ => {}
-    }
-    if lower.starts_with("0x") || s.contains('_') {
-        return None;
-    }
-    // Rust's parser takes the same decimal syntax; its special words were handled above.
-    if !s
-        .bytes()
-        .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
-    {
-        return None;
-    }
-    s.parse::<f64>().ok().filter(|value| value.is_finite())
-}
-
-/// Go's `uint64(f)` as compiled for amd64: truncation toward zero, a negative value wrapping as
-/// its int64 (`-1` → 2^64-1), NaN and values beyond the int64 range giving 2^63. Rust's `as`
-/// saturates instead; upstream's numbers are reproduced on the platform it is mostly run on.
-pub(super) fn go_float_to_uint(f: f64) -> u64 {
-    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
-    // CVTTSD2SQ: the integer indefinite value for NaN and out of range.
-    let cvt = |x: f64| -> u64 {
-        if x.is_nan() || !(-TWO_63..TWO_63).contains(&x) {
-            1 << 63
-        } else {
-            x as i64 as u64
-        }
-    };
-    if f < TWO_63 {
-        cvt(f)
-    } else {
-        cvt(f - TWO_63) | (1 << 63)
-    }
-}
-
-/// Go's `strconv.ParseUint(s, 10, 64)`: digits only (no sign, no underscore).
-pub(super) fn go_parse_uint(s: &str) -> Option<u64> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
-}
-
-/// The lines of `text` as `bufio.Scanner` splits them: on `\n`, a trailing `\r` dropped, no
-/// empty last line; a line of `max` bytes or more fails, as the scanner's full buffer does.
-pub(super) fn scan_lines(text: &str, max: usize) -> anyhow::Result<Vec<&str>> {
-    let mut lines: Vec<&str> = text.split('\n').collect();
-    if lines.last() == Some(&"") {
-        lines.pop();
-    }
-    lines
-        .into_iter()
-        .map(|line| {
-            if line.len() >= max {
-                anyhow::bail!("bufio.Scanner: token too long");
-            }
-            Ok(line.strip_suffix('\r').unwrap_or(line))
-        })
-        .collect()
-}
-
-/// The first [`MAX_FILE_SIZE`] bytes of a file.
-pub(super) fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    File::open(path)?
-        .take(MAX_FILE_SIZE)
-        .read_to_end(&mut bytes)?;
-    Ok(bytes)
-}
-
 /// procfs' `parsePseudoFloat`: bch_hprint's "<int>.<tenth>" where the tenth counts 1/10.24;
 /// anything after a second point is ignored.
 fn parse_pseudo_float(s: &str) -> anyhow::Result<f64> {
     let mut parts = s.split('.');
     let int_part = parts.next().unwrap_or_default();
-    let int = go_parse_float(int_part).with_context(|| format!("invalid number {s:?}"))?;
+    let int =
+        goparse::parse_float(int_part, 64).with_context(|| format!("invalid number {s:?}"))?;
     let Some(fraction) = parts.next() else {
         return Ok(int);
     };
-    let fraction = go_parse_float(fraction).with_context(|| format!("invalid number {s:?}"))?;
+    let fraction =
+        goparse::parse_float(fraction, 64).with_context(|| format!("invalid number {s:?}"))?;
     Ok(int + fraction / 10.24)
 }
 
@@ -248,9 +158,9 @@ fn dehumanize(bytes: &[u8]) -> anyhow::Result<u64> {
         parse_pseudo_float(&text(rest)?)? * multiplier
     } else {
         let text = text(bytes)?;
-        go_parse_float(&text).with_context(|| format!("invalid number {text:?}"))?
+        goparse::parse_float(&text, 64).with_context(|| format!("invalid number {text:?}"))?
     };
-    Ok(go_float_to_uint(value))
+    Ok(goparse::float_to_uint(value))
 }
 
 /// procfs' `dehumanizeSigned`: [`dehumanize`] with a leading minus.
@@ -271,7 +181,7 @@ fn dehumanize_signed(s: &str) -> anyhow::Result<i64> {
 /// before [`dehumanize`].
 fn read_value(dir: &Path, name: &str) -> anyhow::Result<u64> {
     let path = dir.join(name);
-    let bytes = match read_bounded(&path) {
+    let bytes = match read::capped(&path, read::NO_STAT_LIMIT) {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == ErrorKind::NotFound => return Ok(0),
         Err(error) => {
@@ -307,15 +217,15 @@ fn last_field(line: &str) -> &str {
 
 /// A file that must exist, read and split into lines.
 fn read_lines(path: &Path) -> anyhow::Result<String> {
-    let bytes =
-        read_bounded(path).with_context(|| format!("failed to read: {}", path.display()))?;
+    let bytes = read::capped(path, read::NO_STAT_LIMIT)
+        .with_context(|| format!("failed to read: {}", path.display()))?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// procfs' `parseWritebackRateDebug` over `writeback_rate_debug`.
 fn parse_writeback_rate_debug(text: &str) -> anyhow::Result<WritebackRateDebug> {
     let mut stats = WritebackRateDebug::default();
-    for line in scan_lines(text, MAX_LINE)? {
+    for line in goparse::text_lines(text).collect::<Result<Vec<_>, _>>()? {
         let field = last_field(line);
         if line.starts_with("rate:") {
             stats.rate = dehumanize(field.strip_suffix("/sec").unwrap_or(field).as_bytes())?;
@@ -342,7 +252,7 @@ fn parse_writeback_rate_debug(text: &str) -> anyhow::Result<WritebackRateDebug> 
 /// procfs' `parsePriorityStats` over `priority_stats`: `(unused, metadata)` percentages.
 fn parse_priority_stats(text: &str) -> anyhow::Result<(u64, u64)> {
     let (mut unused, mut metadata) = (0, 0);
-    for line in scan_lines(text, MAX_LINE)? {
+    for line in goparse::text_lines(text).collect::<Result<Vec<_>, _>>()? {
         let target = if line.starts_with("Unused:") {
             &mut unused
         } else if line.starts_with("Metadata:") {
@@ -352,7 +262,8 @@ fn parse_priority_stats(text: &str) -> anyhow::Result<(u64, u64)> {
         };
         let field = last_field(line);
         let value = field.strip_suffix('%').unwrap_or(field);
-        *target = go_parse_uint(value).with_context(|| format!("invalid percentage {value:?}"))?;
+        *target = goparse::parse_uint(value, 10, 64)
+            .with_context(|| format!("invalid percentage {value:?}"))?;
     }
     Ok((unused, metadata))
 }
@@ -360,7 +271,7 @@ fn parse_priority_stats(text: &str) -> anyhow::Result<(u64, u64)> {
 /// The entries of `dir` named `<prefix><digit>...`, sorted; none when it cannot be read (as
 /// `filepath.Glob`).
 fn numbered(dir: &Path, prefix: &str) -> Vec<String> {
-    crate::read::numbered_entries(dir, prefix)
+    read::numbered_entries(dir, prefix)
         .map(|entries| entries.into_iter().map(|(name, _)| name).collect())
         .unwrap_or_default()
 }
@@ -430,19 +341,11 @@ fn read_stats(dir: &Path, name: &str, priority_stats: bool) -> anyhow::Result<St
 
 /// procfs' `FS.stats`: every `<sysfs>/fs/bcache/*-*` entry, sorted by name.
 fn read_all(dir: &Path, priority_stats: bool) -> anyhow::Result<Vec<Stats>> {
-    let mut names: Vec<String> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(Result::ok)
-            .map(|entry| entry.file_name().to_string_lossy().into_owned())
-            .filter(|name| name.contains('-'))
-            .collect(),
-        // filepath.Glob: an unreadable or missing directory matches nothing.
-        Err(_) => Vec::new(),
-    };
-    names.sort();
+    // filepath.Glob: an unreadable or missing directory matches nothing.
+    let names = read::glob_names(dir, |name| name.contains(&b'-')).unwrap_or_default();
     names
         .iter()
-        .map(|name| read_stats(&dir.join(name), name, priority_stats))
+        .map(|name| read_stats(&dir.join(name), &name.to_string_lossy(), priority_stats))
         .collect()
 }
 
@@ -712,33 +615,6 @@ mod tests {
     }
 
     #[test]
-    fn go_number_conversions() {
-        assert_eq!(go_float_to_uint(1.9), 1);
-        assert_eq!(go_float_to_uint(-1.0), u64::MAX);
-        assert_eq!(go_float_to_uint(f64::NAN), 1 << 63);
-        assert_eq!(go_float_to_uint(1e19), 10_000_000_000_000_000_000);
-        assert_eq!(go_float_to_uint(1e30), 1 << 63);
-        assert_eq!(go_parse_float("+Inf"), Some(f64::INFINITY));
-        assert!(go_parse_float("NaN").unwrap().is_nan());
-        assert_eq!(go_parse_float("+nan"), None);
-        assert_eq!(go_parse_float("0x1p3"), None);
-        assert_eq!(go_parse_float("1_0"), None);
-        assert_eq!(go_parse_float(" 1"), None);
-        assert_eq!(go_parse_float("1e3"), Some(1000.0));
-        assert_eq!(go_parse_uint("+1"), None);
-        assert_eq!(go_parse_uint("18446744073709551616"), None);
-        assert_eq!(go_parse_uint("18446744073709551615"), Some(u64::MAX));
-    }
-
-    #[test]
-    fn scans_lines_as_bufio() {
-        assert_eq!(scan_lines("a\r\nb\n", 10).unwrap(), ["a", "b"]);
-        assert_eq!(scan_lines("a\n\nb", 10).unwrap(), ["a", "", "b"]);
-        assert!(scan_lines(&"x".repeat(10), 10).is_err());
-        assert!(scan_lines(&"x".repeat(9), 10).is_ok());
-    }
-
-    #[test]
     fn parses_writeback_rate_debug() {
         let text = "rate:\t\t512.0k/sec\ndirty:\t\t1.5G\ntarget:\t\t3.0G\nproportional:\t-1.2M\n\
                     integral:\t-20.0k\nchange:\t\t-12.8k/sec\nnext io:\t-43ms\n";
@@ -877,7 +753,6 @@ mod tests {
             let _ = dehumanize_signed(&text);
             let _ = parse_writeback_rate_debug(&text);
             let _ = parse_priority_stats(&text);
-            let _ = go_parse_float(&String::from_utf8_lossy(&bytes));
         }
     }
 }

@@ -16,12 +16,11 @@ use std::{
 use anyhow::Context as _;
 use regex::Regex;
 
-use super::bcache::{
-    MAX_LINE, go_float_to_uint, go_parse_float, go_parse_uint, read_bounded, scan_lines,
-};
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec, NoData},
+    goparse,
     metrics::{MetricFamily, MetricType},
+    read,
 };
 
 pub const SPEC: CollectorSpec = CollectorSpec {
@@ -96,19 +95,20 @@ fn parse_human_bytes(s: &str) -> anyhow::Result<u64> {
     };
     // The suffix is one ASCII byte, so slicing it off stays on a char boundary.
     let number = if shift == 0 { s } else { &s[..s.len() - 1] }.trim();
-    let value = go_parse_float(number)
+    let value = goparse::parse_float(number, 64)
         .with_context(|| format!("strconv.ParseFloat: parsing {number:?}: invalid syntax"))?;
-    Ok(go_float_to_uint(value * (1u64 << shift) as f64))
+    Ok(goparse::float_to_uint(value * (1u64 << shift) as f64))
 }
 
 /// Go's `strconv.ParseUint(s, 10, 64)` with an error naming the text.
 fn parse_uint(s: &str) -> anyhow::Result<u64> {
-    go_parse_uint(s).with_context(|| format!("strconv.ParseUint: parsing {s:?}: invalid syntax"))
+    goparse::parse_uint(s, 10, 64)
+        .with_context(|| format!("strconv.ParseUint: parsing {s:?}: invalid syntax"))
 }
 
 /// A file's text, `None` when it does not exist; other errors are errors.
 fn optional_text(path: &Path) -> anyhow::Result<Option<String>> {
-    match read_bounded(path) {
+    match read::capped(path, read::NO_STAT_LIMIT) {
         Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
         Err(error) if error.kind() == ErrorKind::NotFound => Ok(None),
         Err(error) => {
@@ -121,7 +121,12 @@ fn optional_text(path: &Path) -> anyhow::Result<Option<String>> {
 /// <uncompressed> [<average extent>]" (the average must parse too).
 fn parse_compression(text: &str) -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
     let mut stats = BTreeMap::new();
-    for line in scan_lines(text, MAX_TABLE_LINE)?.into_iter().skip(1) {
+    for line in goparse::text_lines(text)
+        .with_max(MAX_TABLE_LINE)
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .skip(1)
+    {
         let fields: Vec<&str> = line.split_whitespace().collect();
         if fields.len() < 3 {
             continue;
@@ -140,7 +145,7 @@ fn parse_compression(text: &str) -> anyhow::Result<BTreeMap<String, (u64, u64)>>
 /// procfs' `parseErrors`: "<type> <count> [<timestamp>]" lines (the timestamp must parse too).
 fn parse_errors(text: &str) -> anyhow::Result<BTreeMap<String, u64>> {
     let mut stats = BTreeMap::new();
-    for line in scan_lines(text, MAX_LINE)? {
+    for line in goparse::text_lines(text).collect::<Result<Vec<_>, _>>()? {
         let fields: Vec<&str> = line.split_whitespace().collect();
         if fields.len() < 2 {
             continue;
@@ -158,7 +163,7 @@ fn parse_errors(text: &str) -> anyhow::Result<BTreeMap<String, u64>> {
 /// (either must be there); the value since creation, 0 when only the other is.
 fn parse_counter(text: &str) -> anyhow::Result<u64> {
     let (mut since_creation, mut seen) = (0, false);
-    for line in scan_lines(text, MAX_LINE)? {
+    for line in goparse::text_lines(text).collect::<Result<Vec<_>, _>>()? {
         if let Some(value) = line.strip_prefix("since mount:") {
             parse_human_bytes(value)?;
             seen = true;
@@ -176,7 +181,12 @@ fn parse_counter(text: &str) -> anyhow::Result<u64> {
 /// procfs' `parseBtreeWriteStats`: a header line, then "<type>: <count> <average size>".
 fn parse_btree_writes(text: &str) -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
     let mut stats = BTreeMap::new();
-    for line in scan_lines(text, MAX_TABLE_LINE)?.into_iter().skip(1) {
+    for line in goparse::text_lines(text)
+        .with_max(MAX_TABLE_LINE)
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .skip(1)
+    {
         let fields: Vec<&str> = line.split_whitespace().collect();
         if fields.len() < 3 {
             continue;
@@ -193,7 +203,7 @@ fn parse_btree_writes(text: &str) -> anyhow::Result<BTreeMap<String, (u64, u64)>
 fn parse_io_done(text: &str) -> anyhow::Result<BTreeMap<String, BTreeMap<String, u64>>> {
     let mut stats: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     let mut operation: Option<&str> = None;
-    for line in scan_lines(text, MAX_LINE)? {
+    for line in goparse::text_lines(text).collect::<Result<Vec<_>, _>>()? {
         let line = line.trim();
         if line.is_empty() {
             continue;
@@ -224,7 +234,7 @@ fn parse_io_done(text: &str) -> anyhow::Result<BTreeMap<String, BTreeMap<String,
 fn parse_io_errors(text: &str) -> anyhow::Result<BTreeMap<String, u64>> {
     let mut stats = BTreeMap::new();
     let mut in_creation = false;
-    for line in scan_lines(text, MAX_LINE)? {
+    for line in goparse::text_lines(text).collect::<Result<Vec<_>, _>>()? {
         if line.starts_with("IO errors since filesystem creation") {
             in_creation = true;
             continue;
@@ -256,7 +266,7 @@ fn parse_optional<T: Default>(
 
 /// procfs' `readSysfsFile`: the trimmed text, "" on any error.
 fn sysfs_text(path: &Path) -> String {
-    read_bounded(path)
+    read::capped(path, read::NO_STAT_LIMIT)
         .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
         .unwrap_or_default()
 }
@@ -273,31 +283,24 @@ fn uint_file(path: &Path) -> anyhow::Result<u64> {
 
 /// Whether a directory entry is a directory itself (not through a symlink, as Go's
 /// `DirEntry.IsDir`).
-fn is_dir(entry: &std::fs::DirEntry) -> bool {
-    entry.file_type().is_ok_and(|t| t.is_dir())
-}
-
-/// The entries of `dir`, sorted by name as `os.ReadDir` returns them.
-fn sorted_entries(dir: &Path) -> std::io::Result<Vec<std::fs::DirEntry>> {
-    let mut entries = std::fs::read_dir(dir)?.collect::<std::io::Result<Vec<_>>>()?;
-    entries.sort_by_key(|entry| entry.file_name());
-    Ok(entries)
+fn is_dir(entry: &read::DirEntry) -> bool {
+    entry.file_type.is_dir()
 }
 
 /// procfs' `parseDevices`: the `dev-*` directories of a filesystem.
 fn read_devices(fs_dir: &Path) -> anyhow::Result<BTreeMap<String, Device>> {
     let mut devices = BTreeMap::new();
-    let entries = sorted_entries(fs_dir)
+    let entries = read::read_dir_sorted(fs_dir)
         .with_context(|| format!("reading directory {}", fs_dir.display()))?;
     for entry in entries {
-        let name = entry.file_name().to_string_lossy().into_owned();
+        let name = entry.name.to_string_lossy().into_owned();
         let Some(number) = name.strip_prefix("dev-") else {
             continue;
         };
         if !is_dir(&entry) {
             continue;
         }
-        let dir = entry.path();
+        let dir = &entry.path;
         let bucket_size = match sysfs_text(&dir.join("bucket_size")) {
             text if text.is_empty() => 0,
             text => parse_human_bytes(&text)
@@ -319,7 +322,7 @@ fn read_devices(fs_dir: &Path) -> anyhow::Result<BTreeMap<String, Device>> {
 
 /// procfs' `parseCounters`: every file of `counters/` (none when it does not exist).
 fn read_counters(dir: &Path) -> anyhow::Result<BTreeMap<String, u64>> {
-    let entries = match sorted_entries(dir) {
+    let entries = match read::read_dir_sorted(dir) {
         Ok(entries) => entries,
         Err(error) if error.kind() == ErrorKind::NotFound => return Ok(BTreeMap::new()),
         Err(error) => {
@@ -329,8 +332,8 @@ fn read_counters(dir: &Path) -> anyhow::Result<BTreeMap<String, u64>> {
     };
     let mut counters = BTreeMap::new();
     for entry in entries.iter().filter(|entry| !is_dir(entry)) {
-        let value = parse_optional(&entry.path(), parse_counter)?;
-        counters.insert(entry.file_name().to_string_lossy().into_owned(), value);
+        let value = parse_optional(&entry.path, parse_counter)?;
+        counters.insert(entry.name.to_string_lossy().into_owned(), value);
     }
     Ok(counters)
 }
@@ -356,12 +359,12 @@ fn read_stats(dir: &Path, uuid: &str) -> anyhow::Result<Stats> {
 
 /// procfs' `FS.Stats`: every directory of `<sysfs>/fs/bcachefs`.
 fn read_all(dir: &Path) -> anyhow::Result<Vec<Stats>> {
-    let entries =
-        sorted_entries(dir).with_context(|| format!("reading directory {}", dir.display()))?;
+    let entries = read::read_dir_sorted(dir)
+        .with_context(|| format!("reading directory {}", dir.display()))?;
     entries
         .iter()
         .filter(|entry| is_dir(entry))
-        .map(|entry| read_stats(&entry.path(), &entry.file_name().to_string_lossy()))
+        .map(|entry| read_stats(&entry.path, &entry.name.to_string_lossy()))
         .collect()
 }
 

@@ -18,7 +18,7 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     ffi::CString,
     fs::File,
-    io::{ErrorKind, Read as _},
+    io::ErrorKind,
     os::{
         fd::AsRawFd as _,
         unix::{ffi::OsStrExt as _, fs::MetadataExt as _, fs::OpenOptionsExt as _},
@@ -29,10 +29,11 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::bcache::{MAX_LINE, go_parse_uint, scan_lines};
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec},
+    goparse,
     metrics::{MetricFamily, MetricType},
+    read,
 };
 
 pub const SPEC: CollectorSpec = CollectorSpec {
@@ -92,28 +93,6 @@ struct Layout {
     ratio: f64,
 }
 
-/// procfs' `util.SysReadFile`: one read(2) of at most 128 bytes, whitespace trimmed.
-fn sys_read_file(path: &Path) -> std::io::Result<String> {
-    let mut buffer = [0u8; 128];
-    let n = File::open(path)?.read(&mut buffer)?;
-    Ok(String::from_utf8_lossy(&buffer[..n]).trim().to_owned())
-}
-
-/// The entries of `dir` sorted by name as `os.ReadDir` returns them, with whether each is a
-/// directory itself (not through a symlink).
-fn sorted_entries(dir: &Path) -> std::io::Result<Vec<(String, bool)>> {
-    let mut entries = std::fs::read_dir(dir)?
-        .map(|entry| {
-            entry.map(|entry| {
-                let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-                (entry.file_name().to_string_lossy().into_owned(), is_dir)
-            })
-        })
-        .collect::<std::io::Result<Vec<_>>>()?;
-    entries.sort();
-    Ok(entries)
-}
-
 /// procfs' btrfs `reader`: a directory and its sticky error. Once an error is set, values read
 /// are 0 (strings are still read); a later error replaces an earlier one.
 struct Reader {
@@ -138,7 +117,7 @@ impl Reader {
     /// `readFile`: a missing file is "".
     fn read_file(&mut self, name: &str) -> String {
         let path = self.path.join(name);
-        match sys_read_file(&path) {
+        match read::sys_read_file(&path) {
             Ok(text) => text,
             Err(error) if error.kind() == ErrorKind::NotFound => String::new(),
             Err(error) => {
@@ -154,14 +133,14 @@ impl Reader {
         if self.error.is_some() {
             return 0;
         }
-        go_parse_uint(&text).unwrap_or(0)
+        goparse::parse_uint(&text, 10, 64).unwrap_or(0)
     }
 
     /// `listFiles`: any error (a missing directory too) is set.
     fn list_files(&mut self, name: &str) -> Vec<String> {
         let path = self.path.join(name);
-        match sorted_entries(&path) {
-            Ok(entries) => entries.into_iter().map(|(name, _)| name).collect(),
+        match read::sorted_names(&path) {
+            Ok(names) => names,
             Err(error) => {
                 self.fail(error, &path);
                 Vec::new()
@@ -194,7 +173,7 @@ impl Reader {
 
     /// `readLayouts`: every subdirectory is a profile.
     fn read_layouts(&mut self) -> BTreeMap<String, Layout> {
-        let entries = match sorted_entries(&self.path) {
+        let entries = match read::read_dir_sorted(&self.path) {
             Ok(entries) => entries,
             Err(error) => {
                 let path = self.path.clone();
@@ -203,7 +182,8 @@ impl Reader {
             }
         };
         let mut layouts = BTreeMap::new();
-        for (name, _) in entries.into_iter().filter(|(_, is_dir)| *is_dir) {
+        for entry in entries.iter().filter(|entry| entry.file_type.is_dir()) {
+            let name = entry.name.to_string_lossy().into_owned();
             let total = self.read_value(&format!("{name}/total_bytes"));
             let used = self.read_value(&format!("{name}/used_bytes"));
             let ratio = self.ratio(&name);
@@ -229,20 +209,20 @@ impl Reader {
     /// `readCommitStats`: "<key> <value>" lines; a missing file (kernels before 6.0) is zeros.
     fn read_commit_stats(&mut self, stats: &mut Stats) {
         let path = self.path.join("commit_stats");
-        let mut text = String::new();
-        if let Err(error) = File::open(&path).and_then(|file| {
-            file.take(super::bcache::MAX_FILE_SIZE)
-                .read_to_string(&mut text)
-        }) {
-            if error.kind() != ErrorKind::NotFound {
-                self.fail(error, &path);
+        let text = match read::capped_string(&path, read::NO_STAT_LIMIT) {
+            Ok(text) => text,
+            Err(error) => {
+                if error.kind() != ErrorKind::NotFound {
+                    self.fail(error, &path);
+                }
+                return;
             }
-            return;
-        }
-        let lines = match scan_lines(&text, MAX_LINE) {
+        };
+        let lines = match goparse::text_lines(&text).collect::<Result<Vec<_>, _>>() {
             Ok(lines) => lines,
             Err(error) => {
-                self.error = Some(error.context("error scanning commit_stats file"));
+                self.error =
+                    Some(anyhow::Error::new(error).context("error scanning commit_stats file"));
                 return;
             }
         };
@@ -252,7 +232,7 @@ impl Reader {
                 self.error = Some(anyhow::anyhow!("invalid commit_stats line {line:?}"));
                 return;
             };
-            let Some(value) = go_parse_uint(value) else {
+            let Some(value) = goparse::parse_uint(value, 10, 64) else {
                 self.error = Some(anyhow::anyhow!(
                     "error parsing commit_stats line: invalid number {value:?}"
                 ));
@@ -314,10 +294,9 @@ impl Reader {
 /// the UUID when `metadata_uuid` is empty or missing.
 fn read_all(dir: &Path) -> anyhow::Result<Vec<Stats>> {
     // filepath.Glob: an unreadable or missing directory matches nothing.
-    let names: Vec<String> = sorted_entries(dir)
+    let names: Vec<String> = read::sorted_names(dir)
         .unwrap_or_default()
         .into_iter()
-        .map(|(name, _)| name)
         .filter(|name| name.contains('-'))
         .collect();
     let mut all = Vec::with_capacity(names.len());
@@ -347,7 +326,7 @@ struct Mount {
 /// node_exporter's `parseFilesystemLabels` do: any malformed line fails the whole table.
 fn parse_btrfs_mounts(text: &str, rootfs: &str) -> anyhow::Result<Vec<Mount>> {
     let mut mounts = Vec::new();
-    for line in scan_lines(text, MAX_LINE)? {
+    for line in goparse::text_lines(text).collect::<Result<Vec<_>, _>>()? {
         let fields: Vec<&str> = line.split(' ').collect();
         let n = fields.len();
         if n < 10 {

@@ -1,14 +1,12 @@
 //! `buddyinfo`: the free blocks of each order per NUMA node and zone, from /proc/buddyinfo, as
 //! procfs' `BuddyInfo` reads it (`node_buddyinfo_blocks{node,zone,size}`, `size` the order).
-//!
-//! Also holds two readers of Go's text conventions that the memory collectors (`meminfo_numa`,
-//! `slabinfo`, `swap`) share: [`scan_lines`] (`bufio.Scanner`) and [`parse_go_float`].
 use std::{collections::HashSet, path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
 
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec},
+    goparse,
     metrics::MetricFamily,
 };
 
@@ -44,7 +42,7 @@ pub struct BuddyInfo {
 pub fn parse(text: &str) -> anyhow::Result<Vec<BuddyInfo>> {
     let mut entries = Vec::new();
     let mut bucket_count = None;
-    for line in scan_lines(text) {
+    for line in goparse::text_lines(text) {
         let line = line?;
         let parts: Vec<&str> = line.split_whitespace().collect();
         if parts.len() < 4 {
@@ -64,7 +62,7 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<BuddyInfo>> {
         let sizes = counts
             .iter()
             .map(|count| {
-                parse_go_float(count)
+                goparse::parse_float(count, 64)
                     .with_context(|| format!("invalid value in buddyinfo: {count:?}"))
             })
             .collect::<anyhow::Result<Vec<f64>>>()?;
@@ -112,67 +110,6 @@ impl Collector for BuddyinfoCollector {
     }
 }
 
-/// A line of 64 KiB or more, where Go's `bufio.Scanner` stops with `bufio.ErrTooLong`.
-#[derive(Debug, PartialEq)]
-pub struct LineTooLong;
-
-impl std::fmt::Display for LineTooLong {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("bufio.Scanner: token too long")
-    }
-}
-
-impl std::error::Error for LineTooLong {}
-
-/// The lines of `text` as Go's `bufio.Scanner` with `ScanLines` yields them: split at `\n`, one
-/// trailing `\r` dropped, no empty last line after a final `\n`. A line of 64 KiB or more is
-/// an error, after which nothing more is read, as the scanner's buffer cannot grow past that.
-pub fn scan_lines(text: &str) -> impl Iterator<Item = Result<&str, LineTooLong>> {
-    /// `bufio.MaxScanTokenSize`.
-    const MAX_TOKEN: usize = 64 * 1024;
-    let mut rest = Some(text).filter(|text| !text.is_empty());
-    std::iter::from_fn(move || {
-        let current = rest?;
-        let (line, next) = match current.split_once('\n') {
-            Some((line, next)) => (line, Some(next).filter(|next| !next.is_empty())),
-            None => (current, None),
-        };
-        if line.len() >= MAX_TOKEN {
-            rest = None;
-            return Some(Err(LineTooLong));
-        }
-        rest = next;
-        Some(Ok(line.strip_suffix('\r').unwrap_or(line)))
-    })
-}
-
-/// Go's `strconv.ParseFloat(s, 64)`: decimal numbers, `inf`/`infinity` with an optional sign
-/// and `nan` without, any case; a finite number out of range is an error (`ErrRange`), not an
-/// infinity. Go's hexadecimal floats (`0x1p4`) are not accepted: the kernel never writes them.
-pub fn parse_go_float(s: &str) -> Option<f64> {
-    let (negative, body) = match s.as_bytes().first() {
-        Some(b'+') => (false, &s[1..]),
-        Some(b'-') => (true, &s[1..]),
-        _ => (false, s),
-    };
-    if body.eq_ignore_ascii_case("inf") || body.eq_ignore_ascii_case("infinity") {
-        return Some(if negative {
-            f64::NEG_INFINITY
-        } else {
-            f64::INFINITY
-        });
-    }
-    if body.eq_ignore_ascii_case("nan") {
-        return (body.len() == s.len()).then_some(f64::NAN);
-    }
-    // Rust takes the same decimal syntax; only its own words (`inf`, `nan`) and a second sign
-    // must be kept out.
-    if !body.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
-        return None;
-    }
-    s.parse::<f64>().ok().filter(|value| value.is_finite())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,41 +151,5 @@ mod tests {
             parse(&long).unwrap_err().to_string(),
             "bufio.Scanner: token too long"
         );
-    }
-
-    #[test]
-    fn lines_split_as_go_scans_them() {
-        let lines = |text| scan_lines(text).collect::<Result<Vec<_>, _>>().unwrap();
-        assert_eq!(lines("a\r\nb\n\nc"), ["a", "b", "", "c"]);
-        assert_eq!(lines("a\n"), ["a"]);
-        assert_eq!(lines("\n"), [""]);
-        assert_eq!(lines("a\r"), ["a"]);
-        assert!(lines("").is_empty());
-        let fits = format!("{}\nb", "x".repeat(65535));
-        assert_eq!(lines(&fits).len(), 2);
-        let too_long = format!("a\n{}\nb\n", "x".repeat(65536));
-        let scanned: Vec<_> = scan_lines(&too_long).collect();
-        assert_eq!(scanned, [Ok("a"), Err(LineTooLong)]);
-    }
-
-    #[test]
-    fn floats_parse_as_in_go() {
-        assert_eq!(parse_go_float("42"), Some(42.0));
-        assert_eq!(parse_go_float("-1.5e3"), Some(-1500.0));
-        assert_eq!(parse_go_float(".5"), Some(0.5));
-        assert_eq!(parse_go_float("5."), Some(5.0));
-        assert_eq!(parse_go_float("+Inf"), Some(f64::INFINITY));
-        assert_eq!(parse_go_float("-infinity"), Some(f64::NEG_INFINITY));
-        assert!(parse_go_float("NaN").unwrap().is_nan());
-        assert_eq!(
-            parse_go_float("18446744073709551616"),
-            Some(18446744073709551616.0)
-        );
-        assert_eq!(parse_go_float("1e-400"), Some(0.0));
-        for bad in [
-            "", "+", ".", "-nan", "+-1", "1e400", "1_0", "x", "1 ", "infin", "0x1p4",
-        ] {
-            assert_eq!(parse_go_float(bad), None, "{bad:?}");
-        }
     }
 }

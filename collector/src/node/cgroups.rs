@@ -2,13 +2,14 @@
 //! and whether it is enabled), as node_exporter's cgroups collector (procfs' `CgroupSummarys`).
 //! Comment lines (the `#subsys_name ...` header) are skipped; any other line needs four fields,
 //! the last three integers, or the scrape fails. procfs reads at most 1 MiB of the file.
-use std::{collections::HashSet, io::Read as _, path::Path, sync::Arc};
+use std::{collections::HashSet, path::Path, sync::Arc};
 
 use anyhow::Context as _;
 
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec},
     metrics::MetricFamily,
+    read,
 };
 
 pub const SPEC: CollectorSpec = CollectorSpec {
@@ -18,9 +19,6 @@ pub const SPEC: CollectorSpec = CollectorSpec {
     kernel: None,
     build,
 };
-
-/// procfs' `ReadFileNoStat` limit.
-const MAX_BYTES: u64 = 1024 * 1024;
 
 struct CgroupsCollector {
     path: std::path::PathBuf,
@@ -73,9 +71,7 @@ fn parse(text: &str, path: &Path) -> anyhow::Result<Vec<Controller>> {
 
 impl Collector for CgroupsCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        let mut text = String::new();
-        std::fs::File::open(&self.path)
-            .and_then(|file| file.take(MAX_BYTES).read_to_string(&mut text))
+        let text = read::capped_string(&self.path, read::NO_STAT_LIMIT)
             .with_context(|| format!("reading {}", self.path.display()))?;
         let controllers = parse(&text, &self.path)?;
         let mut cgroups = MetricFamily::gauge(

@@ -15,6 +15,7 @@ use super::stat::{CpuTimes, read_proc_stat};
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec},
     flags::FlagSpec,
+    goparse,
     metrics::MetricFamily,
     read,
 };
@@ -396,7 +397,7 @@ fn parse_cpuinfo_x86(text: &str) -> anyhow::Result<Vec<CpuInfo>> {
     }
     let uint = |value: Option<&str>, bits: u32| -> anyhow::Result<u64> {
         let value = value.unwrap_or_default();
-        read::go_parse_uint_base0(value, bits).with_context(|| format!("bad number {value:?}"))
+        goparse::parse_uint(value, 0, bits).with_context(|| format!("bad number {value:?}"))
     };
     let float = |value: Option<&str>| -> anyhow::Result<f64> {
         let value = value.unwrap_or_default();

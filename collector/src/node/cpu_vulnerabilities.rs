@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec},
     metrics::MetricFamily,
+    read,
 };
 
 pub const SPEC: CollectorSpec = CollectorSpec {
@@ -62,27 +63,19 @@ impl Collector for CpuVulnerabilitiesCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
         // Go's `filepath.Glob(dir/*)`: every entry, dot files included; an unreadable or
         // missing folder matches nothing.
-        let mut files: Vec<(String, PathBuf)> = match std::fs::read_dir(&self.dir) {
-            Ok(entries) => entries
-                .filter_map(Result::ok)
-                .map(|entry| {
-                    (
-                        entry.file_name().to_string_lossy().into_owned(),
-                        entry.path(),
-                    )
-                })
-                .collect(),
-            Err(error) => {
-                tracing::debug!(dir = %self.dir.display(), %error, "no CPU vulnerabilities");
-                Vec::new()
-            }
-        };
-        files.sort();
+        let files = read::glob(&self.dir, |_| true).unwrap_or_else(|error| {
+            tracing::debug!(dir = %self.dir.display(), %error, "no CPU vulnerabilities");
+            Vec::new()
+        });
         let mut family = MetricFamily::gauge(
             "node_cpu_vulnerabilities_info",
             "Details of each CPU vulnerability reported by sysfs. The value of the series is an int encoded state of the vulnerability. The same state is stored as a string in the label",
         );
-        for (name, path) in files {
+        for path in files {
+            let name = path
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let raw = std::fs::read(&path).with_context(|| {
                 format!("failed to get vulnerabilities: reading {}", path.display())
             })?;

@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec, NoData},
     metrics::MetricFamily,
-    node::sysfs_util,
+    read,
 };
 
 pub const SPEC: CollectorSpec = CollectorSpec {
@@ -58,7 +58,7 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     let dir = context.sys_path("class/dmi/id");
     let labels = match read_dmi(&dir) {
         Ok(labels) => labels,
-        Err(error) if sysfs_util::chain_has(&error, std::io::ErrorKind::NotFound) => {
+        Err(error) if read::chain_has(&error, std::io::ErrorKind::NotFound) => {
             tracing::debug!(
                 err = format!("{error:#}"),
                 "Platform does not support Desktop Management Interface (DMI) information"
@@ -77,14 +77,14 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
 /// procfs' `DMIClass`: every regular file but `modalias` and `uevent` is read; the ones not
 /// permitted are skipped, any other error fails; the known ones become labels.
 fn read_dmi(dir: &Path) -> anyhow::Result<Vec<(&'static str, String)>> {
-    let entries = sysfs_util::read_dir_sorted(dir)
-        .with_context(|| format!("failed to read directory {dir:?}"))?;
+    let entries =
+        read::read_dir_sorted(dir).with_context(|| format!("failed to read directory {dir:?}"))?;
     let mut labels = Vec::new();
     for entry in entries {
         if !entry.file_type.is_file() || entry.name == "modalias" || entry.name == "uevent" {
             continue;
         }
-        let value = match sysfs_util::sys_read_file(&entry.path) {
+        let value = match read::sys_read_file(&entry.path) {
             Ok(value) => value,
             // Only root may read the serial numbers and product_uuid.
             Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => continue,
@@ -162,7 +162,7 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
 
         let error = read_dmi(&dir).unwrap_err();
-        assert!(sysfs_util::chain_has(&error, std::io::ErrorKind::NotFound));
+        assert!(read::chain_has(&error, std::io::ErrorKind::NotFound));
         let error = DmiCollector { labels: Vec::new() }
             .update(&mut Vec::new())
             .unwrap_err();

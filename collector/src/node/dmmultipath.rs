@@ -8,7 +8,7 @@
 //! whole collector report no data, and a path is active when its state is `running` (SCSI) or
 //! `live` (NVMe).
 use std::{
-    io::{ErrorKind, Read as _},
+    io::ErrorKind,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -18,6 +18,7 @@ use anyhow::Context as _;
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec, NoData},
     metrics::MetricFamily,
+    read,
 };
 
 pub const SPEC: CollectorSpec = CollectorSpec {
@@ -54,45 +55,20 @@ struct Device {
     paths: Vec<(String, String)>,
 }
 
-/// procfs' `util.SysReadFile`: one read of at most 128 bytes, surrounding whitespace trimmed.
-fn sys_read_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut buffer = [0u8; 128];
-    let n = file.read(&mut buffer)?;
-    Ok(String::from_utf8_lossy(&buffer[..n]).trim().to_owned())
-}
-
+/// [`read::sys_read_file`] with an error naming the file.
 fn attribute(path: &Path) -> anyhow::Result<String> {
-    sys_read_file(path).with_context(|| format!("failed to read {}", path.display()))
+    read::sys_read_file(path).with_context(|| format!("failed to read {}", path.display()))
 }
 
-/// procfs' `util.ReadUintFromFile`: the whole file, trimmed, as Go's `ParseUint(s, 10, 64)`
-/// (ASCII digits only).
+/// [`read::read_uint_file`] with an error naming the file.
 fn uint_from_file(path: &Path) -> anyhow::Result<u64> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("failed to read {}", path.display()))?;
-    let text = String::from_utf8_lossy(&bytes);
-    let text = text.trim();
-    text.bytes()
-        .all(|b| b.is_ascii_digit())
-        .then(|| text.parse().ok())
-        .flatten()
-        .with_context(|| format!("{}: bad number {text:?}", path.display()))
-}
-
-/// The entries of `dir`, sorted by name as Go's `os.ReadDir` returns them.
-fn sorted_entries(dir: &Path) -> std::io::Result<Vec<String>> {
-    let mut names = std::fs::read_dir(dir)?
-        .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    names.sort();
-    Ok(names)
+    read::read_uint_file(path).with_context(|| format!("failed to read {}", path.display()))
 }
 
 /// procfs' `DMMultipathDevices`, all or nothing.
 fn read_devices(sys_block: &Path) -> anyhow::Result<Vec<Device>> {
-    let entries =
-        sorted_entries(sys_block).with_context(|| format!("reading {}", sys_block.display()))?;
+    let entries = read::sorted_names(sys_block)
+        .with_context(|| format!("reading {}", sys_block.display()))?;
     let mut devices = Vec::new();
     for sysfs_name in entries {
         if !sysfs_name.starts_with("dm-") {
@@ -100,7 +76,7 @@ fn read_devices(sys_block: &Path) -> anyhow::Result<Vec<Device>> {
         }
         let dir = sys_block.join(&sysfs_name);
         let uuid_path = dir.join("dm/uuid");
-        let uuid = match sys_read_file(&uuid_path) {
+        let uuid = match read::sys_read_file(&uuid_path) {
             Ok(uuid) => uuid,
             // Not a device-mapper device.
             Err(error) if error.kind() == ErrorKind::NotFound => continue,
@@ -131,7 +107,7 @@ fn read_devices(sys_block: &Path) -> anyhow::Result<Vec<Device>> {
 
 /// The slaves of a map with the state of each; none without a slaves/ directory.
 fn read_paths(sys_block: &Path, slaves: &Path) -> anyhow::Result<Vec<(String, String)>> {
-    let entries = match sorted_entries(slaves) {
+    let entries = match read::sorted_names(slaves) {
         Ok(entries) => entries,
         Err(error) if error.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
         Err(error) => {
@@ -147,14 +123,10 @@ fn read_paths(sys_block: &Path, slaves: &Path) -> anyhow::Result<Vec<(String, St
         .collect()
 }
 
-/// Whether a missing file or a refused permission is in `error`'s chain (Go's
-/// `errors.Is(err, os.ErrNotExist) || errors.Is(err, os.ErrPermission)`).
+/// Go's `errors.Is(err, os.ErrNotExist) || errors.Is(err, os.ErrPermission)`.
 fn is_absent(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|e| matches!(e.kind(), ErrorKind::NotFound | ErrorKind::PermissionDenied))
-    })
+    read::chain_has(error, ErrorKind::NotFound)
+        || read::chain_has(error, ErrorKind::PermissionDenied)
 }
 
 impl Collector for DmMultipathCollector {

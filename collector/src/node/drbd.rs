@@ -16,6 +16,7 @@ use std::{
 
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec, NoData},
+    goparse,
     metrics::{MetricFamily, MetricType},
 };
 
@@ -180,35 +181,6 @@ impl Output {
     }
 }
 
-/// Go's `strconv.ParseUint(s, 10, 64)`: ASCII digits only.
-fn parse_minor(s: &str) -> Option<u64> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
-}
-
-/// Go's `strconv.ParseFloat(s, 64)` for the decimal forms (`12`, `1.5e3`, `-0`, `Inf`, `NaN`);
-/// Go's hex floats and digit underscores are refused, and so is an overflow (Go's ErrRange).
-fn parse_float(s: &str) -> Option<f64> {
-    let unsigned = s.strip_prefix(['+', '-']).unwrap_or(s);
-    let lower = unsigned.to_ascii_lowercase();
-    let special = matches!(lower.as_str(), "inf" | "infinity" | "nan");
-    if !special
-        && !unsigned
-            .bytes()
-            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
-    {
-        return None;
-    }
-    // Go refuses a signed NaN.
-    if lower == "nan" && unsigned.len() != s.len() {
-        return None;
-    }
-    let value: f64 = s.parse().ok()?;
-    (special || value.is_finite()).then_some(value)
-}
-
 /// Parses /proc/drbd into `out`, as node_exporter's `Update` loop.
 fn parse(text: &str, out: &mut Output) -> anyhow::Result<()> {
     let mut device = "unknown".to_owned();
@@ -221,7 +193,7 @@ fn parse(text: &str, out: &mut Output) -> anyhow::Result<()> {
             continue;
         };
         if value.is_empty()
-            && let Some(minor) = parse_minor(key)
+            && let Some(minor) = goparse::parse_uint(key, 10, 64)
         {
             device = format!("drbd{minor}");
             continue;
@@ -229,7 +201,7 @@ fn parse(text: &str, out: &mut Output) -> anyhow::Result<()> {
         if let Some((_, name, help, counter, multiplier)) =
             NUMERICAL.iter().find(|(k, ..)| *k == key)
         {
-            let number = parse_float(value)
+            let number = goparse::parse_float(value, 64)
                 .ok_or_else(|| anyhow::anyhow!("{key}: bad number {value:?} for {device}"))?;
             let metric_type = if *counter {
                 MetricType::Counter
@@ -424,11 +396,6 @@ srcversion: 211FB288A383ED945B83420 \n
         let mut out = Output::default();
         assert!(parse("0: al:5 bm:x lo:1", &mut out).is_err());
         assert_eq!(out.families.len(), 1);
-        assert_eq!(parse_float("Inf"), Some(f64::INFINITY));
-        assert_eq!(parse_float("-infinity"), Some(f64::NEG_INFINITY));
-        assert!(parse_float("NaN").is_some_and(f64::is_nan));
-        assert_eq!(parse_float("1e-400"), Some(0.0));
-        assert_eq!(parse_float("1_0"), None);
         let long = format!("0: ns:{}", "1".repeat(MAX_WORD));
         assert!(parse(&long, &mut Output::default()).is_err());
         // Bytes that are not UTF-8 do not split words.

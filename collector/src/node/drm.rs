@@ -15,8 +15,9 @@ use anyhow::Context as _;
 
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec},
+    goparse,
     metrics::MetricFamily,
-    node::sysfs_util,
+    read,
 };
 
 pub const SPEC: CollectorSpec = CollectorSpec {
@@ -97,8 +98,8 @@ struct Card {
 /// procfs' `parseClassDRMAMDGPUCard`: `None` for a card of another driver.
 fn read_card(card: &Path) -> anyhow::Result<Option<Card>> {
     let uevent = card.join("device/uevent");
-    let uevent = sysfs_util::sys_read_file(&uevent)
-        .with_context(|| format!("reading {}", uevent.display()))?;
+    let uevent =
+        read::sys_read_file(&uevent).with_context(|| format!("reading {}", uevent.display()))?;
     if !uevent.contains("DRIVER=amdgpu") {
         return Ok(None);
     }
@@ -108,16 +109,16 @@ fn read_card(card: &Path) -> anyhow::Result<Option<Card>> {
     let mut numbers = Vec::with_capacity(NUMBERS.len());
     for (file, _, _) in NUMBERS {
         let path = device.join(file);
-        let number = match sysfs_util::sys_read_file(&path) {
+        let number = match read::sys_read_file(&path) {
             Err(_) => 0,
-            Ok(value) => crate::read::go_parse_uint_base0(&value, 64)
+            Ok(value) => goparse::parse_uint(&value, 0, 64)
                 .with_context(|| format!("{}: not a number: {value:?}", path.display()))?,
         };
         numbers.push(number);
     }
     let texts = TEXTS
         .iter()
-        .map(|(file, _)| sysfs_util::sys_read_file(&device.join(file)).unwrap_or_default())
+        .map(|(file, _)| read::sys_read_file(&device.join(file)).unwrap_or_default())
         .collect();
     let name = card
         .file_name()
@@ -132,10 +133,11 @@ fn read_card(card: &Path) -> anyhow::Result<Option<Card>> {
 
 impl Collector for DrmCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        let paths = sysfs_util::glob(
+        let paths = read::glob(
             &self.class,
             |name| matches!(name, [b'c', b'a', b'r', b'd', digit] if digit.is_ascii_digit()),
-        );
+        )
+        .unwrap_or_default();
         let mut cards = Vec::new();
         for path in paths {
             match read_card(&path) {

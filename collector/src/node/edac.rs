@@ -13,8 +13,9 @@ use regex::bytes::Regex;
 
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec},
+    goparse,
     metrics::MetricFamily,
-    node::sysfs_util,
+    read,
 };
 
 pub const SPEC: CollectorSpec = CollectorSpec {
@@ -56,7 +57,7 @@ fn capture(re: &Regex, path: &[u8]) -> Option<String> {
 
 /// node_exporter's `readUintFromFile`, the error saying which count of what failed.
 fn count(path: &Path, what: impl FnOnce() -> String) -> anyhow::Result<f64> {
-    sysfs_util::read_uint_file(path)
+    read::read_uint_file(path)
         .map(|value| value as f64)
         .with_context(|| format!("couldn't get {}", what()))
 }
@@ -65,7 +66,7 @@ fn count(path: &Path, what: impl FnOnce() -> String) -> anyhow::Result<f64> {
 /// `channel` preceded by `_`; `unknown` when it cannot be read.
 fn dimm_label(csrow: &Path, channel: &str) -> String {
     match std::fs::read(csrow.join(format!("ch{channel}_dimm_label"))) {
-        Ok(bytes) => sysfs_util::to_valid_utf8(sysfs_util::trim_space(&bytes))
+        Ok(bytes) => goparse::to_valid_utf8(goparse::trim_space(&bytes))
             .replace('#', "")
             .replace("csrow", "_csrow")
             .replace("channel", "_channel"),
@@ -126,7 +127,7 @@ impl Families {
 
 impl EdacCollector {
     fn collect(&self, families: &mut Families) -> anyhow::Result<()> {
-        let controllers = sysfs_util::glob(&self.mc, |name| digit_after(name, b"mc"));
+        let controllers = read::glob(&self.mc, |name| digit_after(name, b"mc")).unwrap_or_default();
         for controller in controllers {
             let path = controller.as_os_str().as_bytes();
             let Some(mc) = capture(&self.controller_re, path) else {
@@ -157,7 +158,9 @@ impl EdacCollector {
                 .csrow_ue
                 .push([("controller", mc), ("csrow", "unknown")], value);
 
-            for csrow in sysfs_util::glob(&controller, |name| digit_after(name, b"csrow")) {
+            for csrow in
+                read::glob(&controller, |name| digit_after(name, b"csrow")).unwrap_or_default()
+            {
                 let Some(row) = capture(&self.csrow_re, csrow.as_os_str().as_bytes()) else {
                     anyhow::bail!("csrow string didn't match regexp: {}", csrow.display());
                 };
@@ -175,9 +178,10 @@ impl EdacCollector {
                     .csrow_ue
                     .push([("controller", mc), ("csrow", row)], value);
 
-                let channel_files = sysfs_util::glob(&csrow, |name| {
+                let channel_files = read::glob(&csrow, |name| {
                     name.starts_with(b"ch") && name.ends_with(b"_ce_count") && name.len() >= 11
-                });
+                })
+                .unwrap_or_default();
                 for file in channel_files {
                     let name = file.file_name().map(|n| n.as_bytes()).unwrap_or_default();
                     let Some(channel) = capture(&self.channel_re, name) else {
@@ -196,7 +200,7 @@ impl EdacCollector {
                     })?;
                     families.channel_ce.push(labels, value);
                     let ue = csrow.join(format!("ch{channel}_ue_count"));
-                    match sysfs_util::read_uint_file(&ue) {
+                    match read::read_uint_file(&ue) {
                         Ok(value) => families.channel_ue.push(labels, value as f64),
                         Err(error) => tracing::debug!(
                             controller = mc,

@@ -7,7 +7,7 @@
 //! exported. Where upstream crashes the exporter on a counter file that is absent (a nil
 //! pointer), that counter is left out here.
 use std::{
-    io::{ErrorKind, Read as _},
+    io::ErrorKind,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -16,6 +16,7 @@ use anyhow::Context as _;
 
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec, NoData},
+    goparse,
     metrics::MetricFamily,
     read,
 };
@@ -157,47 +158,6 @@ impl Host {
     }
 }
 
-/// Why procfs' `util.SysReadFile` failed: opening the file (a `PathError`) or reading it (a
-/// bare errno), which upstream tells apart when it skips unreadable statistics.
-enum SysReadError {
-    Open(std::io::Error),
-    Read(std::io::Error),
-}
-
-impl SysReadError {
-    fn into_io(self) -> std::io::Error {
-        match self {
-            Self::Open(error) | Self::Read(error) => error,
-        }
-    }
-}
-
-/// procfs' `util.SysReadFile`: one read of at most 128 bytes, surrounding whitespace trimmed;
-/// bytes, as the `0x` prefix is cut by byte.
-fn sys_read_file(path: &Path) -> Result<Vec<u8>, SysReadError> {
-    let mut file = std::fs::File::open(path).map_err(SysReadError::Open)?;
-    let mut buffer = [0u8; 128];
-    let n = file.read(&mut buffer).map_err(SysReadError::Read)?;
-    Ok(String::from_utf8_lossy(&buffer[..n])
-        .trim()
-        .as_bytes()
-        .to_vec())
-}
-
-/// The entries of `dir` with whether each is a regular file (not following symlinks, as Go's
-/// `DirEntry.Type`), sorted by name as Go's `os.ReadDir` returns them.
-fn sorted_entries(dir: &Path) -> std::io::Result<Vec<(String, bool)>> {
-    let mut entries = std::fs::read_dir(dir)?
-        .map(|entry| {
-            let entry = entry?;
-            let regular = entry.file_type()?.is_file();
-            Ok((entry.file_name().to_string_lossy().into_owned(), regular))
-        })
-        .collect::<std::io::Result<Vec<_>>>()?;
-    entries.sort();
-    Ok(entries)
-}
-
 /// procfs' `parseFibreChannelHost`.
 fn read_host(dir: &Path, name: String) -> anyhow::Result<Host> {
     let mut host = Host {
@@ -206,12 +166,13 @@ fn read_host(dir: &Path, name: String) -> anyhow::Result<Host> {
     };
     for (index, attribute) in ATTRIBUTES.iter().enumerate() {
         let path = dir.join(attribute);
-        let mut value = match sys_read_file(&path) {
-            Ok(value) => value,
+        // Bytes, as the `0x` prefix is cut by byte.
+        let mut value = match read::sys_read_attribute(&path) {
+            Ok(value) => value.into_bytes(),
             // Drivers may leave attributes out (node_exporter#2919).
-            Err(error) if error_is(&error, ErrorKind::NotFound) => continue,
+            Err(error) if error.not_found() => continue,
             Err(error) => {
-                return Err(anyhow::Error::new(error.into_io())
+                return Err(anyhow::Error::new(error.error)
                     .context(format!("failed to read file {:?}", path.display())));
             }
         };
@@ -226,7 +187,7 @@ fn read_host(dir: &Path, name: String) -> anyhow::Result<Host> {
     }
 
     let statistics = dir.join("statistics");
-    let files = match sorted_entries(&statistics) {
+    let files = match read::read_dir_sorted(&statistics) {
         Ok(files) => files,
         Err(error) if error.kind() == ErrorKind::NotFound => return Ok(host),
         Err(error) => {
@@ -235,25 +196,23 @@ fn read_host(dir: &Path, name: String) -> anyhow::Result<Host> {
             );
         }
     };
-    for (file, regular) in files {
-        if !regular || file == "reset_statistics" {
+    for entry in files {
+        let file = entry.name.to_string_lossy();
+        if !entry.file_type.is_file() || file == "reset_statistics" {
             continue;
         }
-        let path = statistics.join(&file);
-        let value = match sys_read_file(&path) {
-            Ok(value) => String::from_utf8_lossy(&value).into_owned(),
+        let path = &entry.path;
+        let value = match read::sys_read_attribute(path) {
+            Ok(value) => value,
             // Write-only files (absent on open, or refused on read): skipped.
-            Err(error) if error_is(&error, ErrorKind::NotFound) => continue,
-            Err(SysReadError::Read(error)) if error.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                continue;
-            }
+            Err(error) if error.not_found() || error.read_errno(libc::EOPNOTSUPP) => continue,
             Err(error) => {
-                return Err(anyhow::Error::new(error.into_io())
+                return Err(anyhow::Error::new(error.error)
                     .context(format!("failed to read file {:?}", path.display())));
             }
         };
         if let Some(index) = COUNTERS.iter().position(|(f, _, _)| *f == file) {
-            let number = read::go_parse_uint_base0(&value, 64)
+            let number = goparse::parse_uint(&value, 0, 64)
                 .with_context(|| format!("{}: bad number {value:?}", path.display()))?;
             host.counters[index] = Some(number);
         }
@@ -261,15 +220,9 @@ fn read_host(dir: &Path, name: String) -> anyhow::Result<Host> {
     Ok(host)
 }
 
-fn error_is(error: &SysReadError, kind: ErrorKind) -> bool {
-    match error {
-        SysReadError::Open(error) | SysReadError::Read(error) => error.kind() == kind,
-    }
-}
-
 impl Collector for FibreChannelCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        let names = match sorted_entries(&self.class) {
+        let names = match read::sorted_names(&self.class) {
             Ok(names) => names,
             Err(error) if error.kind() == ErrorKind::NotFound => {
                 return Err(NoData(format!(
@@ -287,7 +240,7 @@ impl Collector for FibreChannelCollector {
         };
         let hosts = names
             .into_iter()
-            .map(|(name, _)| read_host(&self.class.join(&name), name))
+            .map(|name| read_host(&self.class.join(&name), name))
             .collect::<anyhow::Result<Vec<_>>>()
             .context("error obtaining FibreChannel class info")?;
 

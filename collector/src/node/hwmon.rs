@@ -3,7 +3,6 @@
 //! texts and `chip` names derived from the device path.
 use std::{
     collections::{BTreeMap, HashMap},
-    io::Read as _,
     path::{Path, PathBuf},
     sync::{Arc, LazyLock},
 };
@@ -15,6 +14,7 @@ use crate::{
     collector::{BuildContext, Collector, CollectorSpec, NoData},
     flags::{DeviceFilter, FlagSpec},
     metrics::MetricFamily,
+    read,
 };
 
 const CHIP_INCLUDE: &str = "collector.hwmon.chip-include";
@@ -117,14 +117,11 @@ fn explode(filename: &str) -> Option<(String, u64, String)> {
     Some((kind, number, property))
 }
 
-/// upstream's `sysReadFile`: one read of at most 128 bytes (broken drivers return EAGAIN
-/// forever), trailing/leading newlines trimmed.
+/// upstream's `sysReadFile` ([`read::sys_read_raw`]), trailing/leading newlines trimmed.
 fn read_value(path: &Path) -> Option<String> {
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut buffer = [0u8; 128];
-    let n = file.read(&mut buffer).ok()?;
+    let bytes = read::sys_read_raw(path).ok()?;
     Some(
-        String::from_utf8_lossy(&buffer[..n])
+        String::from_utf8_lossy(&bytes)
             .trim_matches('\n')
             .to_owned(),
     )
@@ -134,11 +131,7 @@ fn read_value(path: &Path) -> Option<String> {
 type SensorData = BTreeMap<String, BTreeMap<String, String>>;
 
 fn collect_sensor_data(dir: &Path, data: &mut SensorData) -> anyhow::Result<()> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect::<Result<_, _>>()?;
-    names.sort();
+    let names = read::sorted_names(dir).with_context(|| format!("reading {}", dir.display()))?;
     for name in names {
         let Some((kind, number, property)) = explode(&name) else {
             continue;
@@ -430,7 +423,7 @@ impl HwmonCollector {
 
 impl Collector for HwmonCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        let entries = match std::fs::read_dir(&self.class_hwmon) {
+        let entries = match read::glob(&self.class_hwmon, |_| true) {
             Ok(entries) => entries,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 return Err(
@@ -442,12 +435,10 @@ impl Collector for HwmonCollector {
                     .with_context(|| format!("reading {}", self.class_hwmon.display()));
             }
         };
-        let mut dirs: Vec<PathBuf> = entries
-            .filter_map(Result::ok)
-            .map(|entry| entry.path())
+        let dirs: Vec<PathBuf> = entries
+            .into_iter()
             .filter(|path| path.is_dir()) // follows the hwmonN symlinks
             .collect();
-        dirs.sort();
         let mut families = Families::default();
         let mut last_error = None;
         for (dir, chip) in chip_labels(&dirs) {

@@ -18,8 +18,9 @@ use anyhow::Context as _;
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec, NoData},
     flags::{DeviceFilter, FlagSpec},
+    goparse,
     metrics::{MetricFamily, MetricType},
-    node::sysfs_util,
+    read,
 };
 
 const DEVICE_INCLUDE: &str = "collector.infiniband.device-include";
@@ -614,13 +615,13 @@ struct Port {
 /// `node_guid` optional, every port parsed.
 fn read_device(path: &Path) -> anyhow::Result<Device> {
     let mut device = Device {
-        firmware_version: sysfs_util::sys_read_file(&path.join("fw_ver"))
+        firmware_version: read::sys_read_file(&path.join("fw_ver"))
             .context("failed to read HCA firmware version")?,
         ..Device::default()
     };
     for name in ["board_id", "hca_type", "node_guid"] {
         let file = path.join(name);
-        let value = match sysfs_util::sys_read_file(&file) {
+        let value = match read::sys_read_file(&file) {
             Ok(value) => value,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
             Err(error) => {
@@ -634,7 +635,7 @@ fn read_device(path: &Path) -> anyhow::Result<Device> {
         }
     }
     let ports_dir = path.join("ports");
-    let ports = sysfs_util::read_dir_sorted(&ports_dir)
+    let ports = read::read_dir_sorted(&ports_dir)
         .with_context(|| format!("failed to list InfiniBand ports at {ports_dir:?}"))?;
     for entry in ports {
         let name = entry.name.to_string_lossy();
@@ -647,7 +648,7 @@ fn read_device(path: &Path) -> anyhow::Result<Device> {
 /// procfs' `parseInfiniBandPort`: the port number is the folder's name, `link_layer`, `state`,
 /// `phys_state` and `rate` are required, the counter folders read when they exist.
 fn read_port(path: &Path, name: &str) -> anyhow::Result<(u32, Port)> {
-    let number = sysfs_util::parse_uint(name, 10, 32)
+    let number = goparse::parse_uint(name, 10, 32)
         .with_context(|| format!("failed to convert {name} into uint"))? as u32;
     let read = |file: &str| -> anyhow::Result<String> {
         let file = path.join(file);
@@ -672,7 +673,7 @@ fn read_port(path: &Path, name: &str) -> anyhow::Result<(u32, Port)> {
             false,
             &mut port.counters,
         ) {
-            Err(error) if sysfs_util::chain_has(&error, std::io::ErrorKind::NotFound) => {}
+            Err(error) if read::chain_has(&error, std::io::ErrorKind::NotFound) => {}
             result => result?,
         }
     }
@@ -694,7 +695,7 @@ fn parse_state(text: &str) -> anyhow::Result<u32> {
         anyhow::bail!("failed to split {text} into 'ID: NAME'");
     };
     let id = id.trim();
-    sysfs_util::parse_uint(id, 10, 32)
+    goparse::parse_uint(id, 10, 32)
         .map(|id| id as u32)
         .with_context(|| format!("failed to convert {id} into uint"))
 }
@@ -707,7 +708,7 @@ fn parse_rate(text: &str) -> anyhow::Result<u64> {
         anyhow::bail!("failed to split {text:?}");
     };
     let number = number.trim();
-    let gbits = sysfs_util::parse_float(number, 32)
+    let gbits = goparse::parse_float(number, 32)
         .with_context(|| format!("failed to convert {number} into uint"))?;
     Ok((gbits * 125_000_000.0) as u64)
 }
@@ -723,13 +724,13 @@ fn read_counters(
     counters: &mut HashMap<&'static str, u64>,
 ) -> anyhow::Result<()> {
     let entries =
-        sysfs_util::read_dir_sorted(dir).with_context(|| format!("reading {}", dir.display()))?;
+        read::read_dir_sorted(dir).with_context(|| format!("reading {}", dir.display()))?;
     for entry in entries {
         if !entry.file_type.is_file() {
             continue;
         }
         // procfs reads every file, and parses the ones it knows.
-        let value = match sysfs_util::sys_read_attribute(&entry.path) {
+        let value = match read::sys_read_attribute(&entry.path) {
             Ok(value) => value,
             Err(error) if skippable(&error, skip_einval) => continue,
             Err(error) => {
@@ -743,7 +744,7 @@ fn read_counters(
         else {
             continue;
         };
-        match crate::read::go_parse_uint_base0(&value, 64) {
+        match goparse::parse_uint(&value, 0, 64) {
             Some(number) => {
                 let number = if words {
                     number.wrapping_mul(4)
@@ -765,7 +766,7 @@ fn read_counters(
 }
 
 /// The read errors procfs skips in a counter folder.
-fn skippable(error: &sysfs_util::SysReadError, einval: bool) -> bool {
+fn skippable(error: &read::SysReadError, einval: bool) -> bool {
     error.not_found()
         || error.permission()
         || error.read_errno(libc::EOPNOTSUPP)
@@ -774,8 +775,8 @@ fn skippable(error: &sysfs_util::SysReadError, einval: bool) -> bool {
 
 /// procfs' `InfiniBandClass`: every entry of the class folder is a device.
 fn read_class(class: &Path) -> anyhow::Result<BTreeMap<String, Device>> {
-    let entries = sysfs_util::read_dir_sorted(class)
-        .with_context(|| format!("reading {}", class.display()))?;
+    let entries =
+        read::read_dir_sorted(class).with_context(|| format!("reading {}", class.display()))?;
     let mut devices = BTreeMap::new();
     for entry in entries {
         let device = read_device(&entry.path)?;
@@ -788,7 +789,7 @@ impl Collector for InfinibandCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
         let devices = match read_class(&self.class) {
             Ok(devices) => devices,
-            Err(error) if sysfs_util::chain_has(&error, std::io::ErrorKind::NotFound) => {
+            Err(error) if read::chain_has(&error, std::io::ErrorKind::NotFound) => {
                 return Err(NoData(format!(
                     "infiniband statistics not found, skipping: {error:#}"
                 ))

@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec},
     flags::{DeviceFilter, FlagSpec},
+    goparse,
     metrics::MetricFamily,
     read::KeptFile,
 };
@@ -116,28 +117,6 @@ fn is_go_atoi(s: &str) -> bool {
     s.parse::<i64>().is_ok()
 }
 
-/// Go's `strconv.ParseFloat(s, 64)` for the decimal forms: `inf`/`infinity` (signed) and an
-/// unsigned `nan` in any case; a finite number too large for f64 is a range error in Go, not
-/// an infinity.
-fn parse_go_float(s: &str) -> Option<f64> {
-    let unsigned = s.strip_prefix(['+', '-']).unwrap_or(s);
-    let lower = unsigned.to_ascii_lowercase();
-    match lower.as_str() {
-        "inf" | "infinity" => {
-            return Some(if s.starts_with('-') {
-                f64::NEG_INFINITY
-            } else {
-                f64::INFINITY
-            });
-        }
-        "nan" if unsigned.len() == s.len() => return Some(f64::NAN),
-        "nan" => return None,
-        _ => {}
-    }
-    let value: f64 = s.parse().ok()?;
-    value.is_finite().then_some(value)
-}
-
 impl Collector for InterruptsCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
         let text = self.file.to_string().context("couldn't get interrupts")?;
@@ -151,7 +130,7 @@ impl Collector for InterruptsCollector {
                 continue;
             }
             for (cpu, value) in interrupt.values.iter().enumerate() {
-                let Some(value_f) = parse_go_float(value) else {
+                let Some(value_f) = goparse::parse_float(value, 64) else {
                     // Upstream walks a map, so which samples it sent before this is random;
                     // none are served here.
                     anyhow::bail!(
@@ -272,21 +251,6 @@ mod tests {
         // A name seen twice keeps the last row.
         let interrupts = parse("CPU0\n 1: 5 a\n 1: 6 b\n").unwrap();
         assert_eq!(interrupts["1"].values, ["6"]);
-    }
-
-    #[test]
-    fn go_floats() {
-        assert_eq!(parse_go_float("42"), Some(42.0));
-        assert_eq!(
-            parse_go_float("18446744073709551615"),
-            Some(1.8446744073709552e19)
-        );
-        assert_eq!(parse_go_float("-Inf"), Some(f64::NEG_INFINITY));
-        assert!(parse_go_float("NaN").unwrap().is_nan());
-        assert_eq!(parse_go_float("+nan"), None);
-        assert_eq!(parse_go_float("1e400"), None, "range error in Go");
-        assert_eq!(parse_go_float("12a"), None);
-        assert_eq!(parse_go_float(""), None);
     }
 
     #[test]

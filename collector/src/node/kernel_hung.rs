@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use super::ksmd::parse_uint;
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec, NoData},
+    goparse,
     metrics::MetricFamily,
     read::KeptFile,
 };
@@ -36,7 +36,7 @@ impl Collector for KernelHungCollector {
         let Some(text) = self.file.optional()? else {
             return Err(NoData(format!("{} does not exist", path.display())).into());
         };
-        let count = parse_uint(&text)
+        let count = goparse::parse_uint(text.trim(), 10, 64)
             .with_context(|| format!("{}: bad number {:?}", path.display(), text.trim()))?;
         out.push(
             MetricFamily::counter(

@@ -10,6 +10,7 @@ use anyhow::Context as _;
 
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec},
+    goparse,
     metrics::{MetricFamily, MetricType},
     read,
 };
@@ -45,16 +46,6 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
     }))
 }
 
-/// node_exporter's `readUintFromFile`: the trimmed text as `strconv.ParseUint(s, 10, 64)`
-/// takes it, digits only (no sign, unlike Rust's `u64::from_str`).
-pub fn parse_uint(text: &str) -> Option<u64> {
-    let text = text.trim();
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    text.parse().ok()
-}
-
 /// The family of one file and its value.
 fn family(file: &str, value: u64) -> MetricFamily {
     let help = format!("ksmd '{file}' file.");
@@ -73,7 +64,7 @@ impl Collector for KsmdCollector {
         for file in FILES {
             let path = self.dir.join(file);
             let text = read::to_string(&path)?;
-            let value = parse_uint(&text)
+            let value = goparse::parse_uint(text.trim(), 10, 64)
                 .with_context(|| format!("{}: bad number {:?}", path.display(), text.trim()))?;
             out.push(family(file, value));
         }
@@ -84,24 +75,6 @@ impl Collector for KsmdCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn numbers_parse_as_go_parse_uint() {
-        assert_eq!(parse_uint("20\n"), Some(20));
-        assert_eq!(parse_uint("18446744073709551615"), Some(u64::MAX));
-        for bad in [
-            "",
-            "\n",
-            "+1",
-            "-1",
-            "0x10",
-            "1 2",
-            "18446744073709551616",
-            "1_0",
-        ] {
-            assert_eq!(parse_uint(bad), None, "{bad:?}");
-        }
-    }
 
     #[test]
     fn families_and_errors() {

@@ -20,7 +20,9 @@ use anyhow::Context as _;
 
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec},
+    goparse,
     metrics::MetricFamily,
+    read,
 };
 
 pub const SPEC: CollectorSpec = CollectorSpec {
@@ -54,7 +56,7 @@ fn parse(text: &str, path: &Path) -> anyhow::Result<Stats> {
     let mut stats = Stats::new();
     for (row, line) in lines.enumerate() {
         for (column, counter) in line.split_whitespace().enumerate() {
-            let value = parse_go_hex(counter).with_context(|| {
+            let value = goparse::parse_uint(counter, 16, 64).with_context(|| {
                 format!(
                     "{}: row {}: bad hex number {counter:?}",
                     path.display(),
@@ -74,14 +76,6 @@ fn parse(text: &str, path: &Path) -> anyhow::Result<Stats> {
         }
     }
     Ok(stats)
-}
-
-/// Go's `strconv.ParseUint(s, 16, 64)`: hex digits only, no sign or prefix.
-fn parse_go_hex(s: &str) -> anyhow::Result<u64> {
-    if s.starts_with('+') {
-        anyhow::bail!("invalid syntax");
-    }
-    Ok(u64::from_str_radix(s, 16)?)
 }
 
 /// `node_lnstat_<column>_total`, each character that may not be in a metric name as `_`.
@@ -115,25 +109,17 @@ fn read(path: &Path) -> anyhow::Result<String> {
 impl Collector for LnstatCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
         // Go's `filepath.Glob(net/stat/*)`: every entry, sorted; no folder matches nothing.
-        let mut files: Vec<(String, PathBuf)> = match std::fs::read_dir(&self.dir) {
-            Ok(entries) => entries
-                .filter_map(Result::ok)
-                .map(|entry| {
-                    (
-                        entry.file_name().to_string_lossy().into_owned(),
-                        entry.path(),
-                    )
-                })
-                .collect(),
-            Err(error) => {
-                tracing::debug!(dir = %self.dir.display(), %error, "no lnstat files");
-                Vec::new()
-            }
-        };
-        files.sort();
+        let files = read::glob(&self.dir, |_| true).unwrap_or_else(|error| {
+            tracing::debug!(dir = %self.dir.display(), %error, "no lnstat files");
+            Vec::new()
+        });
         // Every file is read before any series is reported, as upstream reads them all first.
         let mut all = Vec::with_capacity(files.len());
-        for (name, path) in files {
+        for path in files {
+            let name = path
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let stats = read(&path)
                 .and_then(|text| parse(&text, &path))
                 .context("lnstat error")?;

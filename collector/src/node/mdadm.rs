@@ -202,17 +202,13 @@ fn eval_recovery_line(line: &str) -> anyhow::Result<i64> {
 /// array_state, metadata_version, raid_disks, uuid and dev-*/state; raid0/4/5/6/10 also
 /// chunk_size; raid1/4/5/6/10 also degraded, sync_action and sync_completed.
 fn read_mdraids(sys_block: &Path) -> Result<Vec<MdRaid>, MdRaidError> {
-    let mut devices: Vec<String> = match std::fs::read_dir(sys_block) {
-        Ok(entries) => entries
-            .filter_map(Result::ok)
-            .map(|entry| entry.file_name().to_string_lossy().into_owned())
-            .filter(|name| name.starts_with("md"))
-            .filter(|name| std::fs::symlink_metadata(sys_block.join(name).join("md")).is_ok())
-            .collect(),
-        // Like filepath.Glob: an unreadable or missing directory matches nothing.
-        Err(_) => Vec::new(),
-    };
-    devices.sort();
+    // filepath.Glob("md*/md"): an unreadable or missing directory matches nothing.
+    let devices: Vec<String> = read::glob_names(sys_block, |name| name.starts_with(b"md"))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|name| name.to_string_lossy().into_owned())
+        .filter(|name| std::fs::symlink_metadata(sys_block.join(name).join("md")).is_ok())
+        .collect();
 
     let mut raids = Vec::new();
     for device in devices {
@@ -235,16 +231,7 @@ fn read_mdraids(sys_block: &Path) -> Result<Vec<MdRaid>, MdRaidError> {
         text("metadata_version")?;
         let disks = uint("raid_disks")?;
         text("uuid")?;
-        let mut components: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map(|entries| {
-                entries
-                    .filter_map(Result::ok)
-                    .filter(|entry| entry.file_name().to_string_lossy().starts_with("dev-"))
-                    .map(|entry| entry.path())
-                    .collect()
-            })
-            .unwrap_or_default();
-        components.sort();
+        let components = read::glob(&dir, |name| name.starts_with(b"dev-")).unwrap_or_default();
         for component in components {
             let path = component.join("state");
             read::sys_attribute(&path).map_err(|error| MdRaidError::io(&path, error))?;

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec},
+    goparse,
     metrics::MetricFamily,
     read,
 };
@@ -97,7 +98,7 @@ fn parse(text: &str) -> anyhow::Result<BTreeMap<&'static str, f64>> {
         let Some(value) = fields.get(1) else {
             anyhow::bail!("malformed line {line:?}");
         };
-        let value = read::go_parse_uint_base0(value, 64)
+        let value = goparse::parse_uint(value, 0, 64)
             .with_context(|| format!("bad number {value:?} in {line:?}"))?;
         let bytes = match fields[..] {
             [_, _] => value,

@@ -13,9 +13,9 @@ use std::{
 use anyhow::Context as _;
 use regex::Regex;
 
-use super::buddyinfo::{parse_go_float, scan_lines};
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec},
+    goparse,
     metrics::{MetricFamily, MetricType},
     read,
 };
@@ -55,7 +55,7 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
 /// A node's meminfo: `Node 0 MemTotal:       16310820 kB` (or without unit, for page counts).
 pub fn parse_meminfo(text: &str) -> anyhow::Result<Vec<NumaMetric>> {
     let mut metrics = Vec::new();
-    for line in scan_lines(text) {
+    for line in goparse::text_lines(text) {
         let line = line?.trim();
         if line.is_empty() {
             continue;
@@ -65,7 +65,7 @@ pub fn parse_meminfo(text: &str) -> anyhow::Result<Vec<NumaMetric>> {
         let Some(value) = parts.get(3) else {
             anyhow::bail!("invalid line in meminfo: {line}");
         };
-        let mut value = parse_go_float(value)
+        let mut value = goparse::parse_float(value, 64)
             .with_context(|| format!("invalid value in meminfo: {value:?}"))?;
         match parts.len() {
             4 => {}
@@ -86,7 +86,7 @@ pub fn parse_meminfo(text: &str) -> anyhow::Result<Vec<NumaMetric>> {
 /// A node's numastat: `numa_hit 193460335812` per line, as `<name>_total` counters of `node`.
 pub fn parse_numastat(text: &str, node: &str) -> anyhow::Result<Vec<NumaMetric>> {
     let mut metrics = Vec::new();
-    for line in scan_lines(text) {
+    for line in goparse::text_lines(text) {
         let line = line?.trim();
         if line.is_empty() {
             continue;
@@ -95,7 +95,7 @@ pub fn parse_numastat(text: &str, node: &str) -> anyhow::Result<Vec<NumaMetric>>
         let [name, value] = parts[..] else {
             anyhow::bail!("line scan did not return 2 fields: {line}");
         };
-        let value = parse_go_float(value)
+        let value = goparse::parse_float(value, 64)
             .with_context(|| format!("invalid value in numastat: {value:?}"))?;
         metrics.push(NumaMetric {
             name: format!("{name}_total"),

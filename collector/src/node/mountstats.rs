@@ -17,17 +17,18 @@
 //! value that is not UTF-8) this collector reports an error instead.
 use std::{
     collections::HashSet,
-    io::Read as _,
     path::{Path, PathBuf},
     sync::Arc,
 };
 
 use anyhow::Context as _;
 
-use super::nfs::{GoLines, check_procfs, parse_uint, parse_uints};
+use super::nfs::{GoLines, check_procfs, parse_uints};
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec},
+    goparse,
     metrics::{MetricFamily, MetricType},
+    read,
 };
 
 pub const SPEC: CollectorSpec = CollectorSpec {
@@ -86,9 +87,6 @@ pub struct Transport {
     /// fields and version 1.0 none of the last three: those are 0.
     pub counters: [u64; 13],
 }
-
-/// procfs reads at most 1 MiB of mountinfo (`util.ReadFileNoStat`).
-const MOUNTINFO_LIMIT: u64 = 1024 * 1024;
 
 /// Parses mountstats as procfs' `parseMountStats`: `device` lines, each followed, for an NFS
 /// mount with `statvers=`, by its statistics up to a blank line.
@@ -253,8 +251,8 @@ fn parse_transport(fields: &[&str], version: &str) -> anyhow::Result<Transport> 
         );
     }
     for (slot, value) in ns.iter_mut().zip(values) {
-        *slot =
-            parse_uint(value).with_context(|| format!("strconv.ParseUint: parsing {value:?}"))?;
+        *slot = goparse::parse_uint(value, 10, 64)
+            .with_context(|| format!("strconv.ParseUint: parsing {value:?}"))?;
     }
     let counters = match protocol {
         // No connect count, connect idle time or idle time over UDP.
@@ -443,10 +441,7 @@ fn resolve_self(procfs: &Path) -> anyhow::Result<PathBuf> {
 
 /// A file's bytes, and whether they are UTF-8 (label values must be).
 fn read_file(path: &Path, limit: u64) -> anyhow::Result<(Vec<u8>, bool)> {
-    let mut data = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|file| file.take(limit).read_to_end(&mut data))
-        .with_context(|| format!("reading {}", path.display()))?;
+    let data = read::capped(path, limit).with_context(|| format!("reading {}", path.display()))?;
     let utf8 = std::str::from_utf8(&data).is_ok();
     Ok((data, utf8))
 }
@@ -461,7 +456,7 @@ impl Collector for MountStatsCollector {
         // procfs reads at most 1 MiB of mountinfo.
         let path = self.process.join("mountinfo");
         let (data, info_utf8) =
-            read_file(&path, MOUNTINFO_LIMIT).context("failed to parse mountinfo")?;
+            read_file(&path, read::NO_STAT_LIMIT).context("failed to parse mountinfo")?;
         let addresses = parse_mountinfo_addresses(&data)
             .with_context(|| format!("failed to parse mountinfo: {}", path.display()))?;
         let mut families = Families::new();

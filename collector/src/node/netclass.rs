@@ -9,6 +9,7 @@ use crate::{
     collector::{BuildContext, Collector, CollectorSpec, NoData},
     flags::FlagSpec,
     metrics::{MetricFamily, MetricType},
+    goparse,
     read,
 };
 
@@ -161,7 +162,7 @@ fn read_interface(path: &std::path::Path) -> anyhow::Result<Interface> {
             interface.strings.insert(attribute, value);
         } else {
             // procfs' ValueParser.PInt64 yields 0 for a number that does not parse.
-            let number = read::parse_go_int(&value).unwrap_or(0);
+            let number = goparse::parse_int(&value, 0, 64).unwrap_or(0);
             interface.numbers.insert(attribute, number);
         }
     }

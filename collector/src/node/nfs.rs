@@ -4,14 +4,15 @@
 //! node_exporter lists the procedures of each NFS version by reflecting over procfs' structs,
 //! so every procedure of every version is reported (0 when its line is absent, as "proc2" is
 //! on kernels built without NFSv2), named as the struct fields are: the tables below keep
-//! that order and those names. The scanning helpers here are shared with `nfsd` and
-//! `mountstats`, which parse with the same Go primitives.
+//! that order and those names. The line and number helpers here are shared with `nfsd` and
+//! `mountstats`, which parse the same way.
 use std::{borrow::Cow, path::Path, sync::Arc};
 
 use anyhow::Context as _;
 
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec, NoData},
+    goparse,
     metrics::MetricFamily,
 };
 
@@ -23,60 +24,41 @@ pub const SPEC: CollectorSpec = CollectorSpec {
     build,
 };
 
-/// The lines of a file as Go's `bufio.Scanner` with `ScanLines` yields them: split at `\n`,
-/// one trailing `\r` dropped, no empty last line after a final `\n`, invalid UTF-8 replaced
-/// (whitespace and ASCII keys are found exactly where Go finds them). A line of 64 KiB or more
-/// is an error (`bufio.ErrTooLong`), as the scanner's buffer cannot grow past that.
+/// The numbered lines of a file as Go's `bufio.Scanner` yields them ([`goparse::Lines`]), invalid
+/// UTF-8 replaced (whitespace and ASCII keys are found exactly where Go finds them); a line too
+/// long for the scanner is an error naming its number.
 pub(crate) struct GoLines<'a> {
-    rest: &'a [u8],
+    lines: goparse::Lines<'a>,
     number: usize,
 }
 
 impl<'a> GoLines<'a> {
-    /// `bufio.MaxScanTokenSize`.
-    const MAX_TOKEN: usize = 64 * 1024;
-
     pub(crate) fn new(data: &'a [u8]) -> Self {
         Self {
-            rest: data,
+            lines: goparse::lines(data),
             number: 0,
         }
     }
 
     /// The next line and its number (from 1); `None` at the end.
     pub(crate) fn next_line(&mut self) -> anyhow::Result<Option<(usize, Cow<'a, str>)>> {
-        if self.rest.is_empty() {
+        let Some(line) = self.lines.next() else {
             return Ok(None);
-        }
-        let (line, rest) = match self.rest.iter().position(|&b| b == b'\n') {
-            Some(end) => (&self.rest[..end], &self.rest[end + 1..]),
-            None => (self.rest, &[][..]),
         };
         self.number += 1;
-        if line.len() >= Self::MAX_TOKEN {
-            self.rest = &[];
-            anyhow::bail!("line {}: bufio.Scanner: token too long", self.number);
-        }
-        self.rest = rest;
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let line = line.map_err(|error| anyhow::anyhow!("line {}: {error}", self.number))?;
         Ok(Some((self.number, String::from_utf8_lossy(line))))
     }
 }
 
-/// Go's `strconv.ParseUint(s, 10, 64)`: ASCII digits only (no sign, no underscore), in range.
-pub(crate) fn parse_uint(s: &str) -> Option<u64> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
-}
-
-/// procfs' `util.ParseUint64s`: every field a [`parse_uint`] number.
+/// procfs' `util.ParseUint64s`: every field a decimal `u64`, as Go's `ParseUint(s, 10, 64)`
+/// takes it.
 pub(crate) fn parse_uints(fields: &[&str]) -> anyhow::Result<Vec<u64>> {
     fields
         .iter()
         .map(|field| {
-            parse_uint(field).with_context(|| format!("strconv.ParseUint: parsing {field:?}"))
+            goparse::parse_uint(field, 10, 64)
+                .with_context(|| format!("strconv.ParseUint: parsing {field:?}"))
         })
         .collect()
 }

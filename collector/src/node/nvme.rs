@@ -11,7 +11,7 @@
 //! overstates namespaces of larger blocks, as node_exporter does); a number that does not parse
 //! is 0.
 use std::{
-    io::{ErrorKind, Read as _},
+    io::ErrorKind,
     path::{Path, PathBuf},
     sync::{Arc, LazyLock},
 };
@@ -21,7 +21,9 @@ use regex::Regex;
 
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec, NoData},
+    goparse,
     metrics::MetricFamily,
+    read,
 };
 
 pub const SPEC: CollectorSpec = CollectorSpec {
@@ -67,38 +69,19 @@ struct Namespace {
     logical_block_size: u64,
 }
 
-/// procfs' `util.SysReadFile`: one read of at most 128 bytes, surrounding whitespace trimmed.
-fn sys_read_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut buffer = [0u8; 128];
-    let n = file.read(&mut buffer)?;
-    Ok(String::from_utf8_lossy(&buffer[..n]).trim().to_owned())
-}
-
-/// [`sys_read_file`] with an error naming the file.
+/// [`read::sys_read_file`] with an error naming the file.
 fn attribute(path: &Path) -> anyhow::Result<String> {
-    sys_read_file(path).with_context(|| format!("failed to read file {:?}", path.display()))
+    read::sys_read_file(path).with_context(|| format!("failed to read file {:?}", path.display()))
 }
 
-/// The entries of `dir`, sorted by name as Go's `os.ReadDir` returns them.
+/// [`read::sorted_names`] with an error naming the directory.
 fn sorted_entries(dir: &Path) -> anyhow::Result<Vec<String>> {
-    let mut names = std::fs::read_dir(dir)
-        .and_then(|entries| {
-            entries
-                .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
-                .collect::<std::io::Result<Vec<_>>>()
-        })
-        .with_context(|| format!("failed to list {:?}", dir.display()))?;
-    names.sort();
-    Ok(names)
+    read::sorted_names(dir).with_context(|| format!("failed to list {:?}", dir.display()))
 }
 
 /// Go's `strconv.ParseUint(s, 10, 64)`; procfs takes a failure as 0.
 fn parse_or_zero(value: &str) -> u64 {
-    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-        return 0;
-    }
-    value.parse().unwrap_or(0)
+    goparse::parse_uint(value, 10, 64).unwrap_or(0)
 }
 
 /// procfs' `parseNVMeDevice`.
@@ -121,7 +104,7 @@ fn read_controller(dir: &Path, name: String) -> anyhow::Result<Controller> {
             parse_or_zero(&attribute(&ns_dir.join("queue/logical_block_size"))?);
         // Absent without multipath (and unreadable): "unknown", whatever the error.
         let ana_state =
-            sys_read_file(&ns_dir.join("ana_state")).unwrap_or_else(|_| "unknown".to_owned());
+            read::sys_read_file(&ns_dir.join("ana_state")).unwrap_or_else(|_| "unknown".to_owned());
         namespaces.push(Namespace {
             id,
             ana_state,
@@ -150,20 +133,11 @@ fn read_class(class: &Path) -> anyhow::Result<Vec<Controller>> {
         .collect()
 }
 
-/// Whether an I/O error of `kind` is in `error`'s chain (Go's `errors.Is`).
-fn has_io_error(error: &anyhow::Error, kind: ErrorKind) -> bool {
-    error.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|e| e.kind() == kind)
-    })
-}
-
 impl Collector for NvmeCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
         let controllers = match read_class(&self.class_nvme) {
             Ok(controllers) => controllers,
-            Err(error) if has_io_error(&error, ErrorKind::NotFound) => {
+            Err(error) if read::chain_has(&error, ErrorKind::NotFound) => {
                 return Err(
                     NoData(format!("nvme statistics not found, skipping: {error:#}")).into(),
                 );
@@ -350,29 +324,6 @@ mod tests {
         let error = collector.update(&mut Vec::new()).unwrap_err();
         assert!(error.downcast_ref::<NoData>().is_none(), "{error:#}");
         assert!(format!("{error:#}").contains("nvme0n1/size"), "{error:#}");
-        std::fs::remove_dir_all(&class).unwrap();
-    }
-
-    #[test]
-    fn attributes_are_read_as_procfs_reads_them() {
-        let class = temp("read");
-        std::fs::create_dir_all(&class).unwrap();
-        let long = format!("  {}\n", "x".repeat(200));
-        write(&class.join("long"), &long);
-        assert_eq!(sys_read_file(&class.join("long")).unwrap(), "x".repeat(126));
-        write(&class.join("bytes"), "\u{0}a\u{fffd}\n");
-        assert_eq!(
-            sys_read_file(&class.join("bytes")).unwrap(),
-            "\u{0}a\u{fffd}"
-        );
-        std::fs::write(class.join("latin1"), b"\xe9t\xe9\n").unwrap();
-        assert_eq!(
-            sys_read_file(&class.join("latin1")).unwrap(),
-            "\u{fffd}t\u{fffd}"
-        );
-        assert_eq!(parse_or_zero("+1"), 0);
-        assert_eq!(parse_or_zero("18446744073709551616"), 0);
-        assert_eq!(parse_or_zero("42"), 42);
         std::fs::remove_dir_all(&class).unwrap();
     }
 }

@@ -9,7 +9,7 @@
 //! no data.
 use std::{
     collections::BTreeSet,
-    io::{ErrorKind, Read as _},
+    io::ErrorKind,
     path::{Path, PathBuf},
     sync::{Arc, LazyLock},
 };
@@ -20,6 +20,7 @@ use regex::Regex;
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec, NoData},
     metrics::MetricFamily,
+    read,
 };
 
 pub const SPEC: CollectorSpec = CollectorSpec {
@@ -90,29 +91,14 @@ struct Controller {
     transport: String,
 }
 
-/// procfs' `util.SysReadFile`: one read of at most 128 bytes, surrounding whitespace trimmed.
-fn sys_read_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut buffer = [0u8; 128];
-    let n = file.read(&mut buffer)?;
-    Ok(String::from_utf8_lossy(&buffer[..n]).trim().to_owned())
-}
-
+/// [`read::sys_read_file`] with an error naming the file.
 fn attribute(path: &Path) -> anyhow::Result<String> {
-    sys_read_file(path).with_context(|| format!("failed to read {}", path.display()))
+    read::sys_read_file(path).with_context(|| format!("failed to read {}", path.display()))
 }
 
-/// The entries of `dir`, sorted by name as Go's `os.ReadDir` returns them.
+/// [`read::sorted_names`] with an error naming the directory.
 fn sorted_entries(dir: &Path) -> anyhow::Result<Vec<String>> {
-    let mut names = std::fs::read_dir(dir)
-        .and_then(|entries| {
-            entries
-                .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
-                .collect::<std::io::Result<Vec<_>>>()
-        })
-        .with_context(|| format!("failed to list {}", dir.display()))?;
-    names.sort();
-    Ok(names)
+    read::sorted_names(dir).with_context(|| format!("failed to list {}", dir.display()))
 }
 
 /// procfs' `parseNVMeSubsystem`.
@@ -158,14 +144,10 @@ fn read_class(class: &Path) -> anyhow::Result<Vec<Subsystem>> {
         .collect()
 }
 
-/// Whether a missing file or a refused permission is in `error`'s chain (Go's
-/// `errors.Is(err, os.ErrNotExist) || errors.Is(err, os.ErrPermission)`).
+/// Go's `errors.Is(err, os.ErrNotExist) || errors.Is(err, os.ErrPermission)`.
 fn is_absent(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|e| matches!(e.kind(), ErrorKind::NotFound | ErrorKind::PermissionDenied))
-    })
+    read::chain_has(error, ErrorKind::NotFound)
+        || read::chain_has(error, ErrorKind::PermissionDenied)
 }
 
 impl Collector for NvmeSubsystemCollector {

@@ -20,8 +20,9 @@ use anyhow::Context as _;
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec, NoData},
     flags::FlagSpec,
+    goparse,
     metrics::MetricFamily,
-    node::sysfs_util,
+    read,
 };
 
 const IDS_FILE: &str = "collector.pcidevice.idsfile";
@@ -127,7 +128,7 @@ impl PciIds {
         let mut base_class = String::new();
         let mut subclass = String::new();
         let mut in_class = false;
-        sysfs_util::scan_lines(reader, |line| {
+        goparse::scan_reader(reader, |line| {
             let line = String::from_utf8_lossy(line);
             let line = line.as_ref();
             if line.is_empty() || line.starts_with('#') {
@@ -272,7 +273,7 @@ impl Location {
             anyhow::bail!("invalid location '{text}'");
         };
         let hex = |what: &str, s: &str| -> anyhow::Result<i32> {
-            sysfs_util::parse_int(s, 16, 32)
+            goparse::parse_int(s, 16, 32)
                 .map(|v| v as i32)
                 .with_context(|| format!("invalid {what}: parsing {s:?}"))
         };
@@ -287,10 +288,10 @@ impl Location {
     /// `Strings()`: segment, bus, device and function as upstream formats them.
     fn strings(&self) -> [String; 4] {
         [
-            sysfs_util::go_hex(self.segment.into(), 4),
-            sysfs_util::go_hex(self.bus.into(), 2),
-            sysfs_util::go_hex(self.device.into(), 2),
-            sysfs_util::go_hex(self.function.into(), 0),
+            goparse::hex(self.segment.into(), 4),
+            goparse::hex(self.bus.into(), 2),
+            goparse::hex(self.device.into(), 2),
+            goparse::hex(self.function.into(), 0),
         ]
     }
 }
@@ -326,7 +327,7 @@ const ID_FILES: [&str; 6] = [
 
 /// An optional attribute: `None` when the file does not exist, an error for any other failure.
 fn optional(path: &Path) -> anyhow::Result<Option<String>> {
-    match sysfs_util::sys_read_file(path) {
+    match read::sys_read_file(path) {
         Ok(value) => Ok(Some(value)),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(error) => Err(error).with_context(|| format!("failed to read file {path:?}")),
@@ -337,9 +338,9 @@ fn optional(path: &Path) -> anyhow::Result<Option<String>> {
 fn read_device(path: &Path) -> anyhow::Result<Device> {
     let target = std::fs::read_link(path).context("failed to readlink")?;
     let target = target.to_string_lossy();
-    let location_text = sysfs_util::base_name(&target);
-    let parent_text = sysfs_util::dir_name(&target);
-    let parent_text = sysfs_util::base_name(&parent_text);
+    let location_text = goparse::base_name(&target);
+    let parent_text = goparse::dir_name(&target);
+    let parent_text = goparse::base_name(&parent_text);
     let location = Location::parse(location_text)
         .with_context(|| format!("failed to parse device location {location_text:?}"))?;
     // A parent named pci<segment>:<bus> is the host bridge's root, not a device.
@@ -360,9 +361,9 @@ fn read_device(path: &Path) -> anyhow::Result<Device> {
 
     for (slot, file) in device.ids.iter_mut().zip(ID_FILES) {
         let name = path.join(file);
-        let value = sysfs_util::sys_read_file(&name)
-            .with_context(|| format!("failed to read file {name:?}"))?;
-        *slot = sysfs_util::parse_int(&value, 0, 32)
+        let value =
+            read::sys_read_file(&name).with_context(|| format!("failed to read file {name:?}"))?;
+        *slot = goparse::parse_int(&value, 0, 32)
             .with_context(|| format!("failed to parse {file} {value:?} {}", at()))?
             as u32;
     }
@@ -391,7 +392,7 @@ fn read_device(path: &Path) -> anyhow::Result<Device> {
                 if unit != "GT/s PCIe" {
                     anyhow::bail!("unknown unit for {file} {value:?} {}", at());
                 }
-                let speed = sysfs_util::parse_float(number.trim(), 64).with_context(bad)?;
+                let speed = goparse::parse_float(number.trim(), 64).with_context(bad)?;
                 if file == "max_link_speed" {
                     device.max_link_speed = Some(speed);
                 } else {
@@ -399,7 +400,7 @@ fn read_device(path: &Path) -> anyhow::Result<Device> {
                 }
             }
             "max_link_width" | "current_link_width" => {
-                let width = sysfs_util::parse_int(&value, 10, 64).with_context(bad)? as f64;
+                let width = goparse::parse_int(&value, 10, 64).with_context(bad)? as f64;
                 if file == "max_link_width" {
                     device.max_link_width = Some(width);
                 } else {
@@ -408,7 +409,7 @@ fn read_device(path: &Path) -> anyhow::Result<Device> {
             }
             _ => {
                 device.numa_node =
-                    Some(sysfs_util::parse_int(&value, 10, 32).with_context(bad)? as i32);
+                    Some(goparse::parse_int(&value, 10, 32).with_context(bad)? as i32);
             }
         }
     }
@@ -431,26 +432,26 @@ fn read_device(path: &Path) -> anyhow::Result<Device> {
         match file {
             "sriov_drivers_autoprobe" => {
                 device.sriov_drivers_autoprobe =
-                    Some(sysfs_util::parse_int(&value, 10, 32).with_context(bad)? != 0);
+                    Some(goparse::parse_int(&value, 10, 32).with_context(bad)? != 0);
             }
             "sriov_numvfs" => {
                 device.sriov_numvfs =
-                    Some(sysfs_util::parse_uint(&value, 10, 32).with_context(bad)? as u32);
+                    Some(goparse::parse_uint(&value, 10, 32).with_context(bad)? as u32);
             }
             "sriov_totalvfs" => {
                 device.sriov_totalvfs =
-                    Some(sysfs_util::parse_uint(&value, 10, 32).with_context(bad)? as u32);
+                    Some(goparse::parse_uint(&value, 10, 32).with_context(bad)? as u32);
             }
             "sriov_vf_device" => {
-                sysfs_util::parse_uint(&value, 16, 32).with_context(bad)?;
+                goparse::parse_uint(&value, 16, 32).with_context(bad)?;
             }
             "sriov_vf_total_msix" => {
                 device.sriov_vf_total_msix =
-                    Some(sysfs_util::parse_uint(&value, 10, 64).with_context(bad)?);
+                    Some(goparse::parse_uint(&value, 10, 64).with_context(bad)?);
             }
             // sriov_offset, sriov_stride: parsed, not exported.
             _ => {
-                sysfs_util::parse_uint(&value, 10, 32).with_context(bad)?;
+                goparse::parse_uint(&value, 10, 32).with_context(bad)?;
             }
         }
     }
@@ -462,7 +463,7 @@ fn read_device(path: &Path) -> anyhow::Result<Device> {
             continue;
         };
         if file == "d3cold_allowed" {
-            let allowed = sysfs_util::parse_int(&value, 10, 32).with_context(|| {
+            let allowed = goparse::parse_int(&value, 10, 32).with_context(|| {
                 format!("failed to parse d3cold_allowed boolean {value:?} {}", at())
             })?;
             device.d3cold_allowed = Some(allowed != 0);
@@ -477,7 +478,7 @@ fn read_device(path: &Path) -> anyhow::Result<Device> {
 /// replacing an earlier one.
 fn read_devices(dir: &Path) -> anyhow::Result<BTreeMap<String, Device>> {
     let entries =
-        sysfs_util::read_dir_sorted(dir).with_context(|| format!("reading {}", dir.display()))?;
+        read::read_dir_sorted(dir).with_context(|| format!("reading {}", dir.display()))?;
     let mut devices = BTreeMap::new();
     for entry in entries {
         let device = read_device(&entry.path)?;
@@ -492,7 +493,7 @@ impl Collector for PcideviceCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
         let devices = match read_devices(&self.devices) {
             Ok(devices) => devices,
-            Err(error) if sysfs_util::chain_has(&error, std::io::ErrorKind::NotFound) => {
+            Err(error) if read::chain_has(&error, std::io::ErrorKind::NotFound) => {
                 return Err(NoData(format!("PCI device not found, skipping: {error:#}")).into());
             }
             Err(error) => return Err(error.context("error obtaining PCI device info")),

@@ -19,8 +19,9 @@ use regex::Regex;
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec, NoData},
     flags::FlagSpec,
+    goparse,
     metrics::MetricFamily,
-    node::sysfs_util,
+    read,
 };
 
 const IGNORED_SUPPLIES: &str = "collector.powersupply.ignored-supplies";
@@ -153,13 +154,13 @@ struct PowerSupply {
 /// procfs' `parsePowerSupply`.
 fn read_supply(dir: &Path) -> anyhow::Result<PowerSupply> {
     let entries =
-        sysfs_util::read_dir_sorted(dir).with_context(|| format!("reading {}", dir.display()))?;
+        read::read_dir_sorted(dir).with_context(|| format!("reading {}", dir.display()))?;
     let mut supply = PowerSupply::default();
     for entry in entries {
         if !entry.file_type.is_file() {
             continue;
         }
-        let value = match sysfs_util::sys_read_attribute(&entry.path) {
+        let value = match read::sys_read_attribute(&entry.path) {
             Ok(value) => value,
             Err(error)
                 if error.not_found()
@@ -175,7 +176,7 @@ fn read_supply(dir: &Path) -> anyhow::Result<PowerSupply> {
         };
         let name = entry.name.as_encoded_bytes();
         if let Some((file, _)) = NUMBERS.iter().find(|(file, _)| file.as_bytes() == name) {
-            let number = crate::read::parse_go_int(&value).with_context(|| {
+            let number = goparse::parse_int(&value, 0, 64).with_context(|| {
                 format!(
                     "{}: strconv.ParseInt: parsing {value:?}: invalid syntax",
                     entry.path.display()
@@ -191,8 +192,8 @@ fn read_supply(dir: &Path) -> anyhow::Result<PowerSupply> {
 
 /// procfs' `PowerSupplyClass`, then the ignored supplies dropped.
 fn read_class(class: &Path, ignored: &Regex) -> anyhow::Result<BTreeMap<String, PowerSupply>> {
-    let entries = sysfs_util::read_dir_sorted(class)
-        .with_context(|| format!("reading {}", class.display()))?;
+    let entries =
+        read::read_dir_sorted(class).with_context(|| format!("reading {}", class.display()))?;
     let mut supplies = BTreeMap::new();
     for entry in entries {
         let supply = read_supply(&entry.path)?;
@@ -206,7 +207,7 @@ impl Collector for PowerSupplyCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
         let supplies = match read_class(&self.class, &self.ignored) {
             Ok(supplies) => supplies,
-            Err(error) if sysfs_util::chain_has(&error, std::io::ErrorKind::NotFound) => {
+            Err(error) if read::chain_has(&error, std::io::ErrorKind::NotFound) => {
                 return Err(NoData(format!("{error:#}")).into());
             }
             Err(error) => {

@@ -8,18 +8,13 @@
 //! walk keeps one read buffer and one path for the whole scrape and reads the folders as it
 //! goes, so its memory does not grow with the number of processes; only a state letter seen
 //! for the first time is kept.
-use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-    io::Read as _,
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{collections::BTreeMap, fmt::Write as _, io::Read as _, path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
 
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec},
+    goparse,
     metrics::MetricFamily,
     read,
 };
@@ -131,12 +126,12 @@ fn parse_stat(data: &[u8]) -> Result<Stat<'_>, String> {
         let text = std::str::from_utf8(token).map_err(|_| "expected integer".to_owned())?;
         // fmt.Fscan reads integers as `ParseInt(s, 0, 64)` / `ParseUint(s, 0, 64)`.
         if *signed {
-            let value = read::parse_go_int(text)
+            let value = goparse::parse_int(text, 0, 64)
                 .ok_or_else(|| format!("field {}: bad integer {text:?}", index + 4))?;
             if index == NUM_THREADS {
                 num_threads = value;
             }
-        } else if read::go_parse_uint_base0(text, 64).is_none() {
+        } else if goparse::parse_uint(text, 0, 64).is_none() {
             return Err(format!(
                 "field {}: bad unsigned integer {text:?}",
                 index + 4
@@ -320,16 +315,6 @@ impl ProcessesCollector {
     }
 }
 
-/// node_exporter's `readUintFromFile`: the whole file, trimmed, as Go's `ParseUint(s, 10, 64)`.
-fn uint_from_file(path: &Path) -> anyhow::Result<u64> {
-    let text = read::to_string(path)?;
-    let text = text.trim();
-    if text.starts_with('+') {
-        anyhow::bail!("{}: bad number {text:?}", path.display());
-    }
-    read::parse_number(text, "value", path)
-}
-
 impl Collector for ProcessesCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
         let counts = self
@@ -339,7 +324,7 @@ impl Collector for ProcessesCollector {
             MetricFamily::gauge("node_processes_threads", "Allocated threads in system")
                 .with_value(counts.threads as f64),
         );
-        let max_threads = uint_from_file(&self.proc.join("sys/kernel/threads-max"))
+        let max_threads = read::uint_from_file(&self.proc.join("sys/kernel/threads-max"))
             .context("unable to retrieve limit number of threads")?;
         out.push(
             MetricFamily::gauge(
@@ -362,7 +347,7 @@ impl Collector for ProcessesCollector {
             thread_states.push([("thread_state", state.as_str())], f64::from(*n));
         }
         out.push(thread_states);
-        let pid_max = uint_from_file(&self.proc.join("sys/kernel/pid_max"))
+        let pid_max = read::uint_from_file(&self.proc.join("sys/kernel/pid_max"))
             .context("unable to retrieve limit number of maximum pids allowed")?;
         out.push(
             MetricFamily::gauge("node_processes_pids", "Number of PIDs")

@@ -20,8 +20,9 @@ use regex::Regex;
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec, NoData},
     flags::FlagSpec,
+    goparse,
     metrics::MetricFamily,
-    node::sysfs_util,
+    read,
 };
 
 const ZONE_LABEL: &str = "collector.rapl.enable-zone-label";
@@ -70,7 +71,7 @@ fn index_and_name(seen: &HashMap<String, i64>, name: &str) -> (i64, String) {
     let parts: Vec<&str> = name.split('-').collect();
     if let [base, index] = parts[..] {
         // Go's Atoi: an optional sign and decimal digits.
-        if let Some(index) = sysfs_util::parse_int(index, 10, 64) {
+        if let Some(index) = goparse::parse_int(index, 10, 64) {
             return (index, base.to_owned());
         }
     }
@@ -81,23 +82,20 @@ impl RaplCollector {
     /// procfs' `GetRaplZones`.
     fn zones(&self) -> anyhow::Result<Vec<Zone>> {
         let entries =
-            sysfs_util::read_dir_sorted(&self.powercap).context("unable to read class/powercap")?;
+            read::read_dir_sorted(&self.powercap).context("unable to read class/powercap")?;
         let mut seen = HashMap::new();
         let mut zones = Vec::new();
         for entry in entries {
             let Ok(name) = std::fs::read(entry.path.join("name")) else {
                 continue;
             };
-            let name = sysfs_util::to_valid_utf8(sysfs_util::trim_space(&name));
+            let name = goparse::to_valid_utf8(goparse::trim_space(&name));
             let (index, name) = index_and_name(&seen, &name);
             let max = entry.path.join("max_energy_range_uj");
-            sysfs_util::read_uint_file(&max).with_context(|| format!("reading {max:?}"))?;
+            read::read_uint_file(&max).with_context(|| format!("reading {max:?}"))?;
             let folder = entry.name.to_string_lossy();
             zones.push(Zone {
-                label_path: sysfs_util::clean_path(&format!(
-                    "{}/class/powercap/{folder}",
-                    self.sysfs
-                )),
+                label_path: goparse::clean_path(&format!("{}/class/powercap/{folder}", self.sysfs)),
                 path: entry.path,
                 name: name.clone(),
                 index,
@@ -120,13 +118,13 @@ impl Collector for RaplCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
         let zones = match self.zones() {
             Ok(zones) => zones,
-            Err(error) if sysfs_util::chain_has(&error, std::io::ErrorKind::NotFound) => {
+            Err(error) if read::chain_has(&error, std::io::ErrorKind::NotFound) => {
                 return Err(NoData(format!(
                     "Platform doesn't have powercap files present: {error:#}"
                 ))
                 .into());
             }
-            Err(error) if sysfs_util::chain_has(&error, std::io::ErrorKind::PermissionDenied) => {
+            Err(error) if read::chain_has(&error, std::io::ErrorKind::PermissionDenied) => {
                 return Err(NoData(format!("Can't access powercap files: {error:#}")).into());
             }
             Err(error) => return Err(error.context("failed to retrieve rapl stats")),
@@ -134,7 +132,7 @@ impl Collector for RaplCollector {
         let mut result = Ok(());
         for zone in zones {
             let file = zone.path.join("energy_uj");
-            let micro_joules = match sysfs_util::read_uint_file(&file) {
+            let micro_joules = match read::read_uint_file(&file) {
                 Ok(value) => value,
                 Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
                     result = Err(NoData(format!(

@@ -24,8 +24,8 @@ use std::{
 
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec},
+    goparse,
     metrics::MetricFamily,
-    node::sysfs_util,
 };
 
 pub const SPEC: CollectorSpec = CollectorSpec {
@@ -154,7 +154,7 @@ impl SelinuxCollector {
         }
         let mountinfo = std::fs::File::open(self.procfs.join("self/mountinfo")).ok()?;
         let mut found = None;
-        sysfs_util::scan_lines(mountinfo, |line| {
+        goparse::scan_reader(mountinfo, |line| {
             let Some((mount_point, read_only)) = selinuxfs_mount(line) else {
                 return true;
             };
@@ -212,7 +212,7 @@ fn enforce_mode(mount: &Path) -> i64 {
     std::fs::read(mount.join("enforce"))
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
-        .and_then(|text| sysfs_util::parse_int(&text, 10, 64))
+        .and_then(|text| goparse::parse_int(&text, 10, 64))
         .unwrap_or(-1)
 }
 
@@ -223,8 +223,8 @@ fn read_config(path: &Path, target: &str) -> String {
         return String::new();
     };
     let mut value = String::new();
-    sysfs_util::scan_lines(file, |line| {
-        let line = sysfs_util::trim_space(line);
+    goparse::scan_reader(file, |line| {
+        let line = goparse::trim_space(line);
         if line.is_empty() || line[0] == b';' || line[0] == b'#' {
             return true;
         }

@@ -5,15 +5,16 @@
 //! silently at a line of 64 KiB or more (procfs does not check the scanner's error). Every
 //! other line must have the 16 fields of version 2.1 with numbers where numbers go, or the
 //! whole scrape fails with no sample. The file is readable by root only.
-use std::{collections::HashSet, io::Read as _, path::PathBuf, sync::Arc};
+use std::{collections::HashSet, path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
 
-use super::buddyinfo::scan_lines;
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec},
     flags::{DeviceFilter, FlagSpec},
+    goparse,
     metrics::MetricFamily,
+    read,
 };
 
 pub const SPEC: CollectorSpec = CollectorSpec {
@@ -34,9 +35,6 @@ pub const SPEC: CollectorSpec = CollectorSpec {
     kernel: None,
     build,
 };
-
-/// procfs' `util.ReadFileNoStat` limit.
-const MAX_READ: u64 = 1024 * 1024;
 
 /// One cache, as procfs' `Slab`.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -60,7 +58,7 @@ pub struct Slab {
 pub fn parse(text: &str) -> anyhow::Result<Vec<Slab>> {
     let mut slabs = Vec::new();
     // A line too long ends the scan without an error.
-    for line in scan_lines(text).map_while(Result::ok) {
+    for line in goparse::text_lines(text).map_while(Result::ok) {
         if line.contains("slabinfo -") || line.contains("# name") {
             continue;
         }
@@ -148,9 +146,7 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
 
 impl SlabinfoCollector {
     fn read(&self) -> anyhow::Result<String> {
-        let mut bytes = Vec::new();
-        std::fs::File::open(&self.path)
-            .and_then(|file| file.take(MAX_READ).read_to_end(&mut bytes))
+        let bytes = read::capped(&self.path, read::NO_STAT_LIMIT)
             .with_context(|| format!("reading {}", self.path.display()))?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }

@@ -6,6 +6,7 @@ use anyhow::Context as _;
 
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec},
+    goparse,
     metrics::MetricFamily,
     read::KeptFile,
 };
@@ -65,7 +66,7 @@ fn parse(text: &str, path: &Path) -> anyhow::Result<Sockstat> {
         }
         let mut values = Vec::new();
         for pair in pairs.chunks(2) {
-            let value = crate::read::parse_go_int(pair[1]).with_context(|| {
+            let value = goparse::parse_int(pair[1], 0, 64).with_context(|| {
                 format!("{}: bad number {:?} in {line:?}", path.display(), pair[1])
             })?;
             values.push((pair[0].to_owned(), value));

@@ -5,13 +5,15 @@
 //!
 //! procfs reads at most 1 MiB of the file, and its `bufio.Scanner` fails on a line over 64 KiB
 //! (about 6,000 CPUs); the same 1 MiB is read here, in lines of any length.
-use std::{io::Read as _, path::Path, sync::Arc};
+use std::{path::Path, sync::Arc};
 
 use anyhow::Context as _;
 
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec},
+    goparse,
     metrics::MetricFamily,
+    read,
 };
 
 pub const SPEC: CollectorSpec = CollectorSpec {
@@ -21,9 +23,6 @@ pub const SPEC: CollectorSpec = CollectorSpec {
     kernel: None,
     build,
 };
-
-/// procfs' `ReadFileNoStat` limit.
-const MAX_BYTES: u64 = 1024 * 1024;
 
 /// The vectors, in the order upstream reports them: (row name in the file, `type` label).
 const VECTORS: [(&str, &str); 10] = [
@@ -67,7 +66,7 @@ fn parse(text: &str, path: &Path) -> anyhow::Result<[Vec<u64>; 10]> {
         };
         let mut values = Vec::new();
         for (cpu, count) in parts.enumerate() {
-            let value = parse_go_uint(count).with_context(|| {
+            let value = goparse::parse_uint(count, 10, 64).with_context(|| {
                 format!(
                     "{}: couldn't parse {count:?} ({}{cpu})",
                     path.display(),
@@ -84,26 +83,10 @@ fn parse(text: &str, path: &Path) -> anyhow::Result<[Vec<u64>; 10]> {
     Ok(counts)
 }
 
-/// Go's `strconv.ParseUint(s, 10, 64)`: decimal digits only (Rust's parser also takes a `+`).
-fn parse_go_uint(s: &str) -> anyhow::Result<u64> {
-    if s.starts_with('+') {
-        anyhow::bail!("invalid syntax");
-    }
-    Ok(s.parse()?)
-}
-
-/// The file, at most [`MAX_BYTES`] of it.
-fn read_limited(path: &Path) -> anyhow::Result<String> {
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|file| file.take(MAX_BYTES).read_to_string(&mut text))
-        .with_context(|| format!("reading {}", path.display()))?;
-    Ok(text)
-}
-
 impl Collector for SoftirqsCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
-        let counts = read_limited(&self.path)
+        let counts = read::capped_string(&self.path, read::NO_STAT_LIMIT)
+            .with_context(|| format!("reading {}", self.path.display()))
             .and_then(|text| parse(&text, &self.path))
             .context("couldn't get softirqs")?;
         let mut family =

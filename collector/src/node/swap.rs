@@ -5,14 +5,15 @@
 //! Only the first MiB of the file is read (procfs' `ReadFileNoStat` limit). A missing file
 //! (kernel without CONFIG_SWAP) is an error, as upstream; no swap configured is success with no
 //! sample.
-use std::{collections::HashSet, io::Read as _, path::PathBuf, sync::Arc};
+use std::{collections::HashSet, path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
 
-use super::buddyinfo::scan_lines;
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec},
+    goparse,
     metrics::MetricFamily,
+    read,
 };
 
 pub const SPEC: CollectorSpec = CollectorSpec {
@@ -22,9 +23,6 @@ pub const SPEC: CollectorSpec = CollectorSpec {
     kernel: None,
     build,
 };
-
-/// procfs' `ReadFileNoStat` limit.
-const MAX_READ: u64 = 1024 * 1024;
 
 /// One line of /proc/swaps, as procfs' `Swap`.
 #[derive(Debug, PartialEq, Eq)]
@@ -41,7 +39,7 @@ pub struct Swap {
 
 /// procfs' `parseSwaps`: the first line skipped, whatever it is.
 pub fn parse(text: &str) -> anyhow::Result<Vec<Swap>> {
-    let mut lines = scan_lines(text);
+    let mut lines = goparse::text_lines(text);
     if let Some(header) = lines.next() {
         header?;
     }
@@ -83,9 +81,7 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
 
 impl SwapCollector {
     fn read(&self) -> anyhow::Result<String> {
-        let mut bytes = Vec::new();
-        std::fs::File::open(&self.path)
-            .and_then(|file| file.take(MAX_READ).read_to_end(&mut bytes))
+        let bytes = read::capped(&self.path, read::NO_STAT_LIMIT)
             .with_context(|| format!("reading {}", self.path.display()))?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }

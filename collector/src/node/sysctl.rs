@@ -9,13 +9,14 @@
 //!
 //! As procfs' `SysReadFile`, a sysctl is read with one read of at most 128 bytes (a longer one
 //! is cut), and integers are Go's `ParseInt(s, 0, 64)` (so `0x10` is 16 and `010` is 8).
-use std::{collections::HashSet, io::Read as _, path::PathBuf, sync::Arc};
+use std::{collections::HashSet, path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
 
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec},
     flags::FlagSpec,
+    goparse,
     metrics::{MetricFamily, MetricType},
     read,
 };
@@ -36,9 +37,6 @@ pub const SPEC: CollectorSpec = CollectorSpec {
     kernel: None,
     build,
 };
-
-/// procfs' `SysReadFile` buffer.
-const READ_BYTES: usize = 128;
 
 const INFO_NAME: &str = "node_sysctl_info";
 const INFO_HELP: &str = "sysctl info";
@@ -104,10 +102,7 @@ fn sysctl_path(context: &BuildContext, name: &str) -> PathBuf {
 
 /// The words of a sysctl file, read as procfs' `SysReadFile` reads it.
 fn read_words(path: &std::path::Path) -> std::io::Result<Vec<String>> {
-    let mut file = std::fs::File::open(path)?;
-    let mut buffer = [0u8; READ_BYTES];
-    let n = file.read(&mut buffer)?;
-    Ok(String::from_utf8_lossy(&buffer[..n])
+    Ok(read::sys_read_file(path)?
         .split_whitespace()
         .map(str::to_owned)
         .collect())
@@ -148,7 +143,7 @@ impl Sysctl {
         let ints = if self.numeric {
             let mut ints = Vec::with_capacity(words.len());
             for (i, word) in words.iter().enumerate() {
-                let Some(int) = read::parse_go_int(word) else {
+                let Some(int) = goparse::parse_int(word, 0, 64) else {
                     anyhow::bail!(
                         "error obtaining sysctl info: field {i} in sysctl {} is not a valid int: {word:?}",
                         self.name

@@ -6,7 +6,6 @@
 //! not parse is an error here, where upstream's procfs dereferences a nil pointer and crashes
 //! the exporter.
 use std::{
-    io::Read as _,
     path::{Path, PathBuf},
     sync::{Arc, LazyLock},
 };
@@ -17,6 +16,7 @@ use regex::Regex;
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec, NoData},
     flags::FlagSpec,
+    goparse,
     metrics::MetricFamily,
     read,
 };
@@ -83,14 +83,6 @@ impl Counters {
     }
 }
 
-/// procfs' `util.SysReadFile`: one read of at most 128 bytes, surrounding whitespace trimmed.
-fn sys_read_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut buffer = [0u8; 128];
-    let n = file.read(&mut buffer)?;
-    Ok(String::from_utf8_lossy(&buffer[..n]).trim().to_owned())
-}
-
 /// The result of reading the class: `Absent` is upstream's `os.IsNotExist` on the unwrapped
 /// error of a directory listing, the other failures are errors.
 enum ReadError {
@@ -98,18 +90,10 @@ enum ReadError {
     Failed(anyhow::Error),
 }
 
-/// The entries of `dir`, sorted by name as Go's `os.ReadDir` returns them.
+/// [`read::sorted_names`], a missing directory told apart.
 fn sorted_entries(dir: &Path) -> Result<Vec<String>, ReadError> {
-    let listing = std::fs::read_dir(dir).and_then(|entries| {
-        entries
-            .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
-            .collect::<std::io::Result<Vec<_>>>()
-    });
-    match listing {
-        Ok(mut names) => {
-            names.sort();
-            Ok(names)
-        }
+    match read::sorted_names(dir) {
+        Ok(names) => Ok(names),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             Err(ReadError::Absent(format!("{}: {error}", dir.display())))
         }
@@ -125,14 +109,14 @@ fn read_counters(stats: &Path) -> Result<Counters, ReadError> {
     let mut counters = Counters::default();
     for name in sorted_entries(stats)? {
         let path = stats.join(&name);
-        let value = sys_read_file(&path).map_err(|error| {
+        let value = read::sys_read_file(&path).map_err(|error| {
             ReadError::Failed(
                 anyhow::Error::new(error)
                     .context(format!("failed to read file {:?}", path.display())),
             )
         })?;
         if let Some(index) = FILES.iter().position(|f| *f == name) {
-            counters.values[index] = read::go_parse_uint_base0(&value, 64).ok_or_else(|| {
+            counters.values[index] = goparse::parse_uint(&value, 0, 64).ok_or_else(|| {
                 ReadError::Failed(anyhow::anyhow!("{}: bad number {value:?}", path.display()))
             })?;
         }

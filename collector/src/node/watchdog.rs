@@ -13,8 +13,9 @@ use anyhow::Context as _;
 
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec, NoData},
+    goparse,
     metrics::MetricFamily,
-    node::sysfs_util,
+    read,
 };
 
 pub const SPEC: CollectorSpec = CollectorSpec {
@@ -95,7 +96,7 @@ struct Watchdog {
 fn read_watchdog(dir: &Path) -> anyhow::Result<Watchdog> {
     let read = |file: &str| -> anyhow::Result<Option<String>> {
         let path = dir.join(file);
-        match sysfs_util::sys_read_file(&path) {
+        match read::sys_read_file(&path) {
             Ok(value) => Ok(Some(value)),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(error) => Err(error).with_context(|| format!("failed to read file {path:?}")),
@@ -105,7 +106,7 @@ fn read_watchdog(dir: &Path) -> anyhow::Result<Watchdog> {
     for (file, _, _) in NUMBERS {
         let number = match read(file)? {
             None => None,
-            Some(value) => Some(crate::read::parse_go_int(&value).with_context(|| {
+            Some(value) => Some(goparse::parse_int(&value, 0, 64).with_context(|| {
                 format!(
                     "{}: strconv.ParseInt: parsing {value:?}: invalid syntax",
                     dir.join(file).display()
@@ -123,7 +124,7 @@ fn read_watchdog(dir: &Path) -> anyhow::Result<Watchdog> {
 impl Collector for WatchdogCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
         let read_all = || -> anyhow::Result<Vec<(String, Watchdog)>> {
-            let entries = sysfs_util::read_dir_sorted(&self.class)
+            let entries = read::read_dir_sorted(&self.class)
                 .with_context(|| format!("failed to list watchdog devices at {:?}", self.class))?;
             entries
                 .into_iter()
@@ -137,8 +138,8 @@ impl Collector for WatchdogCollector {
             Ok(watchdogs) => watchdogs,
             // Upstream's ErrNotExist / ErrPermission check.
             Err(error)
-                if sysfs_util::chain_has(&error, std::io::ErrorKind::NotFound)
-                    || sysfs_util::chain_has(&error, std::io::ErrorKind::PermissionDenied) =>
+                if read::chain_has(&error, std::io::ErrorKind::NotFound)
+                    || read::chain_has(&error, std::io::ErrorKind::PermissionDenied) =>
             {
                 return Err(NoData(format!("Could not read watchdog stats: {error:#}")).into());
             }

@@ -9,7 +9,6 @@
 //! whole scrape of the collector, though only 39 counters of nine lines are exported.
 use std::{
     fs::File,
-    io::{BufRead as _, BufReader, Read as _},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -18,7 +17,9 @@ use anyhow::Context as _;
 
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec},
+    goparse,
     metrics::MetricFamily,
+    read,
 };
 
 pub const SPEC: CollectorSpec = CollectorSpec {
@@ -39,9 +40,6 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
         sys_fs_xfs: context.sys_path("fs/xfs"),
     }))
 }
-
-/// Go's `bufio.Scanner` default limit: a line this long or longer fails the parse.
-const MAX_LINE: usize = 64 * 1024;
 
 /// The counters of one stats file that node_exporter exports, by the file's line names.
 #[derive(Debug, Default, PartialEq)]
@@ -292,39 +290,15 @@ fn value_count(label: &str) -> Option<(usize, usize)> {
     }
 }
 
-/// Go's `strconv.ParseUint(s, 10, bits)`: ASCII digits only (no sign), within range.
-fn parse_uint(s: &str, bits: u32) -> Option<u64> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let value: u64 = s.parse().ok()?;
-    (bits >= 64 || value < (1u64 << bits)).then_some(value)
-}
-
 /// Parses a stats file as procfs' `xfs.ParseStats`, line by line (a line of 64 KiB or more is
 /// an error, as for Go's scanner, which bounds the memory used).
-fn parse_stats(reader: impl std::io::BufRead) -> anyhow::Result<Stats> {
+fn parse_stats(reader: impl std::io::Read) -> anyhow::Result<Stats> {
     let mut stats = Stats::default();
-    let mut reader = reader;
-    let mut line = Vec::new();
-    for number in 1.. {
-        line.clear();
-        let read = (&mut reader)
-            .take(MAX_LINE as u64 + 1)
-            .read_until(b'\n', &mut line)?;
-        if read == 0 {
-            break;
-        }
-        if line.last() == Some(&b'\n') {
-            line.pop();
-        }
-        if line.len() >= MAX_LINE {
-            anyhow::bail!("line {number}: token too long");
-        }
-        if line.last() == Some(&b'\r') {
-            line.pop();
-        }
-        let text = String::from_utf8_lossy(&line);
+    let mut lines = goparse::Scanner::new(reader);
+    let mut number = 0;
+    while let Some(line) = lines.next_line() {
+        number += 1;
+        let text = String::from_utf8_lossy(line);
         let fields: Vec<&str> = text.split_whitespace().collect();
         if fields.len() < 2 {
             continue;
@@ -342,7 +316,7 @@ fn parse_stats(reader: impl std::io::BufRead) -> anyhow::Result<Stats> {
         let values: Vec<u64> = values
             .iter()
             .map(|value| {
-                parse_uint(value, bits).with_context(|| {
+                goparse::parse_uint(value, 10, bits).with_context(|| {
                     format!("line {number} ({label}): bad {bits}-bit number {value:?}")
                 })
             })
@@ -372,25 +346,27 @@ fn parse_stats(reader: impl std::io::BufRead) -> anyhow::Result<Stats> {
             _ => {}
         }
     }
-    Ok(stats)
+    match lines.err() {
+        Some(goparse::ScanError::Read(error)) => Err(error.into()),
+        Some(goparse::ScanError::TooLong(_)) => {
+            anyhow::bail!("line {}: token too long", number + 1)
+        }
+        None => Ok(stats),
+    }
 }
 
 /// The `<dir>/*/stats/stats` files, sorted by device as Go's `filepath.Glob` returns them;
 /// none when /sys/fs/xfs cannot be read (the glob then matches nothing).
 fn stats_files(dir: &Path) -> Vec<(String, PathBuf)> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut found: Vec<(String, PathBuf)> = entries
-        .filter_map(Result::ok)
-        .map(|entry| {
-            let path = entry.path().join("stats/stats");
-            (entry.file_name().to_string_lossy().into_owned(), path)
+    read::glob_names(dir, |_| true)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|name| {
+            let path = dir.join(&name).join("stats/stats");
+            (name.to_string_lossy().into_owned(), path)
         })
         .filter(|(_, path)| std::fs::symlink_metadata(path).is_ok())
-        .collect();
-    found.sort();
-    found
+        .collect()
 }
 
 impl Collector for XfsCollector {
@@ -401,7 +377,7 @@ impl Collector for XfsCollector {
         for (device, path) in stats_files(&self.sys_fs_xfs) {
             let stats = File::open(&path)
                 .map_err(anyhow::Error::new)
-                .and_then(|file| parse_stats(BufReader::new(file)))
+                .and_then(parse_stats)
                 .with_context(|| {
                     format!("failed to retrieve XFS stats: reading {}", path.display())
                 })?;
@@ -502,10 +478,10 @@ debug 0
         // A label that is not UTF-8 is an unknown line.
         assert!(parse_stats(&b"\xff 1 2\n"[..]).is_ok());
         // The 64 KiB line limit of Go's scanner, with or without a final newline.
-        let long = format!("abt 0 0 0 0{}\n", " ".repeat(MAX_LINE));
+        let long = format!("abt 0 0 0 0{}\n", " ".repeat(goparse::MAX_SCAN_TOKEN));
         assert!(parse_stats(long.as_bytes()).is_err());
         assert!(parse_stats(long.trim_end_matches('\n').as_bytes()).is_err());
-        let fits = format!("abt 1 0 0 0{}\n", " ".repeat(MAX_LINE - 12));
+        let fits = format!("abt 1 0 0 0{}\n", " ".repeat(goparse::MAX_SCAN_TOKEN - 12));
         assert_eq!(parse_stats(fits.as_bytes()).unwrap().abt, [1, 0, 0, 0]);
     }
 

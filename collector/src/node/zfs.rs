@@ -42,7 +42,9 @@ use anyhow::{Context as _, anyhow, bail};
 
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec, NoData},
+    goparse,
     metrics::{MetricFamily, MetricType},
+    read,
 };
 
 pub const SPEC: CollectorSpec = CollectorSpec {
@@ -84,9 +86,6 @@ const POOL_STATES: [&str; 7] = [
 /// Upstream's `errZFSNotAvailable`.
 const NOT_AVAILABLE: &str = "ZFS / ZFS statistics are not available";
 
-/// `bufio.MaxScanTokenSize`: a line (with its `\r`) this long does not fit the scanner.
-const MAX_LINE: usize = 64 * 1024;
-
 struct ZfsCollector {
     base: PathBuf,
 }
@@ -120,8 +119,8 @@ impl ZfsCollector {
             };
             parse_named(&data, &path, |entry| {
                 let value = match entry.kind {
-                    "4" => parse_u64(entry.data).map(|v| v as f64),
-                    "3" => parse_i64(entry.data).map(|v| v as f64),
+                    "4" => goparse::parse_uint(entry.data, 10, 64).map(|v| v as f64),
+                    "3" => goparse::parse_int(entry.data, 10, 64).map(|v| v as f64),
                     _ => return Ok(()),
                 };
                 let help = format!("kstat.zfs.misc.{file}.{}", entry.name);
@@ -241,27 +240,15 @@ struct PoolDir {
 /// What Go's `filepath.Glob("<base>/*/<pattern>")` walks: every entry of `base` (dot entries
 /// too) that is a directory or a link to one and can be listed, in bytewise order.
 fn pool_dirs(base: &Path) -> Vec<PoolDir> {
-    let Ok(listing) = std::fs::read_dir(base) else {
-        return Vec::new();
-    };
-    let mut names: Vec<OsString> = listing
-        .filter_map(Result::ok)
-        .map(|entry| entry.file_name())
-        .collect();
-    names.sort();
-    names
+    read::glob_names(base, |_| true)
+        .unwrap_or_default()
         .into_iter()
         .filter_map(|name| {
             let path = base.join(&name);
             if !std::fs::metadata(&path).ok()?.is_dir() {
                 return None;
             }
-            let mut entries: Vec<OsString> = std::fs::read_dir(&path)
-                .ok()?
-                .filter_map(Result::ok)
-                .map(|entry| entry.file_name())
-                .collect();
-            entries.sort();
+            let entries = read::glob_names(&path, |_| true).ok()?;
             Some(PoolDir {
                 name,
                 path,
@@ -287,33 +274,22 @@ struct Line<'a> {
     utf8: bool,
 }
 
-/// The lines of `data` as Go's `bufio.Scanner` returns them: no empty line after a final `\n`,
-/// and an error for a line that does not fit its buffer, which ends the file.
+/// The lines of `data` as Go's `bufio.Scanner` returns them ([`goparse::lines`]), each with
+/// whether it is UTF-8; a line that does not fit the scanner's buffer is an error that ends the
+/// file.
 fn scan_lines<'a>(
     data: &'a [u8],
     path: &'a Path,
 ) -> impl Iterator<Item = anyhow::Result<Line<'a>>> + 'a {
-    let mut rest = (!data.is_empty()).then_some(data);
-    std::iter::from_fn(move || {
-        let current = rest?;
-        let (line, next) = match current.iter().position(|&b| b == b'\n') {
-            Some(end) => (
-                &current[..end],
-                current.get(end + 1..).filter(|r| !r.is_empty()),
-            ),
-            None => (current, None),
-        };
-        if line.len() >= MAX_LINE {
-            rest = None;
-            return Some(Err(anyhow!(
-                "{}: bufio.Scanner: token too long (a line of {} bytes or more)",
+    goparse::lines(data).map(move |line| {
+        let line = line.map_err(|error| {
+            anyhow!(
+                "{}: {error} (a line of {} bytes or more)",
                 path.display(),
-                MAX_LINE
-            )));
-        }
-        rest = next;
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        Some(Ok(match std::str::from_utf8(line) {
+                goparse::MAX_SCAN_TOKEN
+            )
+        })?;
+        Ok(match std::str::from_utf8(line) {
             Ok(text) => Line {
                 text: Cow::Borrowed(text),
                 utf8: true,
@@ -322,7 +298,7 @@ fn scan_lines<'a>(
                 text: String::from_utf8_lossy(line),
                 utf8: false,
             },
-        }))
+        })
     })
 }
 
@@ -413,7 +389,7 @@ fn parse_io(
                     fields.len()
                 )
             })?;
-            let value = parse_u64(text)
+            let value = goparse::parse_uint(text, 10, 64)
                 .with_context(|| format!("{}: {help}: bad number {text:?}", path.display()))?;
             let name = family_name("zfs_zpool", utf8.then_some(column.as_str()), path)?;
             families.add(
@@ -449,7 +425,7 @@ fn parse_objset(
             return Ok(());
         }
         let help = format!("kstat.zfs.misc.objset.{}", entry.name);
-        let value = parse_u64(entry.data)
+        let value = goparse::parse_uint(entry.data, 10, 64)
             .with_context(|| format!("{}: {help}: bad number {:?}", path.display(), entry.data))?;
         let name = family_name("zfs_zpool_dataset", entry.checked(entry.name), path)?;
         let (Some(zpool), Some(dataset)) = (zpool, dataset.as_deref()) else {
@@ -518,19 +494,6 @@ fn family_name(subsystem: &str, kstat: Option<&str>, path: &Path) -> anyhow::Res
         }
     }));
     Ok(name)
-}
-
-/// Go's `strconv.ParseUint(text, 10, 64)`: decimal digits only (Rust's parser also takes `+`).
-fn parse_u64(text: &str) -> anyhow::Result<u64> {
-    if text.starts_with('+') {
-        bail!("invalid syntax");
-    }
-    Ok(text.parse()?)
-}
-
-/// Go's `strconv.ParseInt(text, 10, 64)`: an optional sign, then decimal digits.
-fn parse_i64(text: &str) -> anyhow::Result<i64> {
-    Ok(text.parse()?)
 }
 
 #[cfg(test)]
@@ -741,24 +704,30 @@ mod tests {
 
     #[test]
     fn lines_as_go_scans_them() {
-        let lines = |data: &[u8]| -> Vec<String> {
+        let lines = |data: &[u8]| -> Vec<(String, bool)> {
             scan_lines(data, Path::new("f"))
-                .map(|line| line.unwrap().text.into_owned())
+                .map(|line| {
+                    line.map(|line| (line.text.into_owned(), line.utf8))
+                        .unwrap()
+                })
                 .collect()
         };
-        assert_eq!(lines(b""), Vec::<String>::new());
-        assert_eq!(lines(b"\n"), [""]);
-        assert_eq!(lines(b"a\r\nb"), ["a", "b"]);
-        assert_eq!(lines(b"a\n\nb\n"), ["a", "", "b"]);
-        assert_eq!(lines(b"a\r\r\n"), ["a\r"]);
-
-        let fits = format!("{}\n", "x".repeat(MAX_LINE - 1));
-        assert_eq!(lines(fits.as_bytes()).len(), 1);
-        let long = format!("a\n{}\nb\n", "x".repeat(MAX_LINE));
-        let results: Vec<bool> = scan_lines(long.as_bytes(), Path::new("f"))
-            .map(|line| line.is_ok())
+        assert_eq!(
+            lines(b"a\r\n\xffb"),
+            [("a".to_owned(), true), ("\u{fffd}b".to_owned(), false)]
+        );
+        let long = format!("a\n{}\nb\n", "x".repeat(goparse::MAX_SCAN_TOKEN));
+        let results: Vec<String> = scan_lines(long.as_bytes(), Path::new("f"))
+            .map(|line| line.map_or_else(|e| e.to_string(), |line| line.text.into_owned()))
             .collect();
-        assert_eq!(results, [true, false], "the too long line ends the file");
+        assert_eq!(
+            results,
+            [
+                "a",
+                "f: bufio.Scanner: token too long (a line of 65536 bytes or more)"
+            ],
+            "the too long line ends the file"
+        );
     }
 
     #[test]
@@ -922,7 +891,7 @@ mod tests {
         assert!(active(b"ONLINE \n").is_empty());
         assert!(active(b"\xffONLINE\n").is_empty());
         let mut families = Families::default();
-        let long = "x".repeat(MAX_LINE);
+        let long = "x".repeat(goparse::MAX_SCAN_TOKEN);
         assert!(
             parse_state(
                 long.as_bytes(),

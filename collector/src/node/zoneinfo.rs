@@ -17,8 +17,8 @@ use regex::Regex;
 
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec},
+    goparse,
     metrics::{MetricFamily, MetricType},
-    read,
 };
 
 pub const SPEC: CollectorSpec = CollectorSpec {
@@ -274,7 +274,7 @@ pub fn parse(text: &str) -> Vec<Zone> {
                     zone.protection = protection;
                 }
             } else if let Some(index) = FIELDS.iter().position(|(k, ..)| *k == key) {
-                zone.values[index] = Some(read::parse_go_int(value).unwrap_or(0));
+                zone.values[index] = Some(goparse::parse_int(value, 0, 64).unwrap_or(0));
             }
         }
         zones.push(zone);
