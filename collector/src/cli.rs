@@ -53,12 +53,11 @@ pub struct Options {
     pub udev_data: PathBuf,
 
     /// Use systemd socket activation listeners instead of port listeners (Linux only).
-    /// Accepted for compatibility; not supported.
     #[arg(long = "web.systemd-socket")]
     pub systemd_socket: bool,
 
-    /// Path to configuration file that can enable TLS or authentication. Not supported: a
-    /// non-empty value is refused rather than silently serving without TLS or authentication.
+    /// Path to configuration file that can enable TLS or authentication (node_exporter's format:
+    /// tls_server_config, http_server_config, basic_auth_users, rate_limit). See docs/security.md.
     #[arg(long = "web.config.file", default_value = "")]
     pub web_config_file: String,
 
@@ -192,17 +191,6 @@ where
                 .explicit_among(collector.flags)
                 .map(str::to_owned),
         );
-    }
-    if options.systemd_socket {
-        ignored_given.push("web.systemd-socket".to_owned());
-    }
-    if !options.web_config_file.is_empty() {
-        return Err(clap::Error::raw(
-            clap::error::ErrorKind::ValueValidation,
-            "--web.config.file is not supported: TLS and authentication are not implemented, and \
-             serving without them when they were asked for would be unsafe; terminate TLS in \
-             front of the collector or remove the flag\n",
-        ));
     }
     Ok(Cli {
         options,
@@ -438,17 +426,22 @@ mod tests {
             "--no-collector.zeta",
             "--collector.eta",
             "--collector.zeta.url=http://y",
-            "--web.systemd-socket",
         ])
         .unwrap();
-        assert_eq!(
-            cli.ignored_given,
-            ["collector.zeta.url", "collector.eta", "web.systemd-socket"]
-        );
+        assert_eq!(cli.ignored_given, ["collector.zeta.url", "collector.eta"]);
         assert!(cli.ignored_by_default.is_empty());
-        let err = parse(&["--web.config.file=/etc/web.yml"]).unwrap_err();
-        assert!(err.to_string().contains("not supported"), "{err}");
         parse(&["--runtime.gomaxprocs=2", "--path.udev.data=/x"]).unwrap();
+    }
+
+    #[test]
+    fn web_config_file_and_systemd_socket_are_implemented() {
+        let cli = parse(&["--web.config.file=/etc/web.yml", "--web.systemd-socket"]).unwrap();
+        assert_eq!(cli.options.web_config_file, "/etc/web.yml");
+        assert!(cli.options.systemd_socket);
+        assert!(cli.ignored_given.is_empty());
+        let cli = parse(&[]).unwrap();
+        assert_eq!(cli.options.web_config_file, "");
+        assert!(!cli.options.systemd_socket);
     }
 
     #[test]

@@ -28,6 +28,18 @@ pub fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     logging::init(cli.options.log_level, cli.options.log_format);
+    // Before any other thread: taking the sockets changes the environment.
+    let systemd_fds = if cli.options.systemd_socket {
+        match server::systemd::take_listen_fds() {
+            Ok(fds) => Some(fds),
+            Err(e) => {
+                tracing::error!(err = format!("{e:#}"), "exiting");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cli.options.gomaxprocs.into())
         .enable_all()
@@ -39,7 +51,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(cli));
+    let result = runtime.block_on(run(cli, systemd_fds));
     // Connection tasks cut off at the end of the shutdown grace period are dropped here, not
     // waited for.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
@@ -52,7 +64,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, systemd_fds: Option<Vec<std::os::fd::OwnedFd>>) -> anyhow::Result<()> {
     // Before anything else: a SIGTERM during start-up (loading the kernel programs takes a
     // second or two) must end in a clean stop, not in the signal's default action.
     let (stop, stopped) = watch::channel(false);
@@ -86,12 +98,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
 
-    // Bind first: a bad listen address should fail before anything is attached to the kernel.
-    let mut addresses = Vec::new();
-    for address in &options.listen_addresses {
-        addresses.extend(cli::resolve_listen_address(address)?);
+    // The web configuration and the listeners first: a bad file or listen address should fail
+    // before anything is attached to the kernel.
+    let web = match options.web_config_file.as_str() {
+        "" => None,
+        path => Some(Arc::new(server::WebConfig::load(std::path::Path::new(
+            path,
+        ))?)),
+    };
+    let listeners = match systemd_fds {
+        Some(fds) => {
+            tracing::info!(
+                "Listening on systemd activated listeners instead of port listeners (--web.systemd-socket)"
+            );
+            server::systemd::listeners(fds)?
+        }
+        None => {
+            let mut addresses = Vec::new();
+            for address in &options.listen_addresses {
+                addresses.extend(cli::resolve_listen_address(address)?);
+            }
+            let listeners = server::bind(&addresses).await?;
+            listeners.into_iter().map(server::Listener::from).collect()
+        }
+    };
+    match &web {
+        Some(web) if web.tls_enabled() => tracing::info!(http2 = web.http2(), "TLS is enabled"),
+        _ => tracing::info!(http2 = false, "TLS is disabled"),
     }
-    let listeners = server::bind(&addresses).await?;
 
     let collector_flags = Arc::new(cli.collector_flags);
     let ebpf = start_ebpf(&specs, options, &collector_flags).await?;
@@ -131,12 +165,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let limits = server::ConnectionLimits {
         max_connections: options.max_connections as usize,
         header_read_timeout: server::ConnectionLimits::HEADER_READ_TIMEOUT,
+        tls_handshake_timeout: server::ConnectionLimits::TLS_HANDSHAKE_TIMEOUT,
     };
     server::serve(
         listeners,
-        server::router(Arc::clone(&state)),
+        server::router(Arc::clone(&state), web.clone()),
         stopped,
         limits,
+        web,
     )
     .await?;
 

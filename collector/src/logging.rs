@@ -22,7 +22,12 @@ pub fn init(level: LogLevel, format: LogFormat) {
         LogLevel::Error => Level::ERROR,
     };
     let registry = tracing_subscriber::registry()
-        .with(tracing_subscriber::filter::LevelFilter::from_level(level))
+        // HTTP/2 (h2) logs every frame at debug: its debug lines would drown the collector's.
+        .with(
+            tracing_subscriber::filter::Targets::new()
+                .with_default(level)
+                .with_target("h2", std::cmp::min(level, Level::INFO)),
+        )
         .with(RateLimit::default());
     let output = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match format {

@@ -6,6 +6,11 @@
 //! At the limit, a new connection takes the place of the one idle longest (no request in
 //! progress, least recently used), so a crowd of idle or half-open connections cannot lock a
 //! scraper out; only when every connection is busy is the new one closed.
+//!
+//! With TLS (`--web.config.file`), the same holds: a connection in its handshake counts, can be
+//! the one replaced, and has [`ConnectionLimits::tls_handshake_timeout`] to finish it. HTTP/2 is
+//! spoken when the client asks for it through ALPN (and `http_server_config.http2` allows it); its
+//! connections close after the same idle time as HTTP/1.1's.
 use std::{
     collections::HashMap,
     future::Future,
@@ -22,13 +27,16 @@ use std::{
 use anyhow::Context as _;
 use axum::Router;
 use hyper_util::{
-    rt::{TokioIo, TokioTimer},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
 use tokio::{
-    net::{TcpListener, TcpSocket, TcpStream},
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpSocket, TcpStream, UnixListener, UnixStream},
     sync::{Notify, Semaphore, watch},
 };
+
+use super::web_config::WebConfig;
 
 /// How long, once shutdown is asked for, requests in progress may still finish. Connections
 /// still open then (a scrape waiting on a hung collector, a client that never finishes its
@@ -45,10 +53,110 @@ pub struct ConnectionLimits {
     /// a kept-alive connection: longer than Prometheus' usual scrape intervals (1 min), so its
     /// connections stay open between scrapes.
     pub header_read_timeout: Duration,
+    /// Longest a client may take to finish the TLS handshake.
+    pub tls_handshake_timeout: Duration,
 }
 
 impl ConnectionLimits {
     pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(120);
+    pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+}
+
+/// A listening socket: TCP, or (from systemd) Unix.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl From<TcpListener> for Listener {
+    fn from(listener: TcpListener) -> Self {
+        Self::Tcp(listener)
+    }
+}
+
+impl Listener {
+    /// The address, for the log.
+    pub fn describe(&self) -> String {
+        let address = match self {
+            Self::Tcp(listener) => listener.local_addr().map(|a| a.to_string()),
+            Self::Unix(listener) => listener.local_addr().map(|a| match a.as_pathname() {
+                Some(path) => path.display().to_string(),
+                None => "(unnamed Unix socket)".to_owned(),
+            }),
+        };
+        address.unwrap_or_else(|e| format!("(unknown: {e})"))
+    }
+
+    async fn accept(&self) -> std::io::Result<Stream> {
+        match self {
+            Self::Tcp(listener) => listener.accept().await.map(|(s, _)| Stream::Tcp(s)),
+            Self::Unix(listener) => listener.accept().await.map(|(s, _)| Stream::Unix(s)),
+        }
+    }
+}
+
+/// An accepted connection.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Self::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Tcp(s) => s.is_write_vectored(),
+            Self::Unix(s) => s.is_write_vectored(),
+        }
+    }
 }
 
 /// Listens on every address, with the backlog node_exporter's Go runtime asks for.
@@ -85,13 +193,16 @@ fn listen_backlog() -> u32 {
 }
 
 /// Serves `router` on every listener until `shutdown` is set, then gives requests in progress
-/// [`SHUTDOWN_GRACE`] to finish.
+/// [`SHUTDOWN_GRACE`] to finish. With `tls` (a web configuration with TLS on), connections are
+/// TLS, with the certificate the configuration has when each connects.
 pub async fn serve(
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Listener>,
     router: Router,
     shutdown: watch::Receiver<bool>,
     limits: ConnectionLimits,
+    tls: Option<Arc<WebConfig>>,
 ) -> anyhow::Result<()> {
+    let tls = tls.filter(|web| web.tls_enabled());
     let open = Arc::new(OpenConnections::new(limits.max_connections));
     let mut accepting = tokio::task::JoinSet::new();
     for listener in listeners {
@@ -101,6 +212,7 @@ pub async fn serve(
             shutdown.clone(),
             Arc::clone(&open),
             limits,
+            tls.clone(),
         ));
     }
     let mut stop = shutdown;
@@ -176,15 +288,16 @@ impl OpenConnections {
 
 /// Accepts connections on `listener`; at the limit, one replaces the connection idle longest.
 async fn accept_loop(
-    listener: TcpListener,
+    listener: Listener,
     router: Router,
     shutdown: watch::Receiver<bool>,
     open: Arc<OpenConnections>,
     limits: ConnectionLimits,
+    tls: Option<Arc<WebConfig>>,
 ) {
     loop {
         let stream = match listener.accept().await {
-            Ok((stream, _peer)) => stream,
+            Ok(stream) => stream,
             Err(error) => {
                 // Out of descriptors (EMFILE, ENFILE) or memory: the queue keeps the client
                 // until one is free. Go's server backs off the same way.
@@ -233,16 +346,9 @@ async fn accept_loop(
         let router = router.clone();
         let shutdown = shutdown.clone();
         let open = Arc::clone(&open);
+        let tls = tls.clone();
         tokio::spawn(async move {
-            serve_connection(
-                stream,
-                router,
-                shutdown,
-                &connection,
-                &open,
-                limits.header_read_timeout,
-            )
-            .await;
+            serve_connection(stream, router, shutdown, &connection, &open, limits, tls).await;
             open.connections
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -278,41 +384,167 @@ impl Drop for OwnedPermit {
     }
 }
 
-/// One connection: HTTP/1.1 with keep-alive until the client closes it, falls silent for
-/// `header_read_timeout`, another connection needs its place, or shutdown asks it to finish.
+/// One connection: TLS first if configured, then HTTP/1.1 with keep-alive (or HTTP/2) until the
+/// client closes it, falls silent for `header_read_timeout`, another connection needs its place,
+/// or shutdown asks it to finish.
 async fn serve_connection(
-    stream: TcpStream,
+    stream: Stream,
     router: Router,
     mut shutdown: watch::Receiver<bool>,
     connection: &Arc<Connection>,
     open: &Arc<OpenConnections>,
-    header_read_timeout: Duration,
+    limits: ConnectionLimits,
+    tls: Option<Arc<WebConfig>>,
 ) {
+    let Some(web) = tls else {
+        serve_http(stream, false, router, shutdown, connection, open, limits).await;
+        return;
+    };
+    let Some(config) = web.current().tls.clone() else {
+        return;
+    };
+    let handshake = async {
+        let mut stream = stream;
+        reject_plain_http(&mut stream).await?;
+        tokio_rustls::TlsAcceptor::from(config).accept(stream).await
+    };
+    let handshake = tokio::time::timeout(limits.tls_handshake_timeout, handshake);
+    let stream = tokio::select! {
+        result = handshake => match result {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                tracing::debug!(err = %error, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(
+                    timeout = ?limits.tls_handshake_timeout,
+                    "TLS handshake not finished in time: connection closed"
+                );
+                return;
+            }
+        },
+        () = connection.evict.notified() => return,
+        _ = shutdown.wait_for(|stop| *stop) => return,
+    };
+    let http2 = web.http2() && stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    serve_http(stream, http2, router, shutdown, connection, open, limits).await;
+}
+
+/// Go's answer to plain HTTP on a TLS port (the first bytes look like a request, not a TLS
+/// record): a 400 that says so, then the connection is closed.
+async fn reject_plain_http(stream: &mut Stream) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Stream::Tcp(tcp) = stream else {
+        return Ok(());
+    };
+    let mut start = [0u8; 5];
+    let n = tcp.peek(&mut start).await?;
+    let looks_like_http = ["GET /", "HEAD ", "POST ", "PUT /", "OPTIO"]
+        .iter()
+        .any(|method| n > 0 && method.as_bytes().starts_with(&start[..n]));
+    if !looks_like_http {
+        return Ok(());
+    }
+    tcp.write_all(
+        b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n",
+    )
+    .await?;
+    tcp.shutdown().await?;
+    // Read what the client sent until it closes (it reads the answer to its end first), so that
+    // closing does not reset the connection under the answer.
+    let mut sink = [0u8; 4096];
+    let mut left: usize = 64 * 1024;
+    while left > 0 {
+        match tokio::time::timeout(Duration::from_secs(1), tcp.read(&mut sink)).await {
+            Ok(Ok(read)) if read > 0 => left = left.saturating_sub(read),
+            _ => break,
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        "plain HTTP request on the TLS port",
+    ))
+}
+
+/// HTTP on an established connection (plain or TLS).
+async fn serve_http<I>(
+    io: I,
+    http2: bool,
+    router: Router,
+    mut shutdown: watch::Receiver<bool>,
+    connection: &Arc<Connection>,
+    open: &Arc<OpenConnections>,
+    limits: ConnectionLimits,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let started = Instant::now();
     let service = TowerToHyperService::new(Tracked {
         router,
         connection: Arc::clone(connection),
         open: Arc::clone(open),
     });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
-    let serving = builder.serve_connection(TokioIo::new(stream), service);
-    let mut serving = std::pin::pin!(serving);
     let stop = async {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
-    let result = tokio::select! {
-        result = serving.as_mut() => result,
-        () = connection.evict.notified() => Ok(()),
-        () = stop => {
-            serving.as_mut().graceful_shutdown();
-            serving.await
+    let result = if http2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(MAX_HTTP2_STREAMS);
+        let serving = builder.serve_connection(TokioIo::new(io), service);
+        let mut serving = std::pin::pin!(serving);
+        // HTTP/2 has no header read timeout: close a connection idle as long.
+        let idle = idle(connection, open, limits.header_read_timeout);
+        tokio::select! {
+            result = serving.as_mut() => result,
+            () = connection.evict.notified() => Ok(()),
+            () = stop => {
+                serving.as_mut().graceful_shutdown();
+                serving.await
+            }
+            () = idle => {
+                serving.as_mut().graceful_shutdown();
+                serving.await
+            }
+        }
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout);
+        let serving = builder.serve_connection(TokioIo::new(io), service);
+        let mut serving = std::pin::pin!(serving);
+        tokio::select! {
+            result = serving.as_mut() => result,
+            () = connection.evict.notified() => Ok(()),
+            () = stop => {
+                serving.as_mut().graceful_shutdown();
+                serving.await
+            }
         }
     };
     if let Err(error) = result {
         tracing::debug!(err = %error, open_for = ?started.elapsed(), "connection ended with an error");
+    }
+}
+
+/// Streams (requests) at once on one HTTP/2 connection; `--web.max-requests` bounds scrapes.
+const MAX_HTTP2_STREAMS: u32 = 32;
+
+/// Resolves once the connection has had no request in progress for `timeout`.
+async fn idle(connection: &Connection, open: &OpenConnections, timeout: Duration) {
+    let timeout_ms = timeout.as_millis() as u64;
+    loop {
+        let idle_ms = open
+            .now_ms()
+            .saturating_sub(connection.last_active_ms.load(Ordering::Acquire));
+        if connection.busy.load(Ordering::Acquire) == 0 && idle_ms >= timeout_ms {
+            return;
+        }
+        let wait = timeout_ms.saturating_sub(idle_ms).max(100);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
     }
 }
 

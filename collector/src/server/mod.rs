@@ -1,11 +1,18 @@
 //! HTTP: a landing page at `/` and the metrics at the telemetry path, gzip-compressed when the
 //! client accepts it, at most `--web.max-requests` scrapes at once (beyond that, 503). How
-//! connections are accepted, bounded and closed is `connections`.
+//! connections are accepted, bounded and closed is `connections`; `--web.config.file` (TLS, basic
+//! authentication, headers, rate limit) is `web_config`, `tls` and `auth`; `--web.systemd-socket`
+//! is `systemd`.
+mod auth;
 mod connections;
+pub mod systemd;
+mod tls;
+pub mod web_config;
 
 use std::{sync::Arc, time::Duration};
 
-pub use connections::{ConnectionLimits, SHUTDOWN_GRACE, bind, serve};
+pub use connections::{ConnectionLimits, Listener, SHUTDOWN_GRACE, bind, serve};
+pub use web_config::WebConfig;
 
 use axum::{
     Router,
@@ -33,14 +40,22 @@ pub struct AppState {
     pub max_requests: usize,
 }
 
-pub fn router(state: Arc<AppState>) -> Router {
+/// The routes; with `web`, every request goes through its rate limit, headers and basic
+/// authentication first (after the Host header check, which Go's server makes before any handler).
+pub fn router(state: Arc<AppState>, web: Option<Arc<WebConfig>>) -> Router {
     let telemetry_path = state.telemetry_path.clone();
     let mut router = Router::new().route(&telemetry_path, get(metrics_handler));
     if telemetry_path != "/" {
         router = router.route("/", get(landing_page));
     }
+    let mut router = router.layer(CompressionLayer::new().gzip(true));
+    if let Some(web) = web {
+        router = router.layer(axum::middleware::from_fn_with_state(
+            Arc::new(auth::Guard::new(web)),
+            auth::guard,
+        ));
+    }
     router
-        .layer(CompressionLayer::new().gzip(true))
         .layer(axum::middleware::from_fn(one_host_header))
         .with_state(state)
 }
@@ -153,12 +168,14 @@ mod tests {
         let limits = ConnectionLimits {
             max_connections: 16,
             header_read_timeout: ConnectionLimits::HEADER_READ_TIMEOUT,
+            tls_handshake_timeout: ConnectionLimits::TLS_HANDSHAKE_TIMEOUT,
         };
         let server = tokio::spawn(serve(
-            listeners,
-            router(Arc::clone(&state)),
+            listeners.into_iter().map(Listener::from).collect(),
+            router(Arc::clone(&state), None),
             stopped,
             limits,
+            None,
         ));
 
         let url = format!("http://{address}/metrics");
@@ -185,6 +202,118 @@ mod tests {
             text.contains("promhttp_metric_handler_requests_total{code=\"503\"} 1\n"),
             "{text}"
         );
+        stop.send(true).unwrap();
+        server.await.unwrap().unwrap();
+    }
+
+    /// A TLS server (self-signed for localhost) on a free port, with small limits.
+    async fn tls_server(
+        dir: &web_config::tests::Dir,
+        limits: ConnectionLimits,
+    ) -> (
+        std::net::SocketAddr,
+        Arc<rustls::ClientConfig>,
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) {
+        let (cert, key) = web_config::tests::server_cert();
+        dir.write("server.crt", &cert);
+        dir.write("server.key", &key);
+        let path = dir.write(
+            "web.yml",
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
+        );
+        let web = Arc::new(WebConfig::load(&path).unwrap());
+        let state = Arc::new(AppState {
+            scraper: Scraper::new(Vec::new(), Duration::from_secs(5)),
+            exporter: ExporterMetrics::default(),
+            exporter_metrics_enabled: false,
+            telemetry_path: "/metrics".into(),
+            scrape_permits: None,
+            max_requests: 0,
+        });
+        let listeners = bind(&["127.0.0.1:0".parse().unwrap()]).await.unwrap();
+        let address = listeners[0].local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(serve(
+            listeners.into_iter().map(Listener::from).collect(),
+            router(state, Some(Arc::clone(&web))),
+            stopped,
+            limits,
+            Some(web),
+        ));
+        let mut roots = rustls::RootCertStore::empty();
+        for der in rustls::pki_types::pem::PemObject::pem_slice_iter(cert.as_bytes()) {
+            roots.add(der.unwrap()).unwrap();
+        }
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        (address, Arc::new(client), stop, server)
+    }
+
+    /// GET /metrics over TLS (HTTP/1.1): the status line.
+    async fn tls_get(address: std::net::SocketAddr, client: Arc<rustls::ClientConfig>) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(client)
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        tls.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tls.read_to_end(&mut answer).await.unwrap();
+        String::from_utf8_lossy(&answer)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_owned()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls_handshakes_are_bounded_and_silent_clients_block_nobody() {
+        use tokio::io::AsyncReadExt as _;
+        let dir = web_config::tests::Dir::new("handshake");
+        let limits = ConnectionLimits {
+            max_connections: 2,
+            header_read_timeout: ConnectionLimits::HEADER_READ_TIMEOUT,
+            tls_handshake_timeout: Duration::from_millis(500),
+        };
+        let (address, client, stop, server) = tls_server(&dir, limits).await;
+        assert_eq!(
+            tls_get(address, Arc::clone(&client)).await,
+            "HTTP/1.1 200 OK"
+        );
+        // Clients that connect and never start (or never finish) the handshake take every slot.
+        let mut silent = Vec::new();
+        for _ in 0..3 {
+            silent.push(tokio::net::TcpStream::connect(address).await.unwrap());
+        }
+        let mut half = tokio::net::TcpStream::connect(address).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut half, &[0x16, 0x03, 0x01, 0x00])
+            .await
+            .unwrap();
+        // A scraper still gets in: it takes the place of one of them.
+        assert_eq!(
+            tls_get(address, Arc::clone(&client)).await,
+            "HTTP/1.1 200 OK"
+        );
+        // And whoever is left is closed once the handshake timeout passes.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        for mut stream in silent.into_iter().chain([half]) {
+            let mut buf = [0u8; 16];
+            let read = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await;
+            assert!(
+                matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+                "connection still open: {read:?}"
+            );
+        }
         stop.send(true).unwrap();
         server.await.unwrap().unwrap();
     }
