@@ -1,6 +1,7 @@
 //! The netlink collectors (`arp` with its default `--collector.arp.netlink`, `network_route`,
-//! `tcpstat`, `qdisc`) against what `ip neigh`, `ip route`, `ss -tan` and `tc -s qdisc` print,
-//! and `ethtool` against the veth driver, in a network namespace each test creates with
+//! `tcpstat`, `qdisc`, `netclass` with `--collector.netclass.netlink`) against what `ip neigh`,
+//! `ip route`, `ss -tan`, `tc -s qdisc` and `ip -d -s link` print, and `ethtool` against the veth
+//! driver, in a network namespace each test creates with
 //! neighbours, routes, sockets and qdiscs of its own. Each outer test runs its
 //! inner test again in a new network namespace (`unshare --net`; for a non-root user also
 //! `--user --map-root-user`, which gives CAP_NET_ADMIN over the new namespace only), where it
@@ -761,4 +762,426 @@ fn ethtool_in_a_new_network_namespace() {
         filtered.text
     );
     std::fs::remove_dir_all(&sysfs).unwrap();
+}
+
+#[test]
+fn netclass_netlink_reports_what_ip_link_shows() {
+    run_in_new_network_namespace("netclass_netlink_in_a_new_network_namespace");
+}
+
+/// `ip link` flag names (`IFF_*`); `NO-CARRIER` and `M-DOWN` are ip's own, not flags.
+const IFF_NAMES: &[(&str, u32)] = &[
+    ("UP", 0x1),
+    ("BROADCAST", 0x2),
+    ("DEBUG", 0x4),
+    ("LOOPBACK", 0x8),
+    ("POINTOPOINT", 0x10),
+    ("NOTRAILERS", 0x20),
+    ("NOARP", 0x80),
+    ("PROMISC", 0x100),
+    ("ALLMULTI", 0x200),
+    ("MASTER", 0x400),
+    ("SLAVE", 0x800),
+    ("MULTICAST", 0x1000),
+    ("PORTSEL", 0x2000),
+    ("AUTOMEDIA", 0x4000),
+    ("DYNAMIC", 0x8000),
+    ("LOWER_UP", 0x10000),
+    ("DORMANT", 0x20000),
+    ("ECHO", 0x40000),
+];
+const IFF_RUNNING: u32 = 0x40;
+
+/// The with-stats gauges (without `_total`) and where `ip -j -s -s link` prints each
+/// (`compressed` and `nohandler` only when not 0).
+const IP_LINK_STATS: &[(&str, &str, &str)] = &[
+    ("receive_packets", "rx", "packets"),
+    ("receive_bytes", "rx", "bytes"),
+    ("receive_errors", "rx", "errors"),
+    ("receive_dropped", "rx", "dropped"),
+    ("multicast", "rx", "multicast"),
+    ("receive_length_errors", "rx", "length_errors"),
+    ("receive_over_errors", "rx", "over_errors"),
+    ("receive_crc_errors", "rx", "crc_errors"),
+    ("receive_frame_errors", "rx", "frame_errors"),
+    ("receive_fifo_errors", "rx", "fifo_errors"),
+    ("receive_missed_errors", "rx", "missed_errors"),
+    ("receive_compressed", "rx", "compressed"),
+    ("receive_nohandler", "rx", "nohandler"),
+    ("transmit_packets", "tx", "packets"),
+    ("transmit_bytes", "tx", "bytes"),
+    ("transmit_errors", "tx", "errors"),
+    ("transmit_dropped", "tx", "dropped"),
+    ("collisions", "tx", "collisions"),
+    ("transmit_aborted_errors", "tx", "aborted_errors"),
+    ("transmit_carrier_errors", "tx", "carrier_errors"),
+    ("transmit_fifo_errors", "tx", "fifo_errors"),
+    ("transmit_heartbeat_errors", "tx", "heartbeat_errors"),
+    ("transmit_window_errors", "tx", "window_errors"),
+    ("transmit_compressed", "tx", "compressed"),
+];
+
+/// Whether a sysfs of this network namespace can be mounted in a mount namespace of its own
+/// (not where the outer /sys has parts hidden from a user namespace); why not otherwise.
+fn own_sysfs_mountable() -> Result<(), String> {
+    let output = Command::new("unshare")
+        .args(["--mount", "--", "sh", "-c", "mount -t sysfs sysfs /sys"])
+        .output()
+        .unwrap();
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_owned())
+    }
+}
+
+/// The collector with `extra`, in a mount namespace of its own whose /sys is a fresh sysfs,
+/// which shows this network namespace's devices (the /sys inherited shows the host's).
+fn daemon_with_own_sysfs(extra: &[&str]) -> Daemon {
+    let mut command = Command::new("unshare");
+    command
+        .args([
+            "--mount",
+            "--",
+            "sh",
+            "-c",
+            r#"mount -t sysfs sysfs /sys && exec "$0" "$@""#,
+            common::daemon::BINARY,
+            "--collector.disable-defaults",
+            "--web.disable-exporter-metrics",
+        ])
+        .args(extra);
+    Daemon::spawn(command)
+}
+
+#[test]
+#[ignore = "run in a network namespace of its own by netclass_netlink_reports_what_ip_link_shows"]
+fn netclass_netlink_in_a_new_network_namespace() {
+    if !inner_run() {
+        return;
+    }
+    // q0/q1: up and quiet, q0 with an alias and an altname; r1 in link mode dormant (so
+    // operstate dormant); s0 up with its peer s1 down (lowerlayerdown, down).
+    set_up_quiet_links();
+    for command in [
+        "link add r0 type veth peer name r1",
+        "link add s0 type veth peer name s1",
+    ] {
+        ip(command);
+    }
+    for device in ["r0", "r1", "s0", "s1"] {
+        let _ = std::fs::write(
+            format!("/proc/sys/net/ipv6/conf/{device}/disable_ipv6"),
+            "1",
+        );
+    }
+    for command in [
+        "link set r1 mode dormant",
+        "link set r0 up",
+        "link set r1 up",
+        "link set s0 up",
+        "link property add dev q0 altname uplink0",
+        "link property add dev q0 altname edge0",
+        "link set dev q0 alias edge-uplink",
+    ] {
+        ip(command);
+    }
+    let sender = std::net::UdpSocket::bind("10.3.0.1:0").unwrap();
+    for _ in 0..3 {
+        sender.send_to(&[0; 64], "10.3.0.2:9").unwrap();
+    }
+    let own_sysfs = own_sysfs_mountable();
+    if let Err(why) = &own_sysfs {
+        eprintln!("sysfs attributes not compared: cannot mount a sysfs here: {why}");
+    }
+    let start = |extra: &[&str]| {
+        if own_sysfs.is_ok() {
+            daemon_with_own_sysfs(extra)
+        } else {
+            daemon(extra)
+        }
+    };
+    let netlink_args = [
+        "--collector.netclass",
+        "--collector.netclass.netlink",
+        "--collector.netclass_rtnl.with-stats",
+    ];
+
+    let links: Vec<serde_json::Value> = serde_json::from_str(&ip("-j -d -s -s link show")).unwrap();
+    let scrape = start(&netlink_args).scrape();
+    assert_success(&scrape, "netclass");
+    let value = |name: &str, device: &str| -> Option<f64> {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.name == name && s.labels.get("device").map(String::as_str) == Some(device))
+            .map(|s| s.value)
+    };
+    let index_of = |name: &str| -> f64 {
+        links.iter().find(|l| l["ifname"] == name).unwrap()["ifindex"]
+            .as_f64()
+            .unwrap()
+    };
+    let devices: BTreeSet<String> = by_label(&scrape, "node_network_up", "device")
+        .into_keys()
+        .collect();
+    let names: BTreeSet<String> = links
+        .iter()
+        .map(|l| l["ifname"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(devices, names, "{}", scrape.text);
+    for link in &links {
+        let device = link["ifname"].as_str().unwrap();
+        let number = |key: &str| link[key].as_f64().unwrap();
+        let text = |key: &str| link[key].as_str().unwrap_or_default().to_owned();
+        let context = format!("{device}: {link}\n{}", scrape.text);
+        let ours = |name: &str| value(name, device).unwrap_or_else(|| panic!("{name}: {context}"));
+        assert_eq!(
+            ours("node_network_iface_id"),
+            number("ifindex"),
+            "{context}"
+        );
+        let iflink = link["link"].as_str().map_or(number("ifindex"), &index_of);
+        assert_eq!(ours("node_network_iface_link"), iflink, "{context}");
+        assert_eq!(ours("node_network_mtu_bytes"), number("mtu"), "{context}");
+        assert_eq!(
+            ours("node_network_transmit_queue_length"),
+            number("txqlen"),
+            "{context}"
+        );
+        assert_eq!(
+            ours("node_network_net_dev_group"),
+            0.0,
+            "group {}",
+            text("group")
+        );
+        let link_mode = match text("linkmode").as_str() {
+            "DEFAULT" => 0.0,
+            "DORMANT" => 1.0,
+            other => panic!("link mode {other}"),
+        };
+        assert_eq!(ours("node_network_iface_link_mode"), link_mode, "{context}");
+        // upstream reports the link mode as dormant.
+        assert_eq!(ours("node_network_dormant"), link_mode, "{context}");
+        let protocol = match text("link_type").as_str() {
+            "ether" => 1.0,
+            "loopback" => 772.0,
+            other => panic!("link type {other}"),
+        };
+        assert_eq!(ours("node_network_protocol_type"), protocol, "{context}");
+        let flags: u32 = link["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|name| IFF_NAMES.iter().find(|(n, _)| name == n))
+            .map(|(_, bit)| bit)
+            .sum();
+        assert_eq!(
+            ours("node_network_flags") as u32 & !IFF_RUNNING,
+            flags,
+            "{context}"
+        );
+        let operstate = text("operstate").to_lowercase();
+        let up = if operstate == "up" { 1.0 } else { 0.0 };
+        assert_eq!(ours("node_network_up"), up, "{context}");
+        let duplex = if device == "lo" { "" } else { "Full" };
+        let info = scrape.value(
+            "node_network_info",
+            &[
+                ("address", &text("address")),
+                ("broadcast", &text("broadcast")),
+                ("device", device),
+                ("duplex", duplex),
+                ("ifalias", &text("ifalias")),
+                ("operstate", &operstate),
+            ],
+        );
+        assert_eq!(info, 1.0, "{context}");
+        let altnames: BTreeSet<String> = scrape
+            .samples
+            .iter()
+            .filter(|s| s.name == "node_network_altnames_info" && s.labels["device"] == device)
+            .map(|s| s.labels["altname"].clone())
+            .collect();
+        let theirs: BTreeSet<String> = link["altnames"]
+            .as_array()
+            .map(|names| {
+                names
+                    .iter()
+                    .map(|n| n.as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(altnames, theirs, "{context}");
+        // veth answers the ethtool link modes (10000 Mb/s, full duplex), lo has none.
+        let speed = (device != "lo").then_some(10_000.0 * 1e6 / 8.0);
+        assert_eq!(
+            value("node_network_speed_bytes", device),
+            speed,
+            "{context}"
+        );
+        let stats = &link["stats64"];
+        assert_eq!(
+            ours("node_network_carrier_changes_total"),
+            stats["tx"]["carrier_changes"].as_f64().unwrap(),
+            "{context}"
+        );
+        for (key, direction, field) in IP_LINK_STATS {
+            let ours = ours(&format!("node_network_{key}_total"));
+            let theirs = stats[direction][field].as_f64().unwrap_or(0.0);
+            // The scrapes run over lo: its counters grow.
+            if device == "lo" {
+                assert!(ours >= theirs, "{key}: {ours} < {theirs}: {context}");
+            } else {
+                assert_eq!(ours, theirs, "{key}: {context}");
+            }
+        }
+    }
+    assert_eq!(
+        value("node_network_transmit_packets_total", "q0"),
+        Some(3.0)
+    );
+    assert_eq!(value("node_network_receive_packets_total", "q1"), Some(3.0));
+    // The with-stats families are gauges, as upstream's.
+    assert!(
+        scrape
+            .text
+            .contains("# TYPE node_network_receive_bytes_total gauge\n")
+    );
+
+    // node_exporter 1.5.0's netlink mode (which reads no sysfs) agrees on the families it has.
+    let mut families: Vec<&str> = scrape
+        .samples
+        .iter()
+        .map(|s| s.name.as_str())
+        .filter(|name| {
+            name.starts_with("node_network_")
+                && ![
+                    "node_network_address_assign_type",
+                    "node_network_device_id",
+                    "node_network_name_assign_type",
+                    "node_network_altnames_info",
+                ]
+                .contains(name)
+                && !IP_LINK_STATS
+                    .iter()
+                    .any(|(key, _, _)| *name == format!("node_network_{key}_total"))
+        })
+        .collect();
+    families.dedup();
+    assert!(families.len() > 10, "{families:?}");
+    assert_node_exporter_agrees(&netlink_args, &scrape, &families);
+
+    // With netdev on too, its counters keep their names; netclass serves the other gauges.
+    let both = start(&[&netlink_args[..], &["--collector.netdev"]].concat()).scrape();
+    assert_success(&both, "netclass");
+    assert_success(&both, "netdev");
+    assert!(
+        both.text
+            .contains("# TYPE node_network_receive_bytes_total counter\n")
+    );
+    assert!(
+        both.text
+            .contains("# TYPE node_network_receive_crc_errors_total gauge\n")
+    );
+    assert_eq!(
+        both.matching("node_network_receive_bytes_total", &[("device", "q1")])
+            .count(),
+        1,
+        "{}",
+        both.text
+    );
+
+    let filtered = start(
+        &[
+            &netlink_args[..],
+            &["--collector.netclass.ignored-devices=^q1$"],
+        ]
+        .concat(),
+    )
+    .scrape();
+    assert!(
+        !filtered.text.contains("device=\"q1\""),
+        "{}",
+        filtered.text
+    );
+    assert!(filtered.text.contains("device=\"q0\""), "{}", filtered.text);
+
+    if own_sysfs.is_err() {
+        return;
+    }
+    // The attributes upstream reads from sysfs in netlink mode, and those the sysfs mode has
+    // too, agree with the sysfs mode's.
+    let sysfs = start(&["--collector.netclass"]).scrape();
+    assert_success(&sysfs, "netclass");
+    for name in [
+        "node_network_address_assign_type",
+        "node_network_device_id",
+        "node_network_name_assign_type",
+        "node_network_carrier_changes_total",
+        "node_network_carrier_up_changes_total",
+        "node_network_carrier_down_changes_total",
+        "node_network_iface_id",
+        "node_network_iface_link",
+        "node_network_iface_link_mode",
+        "node_network_mtu_bytes",
+        "node_network_net_dev_group",
+        "node_network_transmit_queue_length",
+        "node_network_protocol_type",
+        "node_network_up",
+    ] {
+        assert_eq!(
+            by_label(&scrape, name, "device"),
+            by_label(&sysfs, name, "device"),
+            "{name}\n{}\n{}",
+            scrape.text,
+            sysfs.text
+        );
+    }
+    // sysfs has carrier and speed for running devices only.
+    for name in ["node_network_carrier", "node_network_speed_bytes"] {
+        let theirs = by_label(&sysfs, name, "device");
+        assert!(theirs.contains_key("q0"), "{name}: {}", sysfs.text);
+        for (device, sysfs_value) in theirs {
+            assert_eq!(value(name, &device), Some(sysfs_value), "{name} {device}");
+        }
+    }
+    // sysfs' flags leave out what the kernel adds for netlink (running, lower up, dormant).
+    let volatile = IFF_RUNNING | 0x10000 | 0x20000 | 0x40000;
+    for (device, flags) in by_label(&sysfs, "node_network_flags", "device") {
+        let ours = value("node_network_flags", &device).unwrap() as u32;
+        assert_eq!(ours & !volatile, flags as u32, "{device}");
+    }
+    for sample in sysfs
+        .samples
+        .iter()
+        .filter(|s| s.name == "node_network_info")
+    {
+        let device = &sample.labels["device"];
+        let mut labels: Vec<(&str, &str)> = ["address", "broadcast", "ifalias", "operstate"]
+            .into_iter()
+            .map(|label| (label, sample.labels[label].as_str()))
+            .chain([("device", device.as_str())])
+            .collect();
+        // Also the duplex where sysfs has it (running devices), spelled as upstream's
+        // netlink mode spells it.
+        match sample.labels["duplex"].as_str() {
+            "full" => labels.push(("duplex", "Full")),
+            "" => {}
+            other => panic!("{device}: duplex {other}"),
+        }
+        assert_eq!(
+            scrape.matching("node_network_info", &labels).count(),
+            1,
+            "{device}: {labels:?}\n{}",
+            scrape.text
+        );
+    }
+    // r1 is in link mode dormant, which upstream's netlink mode reports as dormant; sysfs'
+    // dormant is the dormant state, which veth never sets.
+    assert_eq!(value("node_network_dormant", "r1"), Some(1.0));
+    assert_eq!(
+        sysfs.value("node_network_dormant", &[("device", "r1")]),
+        0.0
+    );
 }

@@ -1,5 +1,6 @@
 //! `netclass`: network device properties from /sys/class/net/<iface>/*, as node_exporter's
-//! netclass collector (sysfs mode; `--collector.netclass.netlink` is accepted and ignored).
+//! netclass collector; with `--collector.netclass.netlink`, from rtnetlink and ethtool netlink
+//! instead (the `rtnl` module, upstream's netclass_rtnl_linux.go).
 use std::{collections::BTreeMap, ffi::CStr, path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
@@ -8,8 +9,8 @@ use regex::Regex;
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec, NoData},
     flags::FlagSpec,
-    metrics::{MetricFamily, MetricType},
     goparse,
+    metrics::{MetricFamily, MetricType},
     read,
 };
 
@@ -17,6 +18,8 @@ const IGNORED_DEVICES: &str = "collector.netclass.ignored-devices";
 const IGNORE_INVALID_SPEED: &str = "collector.netclass.ignore-invalid-speed";
 const NETLINK: &str = "collector.netclass.netlink";
 const RTNL_WITH_STATS: &str = "collector.netclass_rtnl.with-stats";
+
+mod rtnl;
 
 pub const SPEC: CollectorSpec = CollectorSpec {
     name: "netclass",
@@ -51,21 +54,51 @@ struct NetclassCollector {
     class_net: PathBuf,
     ignored: Option<Regex>,
     ignore_invalid_speed: bool,
+    /// `--collector.netclass.netlink`'s mode, which then replaces the sysfs one.
+    netlink: Option<rtnl::Rtnl>,
 }
 
 fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
-    for flag in [NETLINK, RTNL_WITH_STATS] {
-        if context.flags.bool(flag) {
+    let class_net = context.sys_path("class/net");
+    // Go's empty regular expression matches every name (the flags' `regex` takes "" for none).
+    let ignored = match context.flags.string(IGNORED_DEVICES) {
+        Some("") => Some(Regex::new("")?),
+        _ => context.flags.regex(IGNORED_DEVICES)?,
+    };
+    let netlink = context.flags.bool(NETLINK).then(|| {
+        let with_stats = context.flags.bool(RTNL_WITH_STATS);
+        // netdev's counters and these gauges of the same names would collide (upstream's
+        // registry keeps whichever family it gathers first): netdev's stay.
+        let left_out: Vec<&'static str> = if with_stats && context.is_enabled("netdev") {
+            super::netdev::served_keys(&context.flags)
+                .into_iter()
+                .filter(|key| super::netdev::LINK_STATS.contains(key))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if !left_out.is_empty() {
             tracing::warn!(
-                flag,
-                "accepted but ignored: netclass reads /sys/class/net (the same attributes)"
+                families = left_out
+                    .iter()
+                    .map(|key| format!("node_network_{key}_total"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                "--{RTNL_WITH_STATS}: netdev serves these as counters, so netclass leaves them out; disable netdev (--no-collector.netdev) to have netclass serve them"
             );
         }
-    }
+        rtnl::Rtnl {
+            class_net: class_net.clone(),
+            ignored: ignored.clone(),
+            with_stats,
+            left_out,
+        }
+    });
     Ok(Arc::new(NetclassCollector {
-        class_net: context.sys_path("class/net"),
-        ignored: context.flags.regex(IGNORED_DEVICES)?,
+        class_net,
+        ignored,
         ignore_invalid_speed: context.flags.bool(IGNORE_INVALID_SPEED),
+        netlink,
     }))
 }
 
@@ -171,6 +204,9 @@ fn read_interface(path: &std::path::Path) -> anyhow::Result<Interface> {
 
 impl Collector for NetclassCollector {
     fn update(&self, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
+        if let Some(netlink) = &self.netlink {
+            return netlink.update(out);
+        }
         let entries = match std::fs::read_dir(&self.class_net) {
             Ok(entries) => entries,
             Err(error) if read::is_unavailable(&error) => {
@@ -321,6 +357,7 @@ mod tests {
             class_net,
             ignored: None,
             ignore_invalid_speed: false,
+            netlink: None,
         };
         let mut out = Vec::new();
         collector.update(&mut out).unwrap();
@@ -336,6 +373,7 @@ mod tests {
             class_net: PathBuf::from("/nonexistent/class/net"),
             ignored: None,
             ignore_invalid_speed: false,
+            netlink: None,
         };
         let error = collector.update(&mut Vec::new()).unwrap_err();
         assert!(error.downcast_ref::<NoData>().is_some());

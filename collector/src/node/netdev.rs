@@ -145,7 +145,7 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
 }
 
 /// One device's counters, keyed as upstream keys them (`receive_bytes`, `multicast`...).
-type Counters = BTreeMap<&'static str, u64>;
+pub(super) type Counters = BTreeMap<&'static str, u64>;
 
 /// Parses /proc/net/dev as procfs' `NetDev` does: two header lines, then `name: 16 numbers`
 /// (the name is what precedes the last colon).
@@ -183,7 +183,7 @@ fn parse(text: &str, path: &Path) -> anyhow::Result<Vec<(String, Counters)>> {
 /// `struct rtnl_link_stats64` (and the 32-bit `rtnl_link_stats`), field by field, as upstream
 /// names them. Older kernels send fewer fields; the missing ones are absent, as upstream's
 /// zero values are then folded in as nothing.
-const LINK_STATS: [&str; 24] = [
+pub(super) const LINK_STATS: [&str; 24] = [
     "receive_packets",
     "transmit_packets",
     "receive_bytes",
@@ -260,16 +260,7 @@ fn link_counters(payload: &[u8]) -> anyhow::Result<Option<(String, Counters)>> {
         return Ok(None);
     };
     let counters: Counters = match (stats64, stats32) {
-        (Some(stats), _) => LINK_STATS
-            .iter()
-            .zip(stats.chunks_exact(8))
-            .map(|(key, bytes)| {
-                (
-                    *key,
-                    u64::from_ne_bytes(bytes.try_into().unwrap_or_default()),
-                )
-            })
-            .collect(),
+        (Some(stats), _) => stats64_counters(&stats),
         (None, Some(stats)) => LINK_STATS
             .iter()
             .zip(stats.chunks_exact(4))
@@ -281,6 +272,39 @@ fn link_counters(payload: &[u8]) -> anyhow::Result<Option<(String, Counters)>> {
         (None, None) => return Ok(None),
     };
     Ok(Some((name, counters)))
+}
+
+/// The counters of an `IFLA_STATS64` value (`struct rtnl_link_stats64`), as many as it holds
+/// (the netclass collector's `--collector.netclass_rtnl.with-stats` shares this).
+pub(super) fn stats64_counters(stats: &[u8]) -> Counters {
+    LINK_STATS
+        .iter()
+        .zip(stats.chunks_exact(8))
+        .map(|(key, bytes)| {
+            (
+                *key,
+                u64::from_ne_bytes(bytes.try_into().unwrap_or_default()),
+            )
+        })
+        .collect()
+}
+
+/// The keys this collector serves as `node_network_<key>_total` counters with `flags` (the
+/// netclass collector leaves its with-stats gauges of those names out, not to collide).
+pub(super) fn served_keys(flags: &crate::flags::CollectorFlags) -> Vec<&'static str> {
+    let mut counters: Counters = if flags.bool(NETLINK) {
+        LINK_STATS.iter().map(|key| (*key, 0)).collect()
+    } else {
+        RECEIVE_COLUMNS
+            .iter()
+            .chain(&TRANSMIT_COLUMNS)
+            .map(|key| (*key, 0))
+            .collect()
+    };
+    if !flags.bool(DETAILED) {
+        legacy(&mut counters);
+    }
+    counters.into_keys().collect()
 }
 
 /// upstream's `legacy()`: the detailed netlink counters folded into /proc/net/dev's names and
