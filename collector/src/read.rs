@@ -155,11 +155,6 @@ where
         .with_context(|| format!("{}: {field}: bad number {value:?}", path.display()))
 }
 
-/// [`crate::goparse::parse_uint`] with base 0, under the name `node/arp.rs` still calls it by.
-pub fn go_parse_uint_base0(s: &str, bits: u32) -> Option<u64> {
-    crate::goparse::parse_uint(s, 0, bits)
-}
-
 /// The `<prefix>[0-9]*` entries of a directory (`cpu3`, `thermal_zone0`...), sorted by name as
 /// Go's `filepath.Glob` returns them (so `cpu10` before `cpu2`).
 pub fn numbered_entries(dir: &Path, prefix: &str) -> std::io::Result<Vec<(String, PathBuf)>> {

@@ -107,7 +107,7 @@ fn parse_arp(text: &str, path: &Path) -> anyhow::Result<BTreeMap<String, u64>> {
                         path.display()
                     );
                 }
-                if crate::read::go_parse_uint_base0(flags, 8).is_none() {
+                if crate::goparse::parse_uint(flags, 0, 8).is_none() {
                     anyhow::bail!("{}: invalid flags {flags:?} in {line:?}", path.display());
                 }
                 *entries.entry(device.to_owned()).or_default() += 1;

@@ -28,11 +28,11 @@ use std::{
 use anyhow::Context as _;
 use regex::Regex;
 
-use super::sysfs_util;
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec, NoData},
     flags::{DeviceFilter, FlagSpec},
     metrics::{MetricFamily, MetricType},
+    read,
 };
 
 const INCLUDE: &str = "collector.ethtool.device-include";
@@ -153,7 +153,7 @@ impl EthtoolCollector {
     /// The devices of /sys/class/net (upstream's `NetClassDevices`: every entry that is not a
     /// regular file, such as `bonding_masters`).
     fn devices(&self) -> anyhow::Result<Vec<String>> {
-        let entries = match sysfs_util::read_dir_sorted(&self.class_net) {
+        let entries = match read::read_dir_sorted(&self.class_net) {
             Ok(entries) => entries,
             Err(error)
                 if matches!(

@@ -66,7 +66,6 @@ pub mod softnet;
 pub mod stat;
 pub mod swap;
 pub mod sysctl;
-pub mod sysfs_util;
 pub mod systemd;
 pub mod tapestats;
 pub mod tcpstat;
