@@ -15,18 +15,12 @@ pub struct KernelLayout {
     /// `offsetof(struct task_struct, __state)` (`state` before 5.14); read only when the
     /// `sched_switch` tracepoint does not pass `prev_state` itself (before 5.18).
     pub task_state: u32,
-    /// `offsetof(struct task_struct, sched_info.last_queued)`: when the scheduler queued the task
-    /// (CONFIG_SCHED_INFO), by its run queue's clock; 0 when not queued. The BTF `sched_switch`
-    /// takes the wait from it instead of timing wake-ups itself.
-    pub task_last_queued: u32,
     /// This CPU's `struct rq`, from a task on it: `task_struct.se.cfs_rq` → `cfs_rq.rq`
-    /// (CONFIG_FAIR_GROUP_SCHED), and the run queue's clocks: `rq.clock` stamps `last_queued`,
-    /// `rq.clock_task` times runs. The run queue is locked from the tracepoint to the
-    /// scheduler's own use of them, so `sched_switch` reads the values this switch is stamped
-    /// with.
+    /// (CONFIG_FAIR_GROUP_SCHED), and its task clock `rq.clock_task`, which the BTF
+    /// `sched_switch` times runs with for the cgroups, as the scheduler does. The run queue is
+    /// locked from the tracepoint to the scheduler's own use of it.
     pub task_se_cfs_rq: u32,
     pub cfs_rq_rq: u32,
-    pub rq_clock: u32,
     pub rq_clock_task: u32,
     /// A task's cgroup v2 id, as `bpf_get_current_cgroup_id` finds it, without the helper
     /// call: `task_struct.cgroups` → `css_set.dfl_cgrp` → `cgroup.kn` → `kernfs_node.id`.
@@ -97,10 +91,8 @@ impl KernelLayout {
     pub const UNKNOWN: Self = Self {
         task_pid: UNKNOWN_OFFSET,
         task_state: UNKNOWN_OFFSET,
-        task_last_queued: UNKNOWN_OFFSET,
         task_se_cfs_rq: UNKNOWN_OFFSET,
         cfs_rq_rq: UNKNOWN_OFFSET,
-        rq_clock: UNKNOWN_OFFSET,
         rq_clock_task: UNKNOWN_OFFSET,
         task_cgroups: UNKNOWN_OFFSET,
         css_set_dfl_cgrp: UNKNOWN_OFFSET,

@@ -18,4 +18,4 @@ pub use cgroup::{CgroupCounters, CpuCharges};
 pub use histogram::Log2Histogram;
 pub use layout::KernelLayout;
 pub use net::CpuNetCounters;
-pub use sched::{CpuIrqTime, CpuSchedCounters, NR_SOFTIRQS, SOFTIRQ_NAMES};
+pub use sched::{CpuIrqTime, CpuSchedCounters, NR_SOFTIRQS, SOFTIRQ_NAMES, WaitingTasks};

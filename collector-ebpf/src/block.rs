@@ -99,7 +99,7 @@ fn low_half(pointer: u64) -> u64 {
 /// Fibonacci hashing: the top bits of the product depend on every bit of `value`, so pointers a
 /// fixed stride apart spread over all sets.
 #[inline(always)]
-fn first_slot(value: u64, set_bits: &u32, ways: u32) -> u32 {
+pub(crate) fn first_slot(value: u64, set_bits: &u32, ways: u32) -> u32 {
     // SAFETY: a reference to a global of the object.
     let set_bits = unsafe { core::ptr::read_volatile(set_bits) };
     if set_bits == 0 {

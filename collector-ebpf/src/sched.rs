@@ -1,33 +1,46 @@
 //! Scheduler: context switches, wake-ups, migrations and run-queue latency.
 //!
 //! Run-queue latency is the time from a task becoming runnable (woken, newly forked, or preempted
-//! while still runnable) to it being switched in. The BTF `sched_switch` reads it from the
-//! scheduler's own stamps: `next->sched_info.last_queued` (when the task was queued on this CPU)
-//! against this run queue's clock, which the scheduler set for this switch. That costs no clock
-//! read and no map lookup: each helper call costs more than the rest of the program in a VM. The
-//! raw and classic tracepoints cannot follow kernel pointers cheaply, so they time the wait
-//! themselves: the enqueue time is kept per pid in an LRU hash map shared by all CPUs (wake-up
-//! and switch-in usually happen on different CPUs). Counters are per-CPU.
+//! while still runnable) to it being switched in, both ends stamped with `bpf_ktime_get_ns` as
+//! bcc's `runqlat` does, whatever the hook type. The scheduler's own stamps
+//! (`sched_info.last_queued` against `rq->clock`) cannot serve: when a wake-up preempts the
+//! running task, the scheduler skips its clock update in `__schedule` (`rq_clock_skip_update`,
+//! `RQCF_ACT_SKIP`), so `rq->clock` still holds the time the woken task was queued. The woken
+//! task's wait reads 0 however long the preemption took (an IPI, a return to user space), and the
+//! preempted task is queued at that stale time, its next wait longer by as much.
+//!
+//! Enqueue times are kept per pid in an array shared by all CPUs (wake-up and switch-in usually
+//! happen on different CPUs), used as a hash table of `RUNQUEUE_WAYS`-slot sets: an array lookup
+//! is a bounds check the verifier inlines, where a hash map's is a call costing more than the
+//! rest of the program on a VM. Counters are per-CPU.
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{Array, PerCpuArray},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use collector_common::{
-    CpuSchedCounters, Log2Histogram, layout::TP_TASK_REPORT_MASK, layout::UNKNOWN_OFFSET,
+    CpuSchedCounters, Log2Histogram, WaitingTasks,
+    layout::{TP_TASK_REPORT_MASK, UNKNOWN_OFFSET},
+    sched::{MAX_WAIT_NS, RUNQUEUE_WAYS, waiting_entry, waiting_for, waiting_pid},
 };
 
 use crate::{
+    block::first_slot,
     cgroup,
-    layout::{layout, read_kernel_field, read_tracepoint_field, read_trusted_field},
+    layout::{KernelMemory, layout, read_kernel_field, read_tracepoint_field, read_trusted_field},
     with_slot,
 };
 
-/// pid → time it became runnable (ns, `bpf_ktime_get_ns`), for the raw and classic tracepoints.
-/// Sized by the daemon at load time.
+/// log2 of the number of sets in `RUNQUEUE_WAITING`, written by the daemon with the array's
+/// size (read-only, so the verifier sees a constant).
+#[unsafe(no_mangle)]
+static RUNQUEUE_SET_BITS: u32 = 0;
+
+/// Tasks waiting on a run queue: pid and the time it became runnable (`bpf_ktime_get_ns`), one
+/// set of slots per entry. Sized by the daemon (`--ebpf.runqueue-max-tasks`).
 #[map]
-static RUNQUEUE_ENQUEUED_AT: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+static RUNQUEUE_WAITING: Array<WaitingTasks> = Array::with_max_entries(1, 0);
 
 /// Run-queue latency histogram in nanoseconds, one copy per CPU (index 0).
 #[map]
@@ -78,24 +91,123 @@ fn count_switch(counters: &mut CpuSchedCounters, still_runnable: bool) {
     }
 }
 
-/// Records that `pid` became runnable at `now` (raw and classic tracepoints).
+/// The current time, on the clock both ends of a wait are stamped with.
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: a BPF helper that takes no arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// The set of `RUNQUEUE_WAITING` that `pid` hashes to. Other CPUs read and write it at the same
+/// time: its slots are only read and written whole, with volatile accesses.
+#[inline(always)]
+fn waiting_set(pid: u32) -> Option<*mut u64> {
+    let set = RUNQUEUE_WAITING.get_ptr_mut(first_slot(u64::from(pid), &RUNQUEUE_SET_BITS, 1))?;
+    // SAFETY: a value pointer from a successful lookup: array values live as long as the map.
+    Some(unsafe { (&raw mut (*set).slots).cast::<u64>() })
+}
+
+/// Records that `pid` became runnable at `now`: in its own slot of its set if it has one (woken
+/// again before it ran), else in a free one, else in place of the task waiting longest, whose
+/// wait then goes untimed (counted).
 #[inline(always)]
 fn mark_enqueued(counters: &mut CpuSchedCounters, pid: u32, now: u64) {
     if pid == 0 {
         return; // the idle task is never queued
     }
-    if RUNQUEUE_ENQUEUED_AT.insert(pid, now, 0).is_err() {
-        counters.runqueue_map_full += 1;
+    let Some(set) = waiting_set(pid) else {
+        return;
+    };
+    let mut own = RUNQUEUE_WAYS;
+    let mut free = RUNQUEUE_WAYS;
+    let (mut oldest, mut oldest_for) = (0, 0);
+    for way in 0..RUNQUEUE_WAYS {
+        // SAFETY: `way` is within the set, which `waiting_set` found in the map.
+        let entry = unsafe { core::ptr::read_volatile(set.add(way)) };
+        if entry == 0 {
+            if free == RUNQUEUE_WAYS {
+                free = way;
+            }
+        } else if waiting_pid(entry) == pid {
+            own = way;
+        } else if waiting_for(entry, now) >= oldest_for {
+            (oldest, oldest_for) = (way, waiting_for(entry, now));
+        }
     }
+    let way = if own < RUNQUEUE_WAYS {
+        own
+    } else if free < RUNQUEUE_WAYS {
+        free
+    } else {
+        counters.runqueue_map_full += 1;
+        oldest
+    };
+    for candidate in 0..RUNQUEUE_WAYS {
+        if candidate == way {
+            // SAFETY: `candidate` is within the set, which `waiting_set` found in the map.
+            unsafe { core::ptr::write_volatile(set.add(candidate), waiting_entry(pid, now)) };
+        }
+    }
+}
+
+/// How long `pid` waited on the run queue, if its enqueue was seen; frees its slot.
+#[inline(always)]
+fn take_wait(pid: u32, now: u64) -> Option<u64> {
+    if pid == 0 {
+        return None;
+    }
+    let set = waiting_set(pid)?;
+    for way in 0..RUNQUEUE_WAYS {
+        // SAFETY: `way` is within the set, which `waiting_set` found in the map.
+        let slot = unsafe { set.add(way) };
+        // SAFETY: as above.
+        let entry = unsafe { core::ptr::read_volatile(slot) };
+        if entry != 0 && waiting_pid(entry) == pid {
+            // SAFETY: as above.
+            unsafe { core::ptr::write_volatile(slot, 0) };
+            let waited = waiting_for(entry, now);
+            return (waited < MAX_WAIT_NS).then_some(waited);
+        }
+    }
+    None
+}
+
+/// Whether a switch has a wait to start or end: a task switched out still runnable, or a task
+/// switched in. A task blocking in favour of the idle loop has neither.
+#[inline(always)]
+fn switch_needs_clock(prev_pid: u32, next_pid: u32, still_runnable: bool) -> bool {
+    next_pid != 0 || (still_runnable && prev_pid != 0)
+}
+
+/// The waits of one switch at `now`, whatever the flavour: `prev`, still runnable, starts
+/// waiting; `next` stops. Returns `next`'s wait, if its enqueue was seen.
+#[inline(always)]
+fn time_switch(
+    counters: &mut CpuSchedCounters,
+    prev_pid: u32,
+    next_pid: u32,
+    still_runnable: bool,
+    now: u64,
+) -> Option<u64> {
+    if still_runnable {
+        mark_enqueued(counters, prev_pid, now);
+    }
+    let next_wait = take_wait(next_pid, now);
+    if let Some(wait) = next_wait {
+        record_latency(wait);
+    }
+    next_wait
 }
 
 #[inline(always)]
 fn on_wakeup(pid: u32, new_task: bool) {
-    with_counters(|counters| {
-        count_wakeup(counters, new_task);
-        // SAFETY: a BPF helper that takes no arguments.
-        mark_enqueued(counters, pid, unsafe { bpf_ktime_get_ns() });
-    });
+    with_counters(
+        #[inline(always)]
+        |counters| {
+            count_wakeup(counters, new_task);
+            mark_enqueued(counters, pid, now());
+        },
+    );
 }
 
 /// The raw and classic `sched_switch`. `still_runnable`: the previous task was preempted (or
@@ -108,18 +220,15 @@ fn on_switch(prev_pid: u32, next_pid: u32, still_runnable: bool, prev_exits: boo
         #[inline(always)]
         |counters| {
             count_switch(counters, still_runnable);
-            // One clock read serves the enqueue of `prev`, the latency of `next` and the run
-            // that just ended.
-            // SAFETY: a BPF helper that takes no arguments.
-            let now = unsafe { bpf_ktime_get_ns() };
-            if still_runnable {
-                mark_enqueued(counters, prev_pid, now);
+            let accounting = cgroup::accounting_on();
+            if !accounting && !switch_needs_clock(prev_pid, next_pid, still_runnable) {
+                return;
             }
-            let next_wait = take_wait(next_pid, now);
-            if let Some(wait) = next_wait {
-                record_latency(wait);
-            }
-            if cgroup::accounting_on() {
+            // One clock read serves the enqueue of `prev`, the wait of `next` and the run that
+            // just ended.
+            let now = now();
+            let next_wait = time_switch(counters, prev_pid, next_pid, still_runnable, now);
+            if accounting {
                 switch_running_task(
                     prev_pid,
                     next_pid,
@@ -136,18 +245,6 @@ fn on_switch(prev_pid: u32, next_pid: u32, still_runnable: bool, prev_exits: boo
             }
         },
     );
-}
-
-/// How long `pid` waited on the run queue, if its enqueue was seen; forgets the enqueue.
-#[inline(always)]
-fn take_wait(pid: u32, now: u64) -> Option<u64> {
-    if pid == 0 {
-        return None;
-    }
-    // SAFETY: a value pointer from a successful lookup, read at once.
-    let enqueued_at = unsafe { *RUNQUEUE_ENQUEUED_AT.get_ptr(pid)? };
-    let _ = RUNQUEUE_ENQUEUED_AT.remove(pid);
-    now.checked_sub(enqueued_at)
 }
 
 /// Charges the run that ends at `now` to `prev`'s cgroup, with the wait that preceded it, and
@@ -214,10 +311,10 @@ fn switched_out_state(
     }
 }
 
-/// Latency from the scheduler's own stamps, read where it is about to use them: after this
-/// tracepoint, `sched_info_arrive` adds `rq_clock(rq) - next->sched_info.last_queued` to
-/// `next`'s run delay, and the run queue stays locked in between. A waiting task the load
-/// balancer moves counts from its arrival on the CPU that runs it.
+/// Reads the tasks through the typed pointers the verifier tracks, and times runs for the
+/// cgroups on the run queue's task clock (`rq.clock_task`, as the scheduler's `sum_exec_runtime`:
+/// without IRQ and steal time where the kernel accounts them), read through `prev`'s scheduling
+/// entity: `prev` is on this CPU's run queue, locked until the scheduler's own use of the clock.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
     // Inline, or LLVM may make the body a BPF-to-BPF call with its captures on the stack.
@@ -231,39 +328,37 @@ pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
                 // SAFETY: BTF arguments, and pointers loaded from them, at KERNEL_LAYOUT offsets.
                 |offset| unsafe { read_trusted_field::<u32>(prev, offset) } as u64,
             );
-            count_switch(
-                counters,
-                (ctx.arg::<u64>(0) & 0xff) != 0 || prev_state == TASK_RUNNING,
-            );
-            // This CPU's run queue, through `prev`'s scheduling entity: `prev` is on it.
+            let still_runnable = (ctx.arg::<u64>(0) & 0xff) != 0 || prev_state == TASK_RUNNING;
+            count_switch(counters, still_runnable);
             // SAFETY: BTF arguments, and pointers loaded from them, at KERNEL_LAYOUT offsets.
-            let rq = unsafe {
-                let cfs_rq = read_trusted_field::<u64>(prev, layout!(task_se_cfs_rq));
-                read_trusted_field::<u64>(cfs_rq, layout!(cfs_rq_rq))
+            let (prev_pid, next_pid) = unsafe {
+                (
+                    read_trusted_field::<i32>(prev, layout!(task_pid)) as u32,
+                    read_trusted_field::<i32>(next, layout!(task_pid)) as u32,
+                )
             };
-            // SAFETY: BTF arguments, and pointers loaded from them, at KERNEL_LAYOUT offsets.
-            let next_pid = unsafe { read_trusted_field::<i32>(next, layout!(task_pid)) } as u32;
-            // SAFETY: BTF arguments, and pointers loaded from them, at KERNEL_LAYOUT offsets.
-            let queued_at = unsafe { read_trusted_field::<u64>(next, layout!(task_last_queued)) };
-            let next_wait = if next_pid != 0 && queued_at != 0 {
-                // SAFETY: BTF arguments, and pointers loaded from them, at KERNEL_LAYOUT offsets.
-                unsafe { read_trusted_field::<u64>(rq, layout!(rq_clock)) }.checked_sub(queued_at)
+            let next_wait = if switch_needs_clock(prev_pid, next_pid, still_runnable) {
+                time_switch(counters, prev_pid, next_pid, still_runnable, now())
             } else {
                 None
             };
-            if let Some(wait) = next_wait {
-                record_latency(wait);
-            }
             if cgroup::accounting_on() {
-                // SAFETY: BTF arguments, and pointers loaded from them, at KERNEL_LAYOUT offsets.
-                let prev_pid = unsafe { read_trusted_field::<i32>(prev, layout!(task_pid)) } as u32;
+                let run_clock = if layout!(rq_clock_task) != UNKNOWN_OFFSET {
+                    // SAFETY: BTF arguments, and pointers loaded from them, at KERNEL_LAYOUT
+                    // offsets.
+                    unsafe {
+                        let cfs_rq = read_trusted_field::<u64>(prev, layout!(task_se_cfs_rq));
+                        let rq = read_trusted_field::<u64>(cfs_rq, layout!(cfs_rq_rq));
+                        read_trusted_field::<u64>(rq, layout!(rq_clock_task))
+                    }
+                } else {
+                    now()
+                };
                 switch_running_task(
                     prev_pid,
                     next_pid,
                     next_wait,
-                    // SAFETY: BTF arguments, and pointers loaded from them, at KERNEL_LAYOUT
-                    // offsets.
-                    unsafe { read_trusted_field::<u64>(rq, layout!(rq_clock_task)) },
+                    run_clock,
                     if prev_pid != 0 {
                         // SAFETY: `prev` is a BTF tracepoint argument.
                         unsafe { cgroup::task_cgroup_id(prev) }
@@ -297,31 +392,26 @@ pub fn sched_switch_raw(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-macro_rules! wakeup {
-    ($tracepoint:literal, $btf:ident, $raw:ident, $new_task:expr) => {
-        /// Counts; `sched_switch_btf` reads the wait from the scheduler's own stamps.
-        #[btf_tracepoint(function = $tracepoint)]
-        pub fn $btf(_ctx: BtfTracePointContext) -> i32 {
-            with_counters(|counters| count_wakeup(counters, $new_task));
-            0
+btf_and_raw!(
+    "sched_wakeup",
+    sched_wakeup_btf,
+    sched_wakeup_raw,
+    |ctx, Memory| {
+        if let Some(pid) = Memory::read::<i32>(ctx.arg(0), layout!(task_pid)) {
+            on_wakeup(pid as u32, false);
         }
+    }
+);
 
-        #[raw_tracepoint(tracepoint = $tracepoint)]
-        pub fn $raw(ctx: RawTracePointContext) -> i32 {
-            if let Some(pid) = task_pid(ctx.arg(0)) {
-                on_wakeup(pid, $new_task);
-            }
-            0
-        }
-    };
-}
-
-wakeup!("sched_wakeup", sched_wakeup_btf, sched_wakeup_raw, false);
-wakeup!(
+btf_and_raw!(
     "sched_wakeup_new",
     sched_wakeup_new_btf,
     sched_wakeup_new_raw,
-    true
+    |ctx, Memory| {
+        if let Some(pid) = Memory::read::<i32>(ctx.arg(0), layout!(task_pid)) {
+            on_wakeup(pid as u32, true);
+        }
+    }
 );
 
 btf_and_raw!(

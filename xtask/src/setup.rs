@@ -17,6 +17,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "nftables",                 // dropping packets in the network tests (retransmits, drops)
     "python3-seccomp",          // applying the shipped seccomp profile to the daemon in a test
     "dbus-daemon",              // a private system bus for the systemd and logind collectors' tests
+    "libbpf-tools",             // runqlat, biolatency, hardirqs, softirqs: peers in tests/peers.rs
     "prometheus-alertmanager",  // amtool: checks deploy/amp/alertmanager.yaml
 ];
 

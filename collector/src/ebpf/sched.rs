@@ -4,14 +4,16 @@ use std::{collections::HashMap, sync::Arc};
 
 use anyhow::Context as _;
 use aya::maps::{Array, IterableMap as _, MapData, PerCpuArray};
-use collector_common::{CpuSchedCounters, KernelLayout, Log2Histogram, layout::UNKNOWN_OFFSET};
+use collector_common::{
+    CpuSchedCounters, KernelLayout, Log2Histogram, layout::UNKNOWN_OFFSET, sched::RUNQUEUE_WAYS,
+};
 
 use super::reader::{EbpfCollector, MapReader};
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec, KernelPart},
     ebpf::runtime::{
-        ConfigureContext, EbpfRuntime, Hook, HookType, ObjectSettings, Pairing, batch::BatchReader,
-        histogram, lru_entries, online_cpus, tracepoint_fields,
+        ConfigureContext, EbpfRuntime, Hook, HookType, ObjectSettings, batch::BatchReader,
+        histogram, online_cpus, tracepoint_fields,
     },
     hook,
     metrics::MetricFamily,
@@ -24,26 +26,24 @@ pub static SCHED_SWITCH: Hook = hook!("sched" / "sched_switch",
             layout.tp_sched_switch_prev_state,
             layout.tp_sched_switch_next_pid,
         ]),
-        _ => run_queue_requires(layout, hook_type),
+        _ => task_pid_requires(layout),
     },
     configure: size_waiting_tasks,
 );
 
-/// Wake-ups and forks: the raw and classic flavours time run-queue waits from here.
+/// Wake-ups and forks: run-queue waits are timed from here (and from preemptions).
 pub static SCHED_WAKEUP: Hook = hook!("sched" / "sched_wakeup",
     requires: |layout, hook_type| match hook_type {
         HookType::Tracepoint => tracepoint_fields(&[layout.tp_sched_wakeup_pid]),
-        _ => run_queue_requires(layout, hook_type),
+        _ => task_pid_requires(layout),
     },
-    pairing: WAKEUP_PAIRING,
 );
 
 pub static SCHED_WAKEUP_NEW: Hook = hook!("sched" / "sched_wakeup_new",
     requires: |layout, hook_type| match hook_type {
         HookType::Tracepoint => tracepoint_fields(&[layout.tp_sched_wakeup_new_pid]),
-        _ => run_queue_requires(layout, hook_type),
+        _ => task_pid_requires(layout),
     },
-    pairing: WAKEUP_PAIRING,
 );
 
 pub static SCHED_MIGRATE_TASK: Hook = hook!("sched" / "sched_migrate_task",
@@ -75,44 +75,33 @@ pub const SPEC: CollectorSpec = CollectorSpec {
     build,
 };
 
-/// What the run-queue hooks need from the kernel's layout beyond their tracepoint fields. The
-/// three go together: the raw and classic tracepoint flavours time the wait from wake-up to
-/// switch-in, the BTF one reads the scheduler's stamps.
-fn run_queue_requires(layout: &KernelLayout, hook_type: HookType) -> Option<&'static str> {
-    let unknown = |offset: u32| offset == UNKNOWN_OFFSET;
-    match hook_type {
-        HookType::BtfTracepoint if unknown(layout.task_last_queued) => {
-            Some("task_struct.sched_info.last_queued offset unknown (no CONFIG_SCHED_INFO)")
-        }
-        HookType::BtfTracepoint if unknown(layout.rq_clock) => {
-            Some("no path from a task to its run queue's clock (no CONFIG_FAIR_GROUP_SCHED)")
-        }
-        _ => unknown(layout.task_pid).then_some("task_struct.pid offset unknown (no kernel BTF)"),
-    }
+/// What the BTF and raw run-queue hooks need from the kernel's layout: the pid, which keys the
+/// table of waiting tasks. (The BTF `sched_switch` also times runs for the cgroups on the run
+/// queue's task clock when the kernel has the path to it, else on the wait clock.)
+fn task_pid_requires(layout: &KernelLayout) -> Option<&'static str> {
+    (layout.task_pid == UNKNOWN_OFFSET).then_some("task_struct.pid offset unknown (no kernel BTF)")
 }
 
-/// The raw and classic wake-up programs hand enqueue times to the raw and classic
-/// `sched_switch`, while the BTF one reads the scheduler's own stamps: a BTF wake-up beside a
-/// raw or classic `sched_switch` would leave it no wait to measure.
-const WAKEUP_PAIRING: Pairing = Pairing {
-    with: &SCHED_SWITCH,
-    refuses: |mine, switch| {
-        (mine == HookType::BtfTracepoint && switch != HookType::BtfTracepoint)
-            .then_some("sched_switch is not attached as tp_btf, and the wake-ups time its waits")
-    },
-};
-
-/// The map of tasks waiting on a run queue (pid → enqueue time) the raw and classic flavours
-/// keep (`--ebpf.runqueue-max-tasks`).
+/// The table of tasks waiting on a run queue (pid → when it became runnable) that every hook
+/// type keeps: `--ebpf.runqueue-max-tasks` slots, rounded up to a power of two, in sets of
+/// `RUNQUEUE_WAYS`.
 fn size_waiting_tasks(
     context: &ConfigureContext<'_>,
     settings: &mut ObjectSettings,
 ) -> anyhow::Result<()> {
-    settings.map_size(
-        "RUNQUEUE_ENQUEUED_AT",
-        lru_entries(context.options.runqueue_max_tasks, context.possible_cpus),
-    );
+    let sets = waiting_sets(context.options.runqueue_max_tasks);
+    settings.global("RUNQUEUE_SET_BITS", sets.ilog2());
+    settings.map_size("RUNQUEUE_WAITING", sets);
     Ok(())
+}
+
+/// Sets of the waiting-task table for `slots` slots: a power of two, at most 2^20 sets (every
+/// pid Linux can hand out).
+fn waiting_sets(slots: u32) -> u32 {
+    slots
+        .div_ceil(RUNQUEUE_WAYS as u32)
+        .next_power_of_two()
+        .min(1 << 20)
 }
 
 struct SchedMaps {
@@ -205,7 +194,7 @@ impl MapReader for SchedMaps {
         out.push(
             MetricFamily::counter(
                 "ebpf_runqueue_latency_dropped_total",
-                "Run-queue latency samples lost because the map of waiting tasks was full (raise --ebpf.runqueue-max-tasks).",
+                "Run-queue waits not timed because the table of waiting tasks had no free slot for the task (raise --ebpf.runqueue-max-tasks).",
             )
             .with(std::iter::empty::<(&str, &str)>(), dropped as f64),
         );
@@ -215,34 +204,17 @@ impl MapReader for SchedMaps {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
-    use crate::ebpf::runtime::loader::unpaired;
 
     #[test]
-    fn wake_ups_are_btf_only_beside_a_btf_sched_switch() {
-        let wakeups = [&SCHED_WAKEUP, &SCHED_WAKEUP_NEW];
-        for switch in [HookType::RawTracepoint, HookType::Tracepoint] {
-            let attached = HashMap::from([(SCHED_SWITCH.name, switch)]);
-            for hook in wakeups {
-                assert!(unpaired(hook, HookType::BtfTracepoint, &attached).is_some());
-                assert!(unpaired(hook, HookType::RawTracepoint, &attached).is_none());
-                assert!(unpaired(hook, HookType::Tracepoint, &attached).is_none());
-            }
-        }
-        // Beside a BTF sched_switch, or none at all, any flavour goes.
-        let btf = HashMap::from([(SCHED_SWITCH.name, HookType::BtfTracepoint)]);
-        for attached in [btf, HashMap::new()] {
-            for hook in wakeups {
-                for hook_type in [HookType::BtfTracepoint, HookType::RawTracepoint] {
-                    assert!(unpaired(hook, hook_type, &attached).is_none());
-                }
-            }
-        }
-        // Other hooks are not paired with anything.
-        let raw = HashMap::from([(SCHED_SWITCH.name, HookType::RawTracepoint)]);
-        assert!(unpaired(&SCHED_SWITCH, HookType::BtfTracepoint, &raw).is_none());
+    fn the_waiting_task_table_is_sized_in_whole_sets() {
+        let ways = RUNQUEUE_WAYS as u32;
+        assert_eq!(waiting_sets(16384), 16384 / ways);
+        assert_eq!(waiting_sets(64), 64 / ways);
+        // Rounded up to a power of two of sets, never below one.
+        assert_eq!(waiting_sets(1000), 256);
+        assert_eq!(waiting_sets(1), 1);
+        assert_eq!(waiting_sets(u32::MAX), 1 << 20);
     }
 
     #[test]
@@ -262,12 +234,14 @@ mod tests {
             (SCHED_MIGRATE_TASK.requires)(&layout, HookType::BtfTracepoint),
             None
         );
+        // The pid is all they need: without the path to the run queue's task clock, the BTF
+        // sched_switch times runs on its wait clock.
         let mut known = KernelLayout::UNKNOWN;
         known.task_pid = 1000;
-        assert_eq!(
-            (SCHED_SWITCH.requires)(&known, HookType::RawTracepoint),
-            None
-        );
-        assert!((SCHED_SWITCH.requires)(&known, HookType::BtfTracepoint).is_some());
+        for hook in [&SCHED_SWITCH, &SCHED_WAKEUP, &SCHED_WAKEUP_NEW] {
+            for hook_type in [HookType::BtfTracepoint, HookType::RawTracepoint] {
+                assert_eq!((hook.requires)(&known, hook_type), None, "{hook:?}");
+            }
+        }
     }
 }

@@ -92,14 +92,6 @@ fn fill_from_btf(btf: &Btf, layout: &mut KernelLayout) -> anyhow::Result<()> {
         None => member_offset(btf, &task, "state")?.unwrap_or(UNKNOWN_OFFSET),
     };
     let member = |parent: &Type, name: &str| member_offset(btf, parent, name).ok().flatten();
-    // CONFIG_SCHED_INFO.
-    if let (Some(sched_info), Ok(info)) = (
-        member(&task, "sched_info"),
-        btf.find("sched_info", KIND_STRUCT),
-    ) && let Some(last_queued) = member(&info, "last_queued")
-    {
-        layout.task_last_queued = sched_info + last_queued;
-    }
     // `task->se.cfs_rq->rq`: `cfs_rq.rq` exists with CONFIG_FAIR_GROUP_SCHED.
     let run_queue = || {
         let se = member(&task, "se")?;
@@ -109,11 +101,10 @@ fn fill_from_btf(btf: &Btf, layout: &mut KernelLayout) -> anyhow::Result<()> {
         Some((se + entity_cfs_rq, cfs_rq_rq, rq))
     };
     if let Some((task_se_cfs_rq, cfs_rq_rq, rq)) = run_queue()
-        && let (Some(clock), Some(clock_task)) = (member(&rq, "clock"), member(&rq, "clock_task"))
+        && let Some(clock_task) = member(&rq, "clock_task")
     {
         layout.task_se_cfs_rq = task_se_cfs_rq;
         layout.cfs_rq_rq = cfs_rq_rq;
-        layout.rq_clock = clock;
         layout.rq_clock_task = clock_task;
     }
     // `task->cgroups->dfl_cgrp->kn->id`.
@@ -490,12 +481,10 @@ mod tests {
         fill_from_btf(&btf, &mut layout).unwrap();
         assert_ne!(layout.task_pid, UNKNOWN_OFFSET);
         assert_ne!(layout.task_state, UNKNOWN_OFFSET);
-        // This kernel has CONFIG_SCHED_INFO and CONFIG_FAIR_GROUP_SCHED, as distributions do.
+        // This kernel has CONFIG_FAIR_GROUP_SCHED, as distributions do.
         for offset in [
-            layout.task_last_queued,
             layout.task_se_cfs_rq,
             layout.cfs_rq_rq,
-            layout.rq_clock,
             layout.rq_clock_task,
             layout.task_cgroups,
             layout.css_set_dfl_cgrp,
@@ -504,7 +493,6 @@ mod tests {
         ] {
             assert_ne!(offset, UNKNOWN_OFFSET, "{layout:?}");
         }
-        assert!(layout.rq_clock_task > layout.rq_clock, "{layout:?}");
         assert!(
             layout.task_pid > layout.task_state,
             "pid comes after __state in task_struct"

@@ -81,8 +81,10 @@ pub struct EbpfOptions {
     #[arg(long = "ebpf.empty-programs")]
     pub empty_programs: bool,
 
-    /// Size of the map of tasks waiting on a run queue (pid → enqueue time), which the raw_tp
-    /// and tracepoint scheduler hooks keep; tp_btf reads the scheduler's own stamps.
+    /// Slots of the table of tasks waiting on a run queue (pid → when it became runnable), which
+    /// times run-queue waits (rounded up to a power of two, 8 bytes each). A task that finds
+    /// every slot of its set taken displaces the one waiting longest
+    /// (`ebpf_runqueue_latency_dropped_total`).
     #[arg(long = "ebpf.runqueue-max-tasks", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(64..))]
     pub runqueue_max_tasks: u32,
 
