@@ -30,12 +30,30 @@ const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Collectors without a golden file, and why.
 const NOT_FROM_FILES: &[(&str, &str)] = &[
-    ("ethtool", "SIOCETHTOOL ioctls on live devices, no file (tests/netlink.rs)"),
-    ("logind", "asks logind over D-Bus, no file (tests/dbus.rs, tests/golden/dbus/)"),
-    ("network_route", "reads rtnetlink routes, no file (tests/netlink.rs)"),
-    ("perf", "reads live perf_event_open(2) counters, no file (tests/perf.rs)"),
-    ("systemd", "asks systemd over D-Bus, no file (tests/dbus.rs, tests/golden/dbus/)"),
-    ("tcpstat", "reads inet_diag sockets, no file (tests/netlink.rs)"),
+    (
+        "ethtool",
+        "SIOCETHTOOL ioctls on live devices, no file (tests/netlink.rs)",
+    ),
+    (
+        "logind",
+        "asks logind over D-Bus, no file (tests/dbus.rs, tests/golden/dbus/)",
+    ),
+    (
+        "network_route",
+        "reads rtnetlink routes, no file (tests/netlink.rs)",
+    ),
+    (
+        "perf",
+        "reads live perf_event_open(2) counters, no file (tests/perf.rs)",
+    ),
+    (
+        "systemd",
+        "asks systemd over D-Bus, no file (tests/dbus.rs, tests/golden/dbus/)",
+    ),
+    (
+        "tcpstat",
+        "reads inet_diag sockets, no file (tests/netlink.rs)",
+    ),
     ("time", "reads the clock, no file"),
     ("timex", "reads adjtimex(2), no file"),
     ("uname", "reads uname(2), no file"),
