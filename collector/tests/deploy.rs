@@ -2961,6 +2961,7 @@ fn grafana_provisioning_script_uploads_the_dashboards_wired_to_the_amp_data_sour
     );
     // Each payload is the dashboard file, its data source variable set to the data source: every
     // query of the file names its data source through that variable.
+    let references = Regex::new(r#""datasource":\{"type":"prometheus","uid":"([^"]*)"\}"#).unwrap();
     for (request, file) in requests[4..].iter().zip(&dashboards) {
         let mut dashboard: Value = serde_json::from_str(&read(file)).unwrap();
         let mut wired = 0;
@@ -2980,8 +2981,6 @@ fn grafana_provisioning_script_uploads_the_dashboards_wired_to_the_amp_data_sour
         assert_eq!(request.body["folderUid"], "ebpf-node-collector");
         assert_eq!(request.body["overwrite"], true);
         let text = request.body["dashboard"].to_string();
-        let references =
-            Regex::new(r#""datasource":\{"type":"prometheus","uid":"([^"]*)"\}"#).unwrap();
         assert!(references.is_match(&text), "{}", file.display());
         for reference in references.captures_iter(&text) {
             assert_eq!(&reference[1], "${datasource}", "{}", file.display());
