@@ -627,9 +627,13 @@ fn a_cgroup_deeper_than_path_max_is_skipped_alone() {
         ("pod_uid", pod.uid.as_str()),
         ("container_id", pod.container_id.as_str()),
     ];
+    // The busy loop's CPU time depends on the machine's load: compare with the kernel's own
+    // account of the container, not a fixed amount.
+    let served = scrape.value("ebpf_cgroup_cpu_seconds_total", &labels);
+    let kernel = pod.cpu_seconds();
     assert!(
-        scrape.value("ebpf_cgroup_cpu_seconds_total", &labels) > 0.1,
-        "the other cgroups are still served"
+        kernel > 0.0 && (served - kernel).abs() <= 0.05 * kernel + 0.01,
+        "the other cgroups are still served: {served} s against cpu.stat's {kernel} s"
     );
     assert!(
         scrape.value("ebpf_cgroups_dropped_total", &[("reason", "unresolvable")]) >= 1.0,
