@@ -85,10 +85,16 @@ fn emit_build_info(workspace: &std::path::Path) {
     println!("cargo:rustc-env=COLLECTOR_GIT_REVISION={revision}");
     println!("cargo:rustc-env=COLLECTOR_GIT_BRANCH={branch}");
     println!("cargo:rustc-env=COLLECTOR_RUSTC_VERSION={rustc_version}");
-    for git_file in [".git/HEAD", ".git/refs/heads"] {
-        let path = workspace.join(git_file);
-        if path.exists() {
-            println!("cargo:rerun-if-changed={}", path.display());
+    // Rebuilt when HEAD moves: HEAD itself, the branch it names and packed refs, wherever git
+    // keeps them (a worktree's `.git` is a file naming another directory).
+    let mut watched = vec!["HEAD".to_owned(), "packed-refs".to_owned()];
+    watched.extend(output("git", &["symbolic-ref", "--quiet", "HEAD"]));
+    for name in watched {
+        if let Some(path) = output("git", &["rev-parse", "--git-path", &name]) {
+            let path = workspace.join(path);
+            if path.exists() {
+                println!("cargo:rerun-if-changed={}", path.display());
+            }
         }
     }
 }

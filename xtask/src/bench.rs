@@ -77,6 +77,15 @@ pub struct Options {
     /// target/release/collector.
     #[arg(long)]
     pub binary: Option<PathBuf>,
+    /// Instead of everything else: which libc for the image, by measurement. The image's amd64
+    /// binary (glibc linked statically, as `cargo xtask image` builds it) and a static musl
+    /// build against the regular build (glibc, dynamically linked), scraped in the same run,
+    /// in interleaved rounds: CPU per scrape and resident memory.
+    #[arg(long)]
+    pub static_builds: bool,
+    /// Rounds of `--static-builds` (each scrapes every build `--scrapes` times; medians kept).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    pub build_rounds: u16,
 }
 
 const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
@@ -190,6 +199,94 @@ pub fn run(root: &Path, collector: &Path, options: &Options) -> anyhow::Result<(
     write_report(root, &report)
 }
 
+/// `--static-builds`: the scrape cost of each of `builds` (the first is the reference), every
+/// default collector on, in `rounds` rounds that each scrape every build in turn (the order
+/// rotating), so that the machine's drift falls on all of them alike; the medians and their
+/// ratios to the reference.
+pub fn compare_builds(
+    root: &Path,
+    builds: &[(&str, PathBuf)],
+    options: &Options,
+) -> anyhow::Result<()> {
+    refuse_programs_already_loaded()?;
+    let rounds = usize::from(options.build_rounds);
+    let mut costs: Vec<Vec<ScrapeCost>> = builds.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        eprintln!("round {} of {rounds}...", round + 1);
+        for n in 0..builds.len() {
+            let which = (n + round) % builds.len();
+            let (name, path) = &builds[which];
+            costs[which].push(scrape_cost(name, &mut Command::new(path), options.scrapes)?);
+        }
+    }
+    // A build whose kernel programs did not load (a stale object, say) does less work.
+    let attached: Vec<usize> = costs
+        .iter()
+        .flat_map(|c| c.iter().map(|cost| cost.attached))
+        .collect();
+    if attached.iter().any(|&n| n != attached[0]) {
+        bail!("the builds did not all attach the same kernel programs: {attached:?}");
+    }
+    let median_of = |costs: &[ScrapeCost], value: fn(&ScrapeCost) -> f64| {
+        let mut values: Vec<f64> = costs.iter().map(value).collect();
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    type Row = (&'static str, fn(&ScrapeCost) -> f64);
+    let rows: [Row; 7] = [
+        ("CPU per scrape (ms)", |c| ms(c.cpu_per_scrape)),
+        ("of which in the kernel (ms)", |c| {
+            ms(c.kernel_cpu_per_scrape)
+        }),
+        ("wall time per scrape (ms)", |c| ms(c.wall_per_scrape)),
+        ("resident memory after the scrapes (MiB)", |c| {
+            mib(c.rss_bytes)
+        }),
+        ("peak resident memory (MiB)", |c| mib(c.peak_rss_bytes)),
+        // The same work, or the comparison says nothing.
+        ("series", |c| c.series as f64),
+        ("kernel programs attached", |c| c.attached as f64),
+    ];
+    let names: Vec<&str> = builds.iter().map(|(name, _)| *name).collect();
+    let mut table = format!(
+        "## Builds compared ({rounds} rounds of {} sequential scrapes of each, every default \
+         collector, medians; ratios to {})\n\n| | {} | {} |\n|---|{}\n",
+        options.scrapes,
+        names[0],
+        names.join(" | "),
+        names[1..]
+            .iter()
+            .map(|name| format!("ratio ({name})"))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        "---:|".repeat(2 * names.len() - 1),
+    );
+    let size = |path: &Path| std::fs::metadata(path).map_or(0.0, |m| mib(m.len()));
+    let sizes: Vec<f64> = builds.iter().map(|(_, path)| size(path)).collect();
+    let mut line = |label: &str, values: Vec<f64>| {
+        let ratios: Vec<String> = values[1..]
+            .iter()
+            .map(|v| format!("{:.3}", v / values[0]))
+            .collect();
+        let values: Vec<String> = values.iter().map(|v| format!("{v:.3}")).collect();
+        table += &format!(
+            "| {label} | {} | {} |\n",
+            values.join(" | "),
+            ratios.join(" | ")
+        );
+    };
+    for (label, value) in rows {
+        line(label, costs.iter().map(|c| median_of(c, value)).collect());
+    }
+    line("binary size (MiB)", sizes);
+    println!("\n{table}");
+    let file = root.join("target/bench/builds.md");
+    std::fs::create_dir_all(root.join("target/bench"))?;
+    std::fs::write(&file, &table)?;
+    eprintln!("written to {}", file.display());
+    Ok(())
+}
+
 /// Another collector's programs (a daemon left running, a test) would run in every baseline
 /// and skew every comparison: their names are ours (`sched_switch_btf`, truncated by the kernel).
 fn refuse_programs_already_loaded() -> anyhow::Result<()> {
@@ -235,6 +332,8 @@ struct ScrapeCost {
     peak_rss_bytes: u64,
     body_bytes: usize,
     series: usize,
+    /// Kernel programs attached (`ebpf_program_attached` samples at 1).
+    attached: usize,
     /// The collectors that ran (`node_scrape_collector_success` labels).
     collectors: Vec<String>,
 }
@@ -274,6 +373,10 @@ fn scrape_cost(name: &str, command: &mut Command, scrapes: usize) -> anyhow::Res
         series: body
             .lines()
             .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .count(),
+        attached: body
+            .lines()
+            .filter(|l| l.starts_with("ebpf_program_attached{") && l.ends_with("} 1"))
             .count(),
         collectors: body
             .lines()

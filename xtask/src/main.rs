@@ -1,6 +1,7 @@
-//! Project tasks: `cargo xtask setup | build | run | test | bench | upstream-e2e`.
+//! Project tasks: `cargo xtask setup | build | image | run | test | bench | upstream-e2e`.
 mod bench;
 mod exporter;
+mod image;
 mod setup;
 mod shell;
 mod soak;
@@ -25,12 +26,16 @@ enum Task {
     Setup,
     /// Build the release daemon (kernel programs embedded).
     Build,
+    /// Build the container image for linux/amd64 and linux/arm64 (static binaries, FROM
+    /// scratch) as an OCI layout and an oci-archive under target/image/.
+    Image(image::Options),
     /// Build and run the daemon; arguments after `--` go to the collector.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run the whole test suite: formatting, clippy, unit tests and the root integration tests.
+    /// Run the whole test suite: formatting, clippy, the image (for its tests), unit tests and
+    /// the root integration tests.
     Test {
         /// Extra arguments for `cargo test` (a test-name filter, `--nocapture`...).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -49,6 +54,7 @@ fn main() -> anyhow::Result<()> {
     match Args::parse().task {
         Task::Setup => setup::run(),
         Task::Build => build(),
+        Task::Image(options) => image::run(&root, &options),
         Task::Run { args } => {
             build()?;
             if !setup::is_root() {
@@ -79,6 +85,27 @@ fn main() -> anyhow::Result<()> {
             if !setup::is_root() {
                 anyhow::bail!("the benchmark loads eBPF programs: run it as root");
             }
+            if options.static_builds {
+                let regular = options
+                    .binary
+                    .clone()
+                    .unwrap_or_else(|| image::target_dir(&root).join("release/collector"));
+                image::build_static(image::Arch::Amd64)?;
+                build_musl()?;
+                let builds = [
+                    ("glibc, dynamic", regular),
+                    (
+                        "glibc, static (image)",
+                        image::binary(&root, image::Arch::Amd64),
+                    ),
+                    (
+                        "musl, static",
+                        image::target_dir(&root)
+                            .join("x86_64-unknown-linux-musl/release/collector"),
+                    ),
+                ];
+                return bench::compare_builds(&root, &builds, &options);
+            }
             let collector = options
                 .binary
                 .clone()
@@ -97,6 +124,18 @@ fn main() -> anyhow::Result<()> {
 fn build() -> anyhow::Result<()> {
     setup::run()?;
     shell::cargo(&["build", "--release", "--package", "collector"])
+}
+
+/// The release daemon for musl (static, its own allocator), for `bench --static-builds`.
+fn build_musl() -> anyhow::Result<()> {
+    shell::cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "collector",
+        "--target",
+        "x86_64-unknown-linux-musl",
+    ])
 }
 
 fn test(extra: &[String]) -> anyhow::Result<()> {
@@ -128,6 +167,8 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // collector/tests/image.rs runs it as the DaemonSet does (amd64) and under qemu (arm64).
+    image::run(&shell::workspace_root()?, &image::Options::default())?;
     let mut args = vec!["test", "--workspace"];
     if !extra.is_empty() {
         args.push("--");

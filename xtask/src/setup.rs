@@ -17,8 +17,22 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "nftables",                 // dropping packets in the network tests (retransmits, drops)
     "python3-seccomp",          // applying the shipped seccomp profile to the daemon in a test
     "dbus-daemon",              // a private system bus for the systemd and logind collectors' tests
-    "libbpf-tools",             // runqlat, biolatency, hardirqs, softirqs: peers in tests/peers.rs
     "prometheus-alertmanager",  // amtool: checks deploy/amp/alertmanager.yaml
+    "libbpf-tools",             // runqlat, biolatency, hardirqs, softirqs: peers in tests/peers.rs
+    // The image (`cargo xtask image`): ring's C for arm64 and the static link against glibc.
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
+    "qemu-user-static", // running the arm64 binary in the image test
+    "podman",           // loading and running the image in its test, with runc (crun 1.8 refuses
+    "runc",             // a cgroup v1 host whose cgroup2 hierarchy has a controller)
+    "musl-tools",       // the musl build `cargo xtask bench --static-builds` compares with
+];
+
+/// Rust targets of the stable toolchain: the image's two architectures, and musl for the bench.
+const RUST_TARGETS: &[&str] = &[
+    "x86_64-unknown-linux-gnu",
+    "aarch64-unknown-linux-gnu",
+    "x86_64-unknown-linux-musl",
 ];
 
 /// Validates the rendered Kubernetes manifests against the API schemas it ships (offline); its
@@ -48,7 +62,26 @@ pub fn run() -> anyhow::Result<()> {
     ensure_checkov()?;
     ensure_cfn_lint()?;
     ensure_kustomize()?;
+    ensure_rust_targets()?;
     Ok(())
+}
+
+fn ensure_rust_targets() -> anyhow::Result<()> {
+    let installed = shell::output(Command::new("rustup").args(["target", "list", "--installed"]))
+        .unwrap_or_default();
+    let missing: Vec<&str> = RUST_TARGETS
+        .iter()
+        .copied()
+        .filter(|target| !installed.lines().any(|line| line.trim() == *target))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    shell::run(
+        Command::new("rustup")
+            .args(["target", "add"])
+            .args(&missing),
+    )
 }
 
 pub fn is_root() -> bool {
