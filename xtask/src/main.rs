@@ -2,6 +2,7 @@
 mod bench;
 mod exporter;
 mod image;
+mod kernels;
 mod setup;
 mod shell;
 mod soak;
@@ -43,6 +44,9 @@ enum Task {
     },
     /// Measure scrape cost against node_exporter and the cost of the kernel programs.
     Bench(bench::Options),
+    /// Boot Debian's cloud kernels 5.10, 6.1 and 6.12 in qemu (software emulation) and check
+    /// every eBPF family against each kernel's own counters (docs/kernels.md).
+    Kernels(kernels::Options),
     /// Run the collector on node_exporter's end-to-end fixtures (a checkout of its latest
     /// release) and compare with its expected output, family by family.
     UpstreamE2e(upstream::Options),
@@ -77,6 +81,10 @@ fn main() -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(|| root.join("target/release/collector"));
             upstream::run(&collector, &options)
+        }
+        Task::Kernels(options) => {
+            setup::run()?;
+            kernels::run(&root, &options)
         }
         Task::Bench(options) => {
             if options.binary.is_none() {
@@ -174,5 +182,11 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         args.push("--");
         args.extend(extra.iter().map(String::as_str));
     }
-    shell::cargo(&args)
+    shell::cargo(&args)?;
+    // The kernel matrix (about 2 minutes: three guests under emulation), unless the run was
+    // narrowed to some tests.
+    if extra.is_empty() {
+        kernels::run(&shell::workspace_root()?, &kernels::Options::default())?;
+    }
+    Ok(())
 }

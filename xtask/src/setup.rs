@@ -26,6 +26,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "podman",           // loading and running the image in its test, with runc (crun 1.8 refuses
     "runc",             // a cgroup v1 host whose cgroup2 hierarchy has a controller)
     "musl-tools",       // the musl build `cargo xtask bench --static-builds` compares with
+    // The kernel matrix (`cargo xtask kernels`): guests under software emulation, their
+    // initramfs' shell and tools, 6.12's xz-compressed modules.
+    "qemu-system-x86",
+    "busybox-static",
+    "xz-utils",
 ];
 
 /// Rust targets of the stable toolchain: the image's two architectures, and musl for the bench.

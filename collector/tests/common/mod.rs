@@ -176,6 +176,18 @@ pub fn tool(name: &str) -> std::path::PathBuf {
         .unwrap_or_else(|| panic!("{name} not found on PATH: run `cargo xtask setup`"))
 }
 
+/// Whether the running kernel is `major.minor` or later (by /proc/sys/kernel/osrelease), for
+/// checks of what older kernels lack: tests must pass on every kernel of the matrix
+/// (docs/kernels.md), 5.10 included.
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|part| part.parse::<u32>().unwrap_or(0));
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    version >= (major, minor)
+}
+
 pub fn online_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
