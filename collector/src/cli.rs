@@ -464,6 +464,19 @@ mod tests {
         let cli = parse(&["--ebpf.block-inflight-slots=4096"]).unwrap();
         assert_eq!(cli.options.ebpf.block_inflight_slots, Some(4096));
         assert_eq!(parse(&[]).unwrap().options.ebpf.block_inflight_slots, None);
+        let err = parse(&["--ebpf.histogram-buckets=all"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("possible values: measurable, full"),
+            "{err}"
+        );
+        use crate::ebpf::runtime::histogram::HistogramBuckets;
+        let buckets = |args: &[&str]| parse(args).unwrap().options.ebpf.histogram_buckets;
+        assert_eq!(buckets(&[]), HistogramBuckets::Measurable);
+        assert_eq!(
+            buckets(&["--ebpf.histogram-buckets=full"]),
+            HistogramBuckets::Full
+        );
     }
 
     #[test]

@@ -187,6 +187,26 @@ fn times_writes_with(hook_type: &str) {
     for name in ["ebpf_block_rq_latency_seconds", "ebpf_block_rq_size_bytes"] {
         common::exposition::assert_histogram_consistent(&after, name, &labels);
     }
+    // By default each family exports the buckets its hook can measure (docs/series-cost.md).
+    for (name, lowest, highest, buckets) in [
+        (
+            "ebpf_block_rq_latency_seconds",
+            "1.023e-06",
+            "34.359738367",
+            26,
+        ),
+        ("ebpf_block_rq_size_bytes", "511", "4.294967295e+09", 24),
+    ] {
+        let bucket = format!("{name}_bucket");
+        let bounds: Vec<&str> = after
+            .matching(&bucket, &labels)
+            .map(|sample| sample.labels["le"].as_str())
+            .filter(|le| *le != "+Inf")
+            .collect();
+        assert_eq!(bounds.len(), buckets, "{name}: {bounds:?}");
+        assert_eq!(bounds.first(), Some(&lowest), "{name}: {bounds:?}");
+        assert_eq!(bounds.last(), Some(&highest), "{name}: {bounds:?}");
+    }
     if after.has("ebpf_block_rq_queue_seconds_count") {
         let queued = after.sum("ebpf_block_rq_queue_seconds_count", &[]);
         eprintln!("{hook_type}: {queued} requests with a queue time");

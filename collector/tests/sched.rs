@@ -18,6 +18,8 @@ fn counts_workload_with(hook_type: &str) {
     let daemon = Daemon::start(&[
         &format!("--ebpf.hook-types={hook_type}"),
         "--no-collector.ebpf.irq",
+        // Every slot, down to the 1 ns bucket that would hold waits timed from a stale clock.
+        "--ebpf.histogram-buckets=full",
     ]);
     let before = daemon.scrape();
     common::assert_attached(&before, SCHED_PROGRAMS, hook_type);
@@ -74,7 +76,15 @@ fn counts_workload_with(hook_type: &str) {
     // own count is off the other way too: after a wake-up preemption it skips its clock update,
     // and charges the woken task's wait to the task it preempted.)
     let waited = delta("ebpf_runqueue_latency_seconds_sum", &[]);
-    let zero = delta("ebpf_runqueue_latency_seconds_bucket", &[("le", "1e-09")]);
+    let under_1ns = [("le", "1e-09")];
+    assert!(
+        after
+            .matching("ebpf_runqueue_latency_seconds_bucket", &under_1ns)
+            .next()
+            .is_some(),
+        "no 1 ns bucket with --ebpf.histogram-buckets=full"
+    );
+    let zero = delta("ebpf_runqueue_latency_seconds_bucket", &under_1ns);
     eprintln!(
         "{hook_type}: {samples} samples ({zero} under 1 ns), {waited:.6} s; the ping-pong's \
          threads waited {ping_pong_waited:.6} s"

@@ -17,8 +17,11 @@ use super::reader::{EbpfCollector, MapReader};
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec, KernelPart},
     ebpf::runtime::{
-        ConfigureContext, EbpfRuntime, Hook, HookType, ObjectSettings, batch::BatchReader,
-        histogram, layout::block_dev_path_unknown, tracepoint_fields,
+        ConfigureContext, EbpfRuntime, Hook, HookType, ObjectSettings,
+        batch::BatchReader,
+        histogram::{self, BucketRange},
+        layout::block_dev_path_unknown,
+        tracepoint_fields,
     },
     hook,
     metrics::MetricFamily,
@@ -58,6 +61,17 @@ pub static BLOCK_RQ_COMPLETE: Hook = hook!("block" / "block_rq_complete",
 );
 
 pub static HOOKS: [&Hook; 3] = [&BLOCK_RQ_INSERT, &BLOCK_RQ_ISSUE, &BLOCK_RQ_COMPLETE];
+
+/// Request latency, issue → completion: 1.023 us (no NVMe or virtio device completes sooner;
+/// faster ones, such as null_blk, are counted by that bucket) to 34.36 s, the first bound past
+/// the block layer's default request time-out of 30 s.
+const LATENCY_BUCKETS: BucketRange = BucketRange::slots(9, 34);
+/// Queue time, insert → issue: 255 ns (a request dispatched at once still crosses the insert
+/// and issue tracepoints and the scheduler between them) to 34.36 s, as latency.
+const QUEUE_BUCKETS: BucketRange = BucketRange::slots(7, 34);
+/// Request size: 511 bytes, which counts requests without data (flushes: the smallest with
+/// data is one 512-byte sector), to 4 GiB - 1, the largest the kernel's 32-bit length holds.
+const SIZE_BUCKETS: BucketRange = BucketRange::slots(8, 31);
 
 pub const SPEC: CollectorSpec = CollectorSpec {
     name: "ebpf.block",
@@ -186,16 +200,20 @@ impl MapReader for BlockMaps {
                 "ebpf_block_rq_queue_seconds",
                 "Time block I/O requests waited in the I/O scheduler queue, from insert to issue (requests issued directly are not counted).",
             );
+            let latency_range = runtime.histogram_range(LATENCY_BUCKETS);
+            let size_range = runtime.histogram_range(SIZE_BUCKETS);
+            let queue_range = runtime.histogram_range(QUEUE_BUCKETS);
             for ((device, operation), total) in &totals {
                 let labels = [("device", device.as_str()), ("operation", *operation)];
                 if let Some(h) = &total.latency {
-                    latency.push_histogram(labels, histogram::to_prometheus(h, 1e-9));
+                    latency
+                        .push_histogram(labels, histogram::to_prometheus(h, 1e-9, latency_range));
                 }
                 if let Some(h) = &total.size {
-                    size.push_histogram(labels, histogram::to_prometheus(h, 1.0));
+                    size.push_histogram(labels, histogram::to_prometheus(h, 1.0, size_range));
                 }
                 if let Some(h) = total.queue.as_ref().filter(|h| h.count() > 0) {
-                    queue.push_histogram(labels, histogram::to_prometheus(h, 1e-9));
+                    queue.push_histogram(labels, histogram::to_prometheus(h, 1e-9, queue_range));
                 }
             }
             out.push(latency);
@@ -378,6 +396,22 @@ mod tests {
                 histograms: 16
             },
             "no disks: the floors"
+        );
+    }
+
+    #[test]
+    fn exports_the_bucket_ranges_docs_series_cost_states() {
+        let bounds = |range, unit| {
+            let buckets = histogram::to_prometheus(&Log2Histogram::EMPTY, unit, range).buckets;
+            let bound = |bucket: Option<&(f64, u64)>| bucket.map(|(le, _)| *le);
+            (bound(buckets.first()), bound(buckets.last()), buckets.len())
+        };
+        let (lowest, highest) = (Some(1.023e-6), Some(34.359738367));
+        assert_eq!(bounds(LATENCY_BUCKETS, 1e-9), (lowest, highest, 26));
+        assert_eq!(bounds(QUEUE_BUCKETS, 1e-9), (Some(2.55e-7), highest, 28));
+        assert_eq!(
+            bounds(SIZE_BUCKETS, 1.0),
+            (Some(511.0), Some(4_294_967_295.0), 24)
         );
     }
 

@@ -12,8 +12,10 @@ use super::reader::{EbpfCollector, MapReader};
 use crate::{
     collector::{BuildContext, Collector, CollectorSpec, KernelPart},
     ebpf::runtime::{
-        ConfigureContext, EbpfRuntime, Hook, HookType, ObjectSettings, batch::BatchReader,
-        histogram, online_cpus, tracepoint_fields,
+        ConfigureContext, EbpfRuntime, Hook, HookType, ObjectSettings,
+        batch::BatchReader,
+        histogram::{self, BucketRange},
+        online_cpus, tracepoint_fields,
     },
     hook,
     metrics::MetricFamily,
@@ -63,6 +65,11 @@ pub static HOOKS: [&Hook; 4] = [
     &SCHED_WAKEUP_NEW,
     &SCHED_MIGRATE_TASK,
 ];
+
+/// Run-queue waits, wake-up (or preemption) → switch-in: 127 ns (sub-microsecond waits are real,
+/// but the two tracepoints and the scheduler between them take longer on any CPU) to 34.36 s, as
+/// the block times: a wait of tens of seconds means a starved CPU, and `+Inf` still counts it.
+const RUNQUEUE_LATENCY_BUCKETS: BucketRange = BucketRange::slots(6, 34);
 
 pub const SPEC: CollectorSpec = CollectorSpec {
     name: "ebpf.sched",
@@ -124,7 +131,7 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
 }
 
 impl MapReader for SchedMaps {
-    fn read(&self, _runtime: &EbpfRuntime, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
+    fn read(&self, runtime: &EbpfRuntime, out: &mut Vec<MetricFamily>) -> anyhow::Result<()> {
         let online = online_cpus()?;
 
         let per_cpu = self
@@ -138,7 +145,11 @@ impl MapReader for SchedMaps {
         );
         family.push_histogram(
             std::iter::empty::<(&str, &str)>(),
-            histogram::to_prometheus(&latency, 1e-9),
+            histogram::to_prometheus(
+                &latency,
+                1e-9,
+                runtime.histogram_range(RUNQUEUE_LATENCY_BUCKETS),
+            ),
         );
         out.push(family);
 
@@ -205,6 +216,15 @@ impl MapReader for SchedMaps {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exports_the_bucket_range_docs_series_cost_states() {
+        let latency = Log2Histogram::EMPTY;
+        let buckets = histogram::to_prometheus(&latency, 1e-9, RUNQUEUE_LATENCY_BUCKETS).buckets;
+        assert_eq!(buckets.len(), 29);
+        assert_eq!(buckets.first().map(|(le, _)| *le), Some(1.27e-7));
+        assert_eq!(buckets.last().map(|(le, _)| *le), Some(34.359738367));
+    }
 
     #[test]
     fn the_waiting_task_table_is_sized_in_whole_sets() {

@@ -19,7 +19,11 @@ use aya::{
     },
 };
 
-use super::{Discovery, EbpfOptions, Hook, HookType, ObjectSettings, layout};
+use super::{
+    Discovery, EbpfOptions, Hook, HookType, ObjectSettings,
+    histogram::{BucketRange, HistogramBuckets},
+    layout,
+};
 
 /// The compiled kernel programs (collector-ebpf), built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/collector-ebpf"));
@@ -64,6 +68,8 @@ pub struct EbpfRuntime {
     kernel_layout: collector_common::KernelLayout,
     /// The empty programs are attached instead of ours (`--ebpf.empty-programs`).
     empty_programs: bool,
+    /// `--ebpf.histogram-buckets`: the readers ask it for each family's exported range.
+    histogram_buckets: HistogramBuckets,
 }
 
 /// Run time and run count of one program, from the kernel's BPF statistics.
@@ -135,9 +141,6 @@ impl EbpfRuntime {
         };
 
         let mut attached = HashMap::new();
-        // Hooks paired with another after it: the hook type the other gets decides theirs.
-        let mut hooks = hooks.to_vec();
-        hooks.sort_by_key(|hook| hook.pairing.is_some());
         for hook in hooks {
             match attach_first_accepted(
                 &mut ebpf,
@@ -145,7 +148,6 @@ impl EbpfRuntime {
                 &options.hook_types,
                 btf.as_ref(),
                 &kernel_layout,
-                &attached,
                 options.empty_programs,
             ) {
                 Ok(hook_type) => {
@@ -166,6 +168,7 @@ impl EbpfRuntime {
             drop_reasons,
             kernel_layout,
             empty_programs: options.empty_programs,
+            histogram_buckets: options.histogram_buckets,
         })
     }
 
@@ -234,6 +237,11 @@ impl EbpfRuntime {
             attached.push(name);
         }
         Ok(())
+    }
+
+    /// The `le` buckets to export of a histogram family that can measure `measurable`.
+    pub fn histogram_range(&self, measurable: BucketRange) -> BucketRange {
+        self.histogram_buckets.range(measurable)
     }
 
     /// The hook type `hook` is attached with, if it is.
@@ -320,14 +328,11 @@ fn attach_first_accepted(
     hook_types: &[HookType],
     btf: Option<&Btf>,
     kernel_layout: &collector_common::KernelLayout,
-    attached: &HashMap<&'static str, HookType>,
     empty_programs: bool,
 ) -> Result<HookType, String> {
     let mut reasons = Vec::new();
     for &hook_type in hook_types {
-        let refusal = (hook.requires)(kernel_layout, hook_type)
-            .or_else(|| unpaired(hook, hook_type, attached));
-        let result = match refusal {
+        let result = match (hook.requires)(kernel_layout, hook_type) {
             Some(missing) => Err(anyhow!("{missing}")),
             None => attach(
                 ebpf,
@@ -349,18 +354,6 @@ fn attach_first_accepted(
         reasons.push("no hook types allowed (--ebpf.hook-types)".to_owned());
     }
     Err(reasons.join("; "))
-}
-
-/// Why `hook` cannot be attached as `hook_type` beside the hooks already `attached`, by its
-/// pairing rule (the hook it pairs with is attached first).
-pub fn unpaired(
-    hook: &Hook,
-    hook_type: HookType,
-    attached: &HashMap<&'static str, HookType>,
-) -> Option<&'static str> {
-    let pairing = hook.pairing.as_ref()?;
-    let theirs = attached.get(pairing.with.name)?;
-    (pairing.refuses)(hook_type, *theirs)
 }
 
 /// Loads and attaches the program `name` to `hook` as `hook_type`.

@@ -93,6 +93,11 @@ pub struct EbpfOptions {
     /// that finds both slots of its set taken displaces one (`ebpf_block_rq_dropped_total`).
     #[arg(long = "ebpf.block-inflight-slots", value_name = "SLOTS", value_parser = clap::value_parser!(u32).range(2..=(1 << 21)))]
     pub block_inflight_slots: Option<u32>,
+
+    /// Buckets of the eBPF histograms. Observations outside the exported ones are still counted:
+    /// below them by the lowest bucket, above them by `+Inf`.
+    #[arg(long = "ebpf.histogram-buckets", value_enum, default_value_t = histogram::HistogramBuckets::Measurable)]
+    pub histogram_buckets: histogram::HistogramBuckets,
 }
 
 /// Why the kernel's layout rules out a hook type for a hook, if it does.
@@ -100,8 +105,8 @@ pub type Requirement = fn(&KernelLayout, HookType) -> Option<&'static str>;
 
 /// A kernel tracepoint and everything about it the daemon needs, declared once beside its
 /// subsystem's reader (`ebpf/<subsystem>.rs`), with [`hook!`](crate::hook): the programs
-/// collector-ebpf has for it per hook type, what they need from the kernel's layout, the hook
-/// whose hook type it must match, and the maps it sizes.
+/// collector-ebpf has for it per hook type, what they need from the kernel's layout, and the
+/// maps it sizes.
 pub struct Hook {
     /// tracefs event category (`sched`, `irq`).
     pub category: &'static str,
@@ -112,17 +117,8 @@ pub struct Hook {
     /// Their stand-ins that do nothing (`--ebpf.empty-programs`), `<program>_empty`.
     pub empty_programs: [&'static str; 3],
     pub requires: Requirement,
-    /// Attached after another hook, and refused as some hook types given that one's.
-    pub pairing: Option<Pairing>,
     /// Sets the globals and map sizes its programs use, before the object is loaded.
     pub configure: Option<Configure>,
-}
-
-/// `hook` may only take some hook types given the one `with` was attached with.
-pub struct Pairing {
-    pub with: &'static Hook,
-    /// Why `mine` cannot go beside `theirs`, if it cannot.
-    pub refuses: fn(mine: HookType, theirs: HookType) -> Option<&'static str>,
 }
 
 /// Sets globals and map sizes in [`ObjectSettings`]; an error (a bad flag value) stops the
@@ -144,7 +140,7 @@ pub struct ConfigureContext<'a> {
 #[macro_export]
 macro_rules! hook {
     ($category:literal / $name:literal, requires: $requires:expr
-     $(, pairing: $pairing:expr)? $(, configure: $configure:expr)? $(,)?) => {
+     $(, configure: $configure:expr)? $(,)?) => {
         $crate::ebpf::runtime::Hook {
             category: $category,
             name: $name,
@@ -155,7 +151,6 @@ macro_rules! hook {
                 concat!($name, "_tp_empty"),
             ],
             requires: $requires,
-            pairing: $crate::hook!(@option $($pairing)?),
             configure: $crate::hook!(@option $($configure)?),
         }
     };
