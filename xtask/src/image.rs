@@ -76,7 +76,7 @@ impl Arch {
     }
 
     /// The C cross compiler (ring builds C and assembly) and linker; `None`: the host's.
-    fn cross_gcc(self) -> Option<&'static str> {
+    pub fn cross_gcc(self) -> Option<&'static str> {
         match self {
             Self::Amd64 => None,
             Self::Arm64 => Some("aarch64-linux-gnu"),
@@ -243,12 +243,20 @@ fn assemble(
 /// `cargo build --release --target <arch>` with glibc linked statically; for arm64, with the
 /// Debian cross compiler as C compiler and linker.
 pub fn build_static(arch: Arch) -> anyhow::Result<()> {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.args(["build", "--release", "--package", "collector"]);
+    static_target(&mut command, arch);
+    shell::run(&mut command).with_context(|| format!("building the linux/{} binary", arch.oci()))
+}
+
+/// Makes a cargo `command` build for `arch` with glibc linked statically (`--target` and the
+/// environment); for arm64, with the Debian cross compiler as C compiler and linker.
+pub fn static_target(command: &mut Command, arch: Arch) {
     let triple = arch.triple();
     let upper = triple.to_uppercase().replace('-', "_");
     let lower = triple.replace('-', "_");
-    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command
-        .args(["build", "--release", "--package", "collector", "--target"])
+        .arg("--target")
         .arg(triple)
         // RUSTFLAGS would take the place of the per-target flags below.
         .env_remove("RUSTFLAGS")
@@ -266,7 +274,6 @@ pub fn build_static(arch: Arch) -> anyhow::Result<()> {
             .env(format!("CC_{lower}"), format!("{prefix}-gcc"))
             .env(format!("AR_{lower}"), format!("{prefix}-ar"));
     }
-    shell::run(&mut command).with_context(|| format!("building the linux/{} binary", arch.oci()))
 }
 
 /// A static executable for `arch`: an ELF64 little-endian file of that machine with no program

@@ -1,14 +1,15 @@
 //! `cargo xtask kernels`: the kernel matrix (docs/kernels.md).
 //!
 //! Boots Debian's cloud kernels 5.10 (bullseye-security), 6.1 (bookworm) and 6.12
-//! (bookworm-backports) in qemu-system-x86_64 under software emulation, each with a small
-//! initramfs: busybox-static, the collector and the `kernels` integration test
-//! (collector/tests/kernels.rs) with the shared libraries they link, and the virtio modules for
-//! a scratch disk. Inside, the test runs the collector with each `--ebpf.hook-types` order,
-//! drives a known workload and checks every eBPF family against the kernel's own counters,
-//! printing `MATRIX` lines on the serial console. Here those lines are read, the checks
-//! reported, and the hook types and families each kernel got compared with the table of
-//! docs/kernels.md.
+//! (bookworm-backports) in qemu-system-x86_64 under software emulation, and on request
+//! bookworm's arm64 6.1 in qemu-system-aarch64, each with a small initramfs: busybox-static,
+//! the collector and the `kernels` integration test (collector/tests/kernels.rs) built for the
+//! guest's architecture with the shared libraries they link (none for arm64: built static), and
+//! the virtio modules for a scratch disk. Inside, the test runs the collector with each
+//! `--ebpf.hook-types` order, drives a known workload and checks every eBPF family against the
+//! kernel's own counters, printing `MATRIX` lines on the serial console. Here those lines are
+//! read, the checks reported, and the hook types and families each kernel got compared with the
+//! table of docs/kernels.md.
 //!
 //! The kernels come from Debian's archive through a private apt configuration (its own
 //! sources.list, lists and cache under `~/.cache/collector/kernels`), so the system's apt
@@ -24,11 +25,12 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::shell;
+use crate::{image::Arch, shell};
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// Only these kernels (repeatable or comma-separated: 5.10, 6.1, 6.12); all by default.
+    /// Only these kernels (repeatable or comma-separated: 5.10, 6.1, 6.12, 6.1-arm64); by
+    /// default the x86_64 ones.
     #[arg(long = "kernel", value_delimiter = ',')]
     pub kernels: Vec<String>,
     /// Seconds a guest may run, boot to power-off, before it is stopped as hung.
@@ -40,7 +42,7 @@ impl Options {
     const DEFAULT_TIMEOUT: u64 = 300;
 }
 
-/// Every kernel, with the default timeout: what `cargo xtask test` runs.
+/// The default kernels, with the default timeout: what `cargo xtask test` runs.
 impl Default for Options {
     fn default() -> Self {
         Self {
@@ -50,33 +52,103 @@ impl Default for Options {
     }
 }
 
-/// One kernel of the matrix: Debian's cloud flavour from one suite.
+/// One kernel of the matrix: Debian's cloud flavour from one suite, for one machine.
 struct Kernel {
     name: &'static str,
     suite: &'static str,
     archive: &'static str,
+    machine: &'static Machine,
+    /// Run when no `--kernel` is given (and so by `cargo xtask test`).
+    by_default: bool,
 }
 
-const KERNELS: [Kernel; 3] = [
+const KERNELS: [Kernel; 4] = [
     Kernel {
         name: "5.10",
         suite: "bullseye-security",
         archive: "http://deb.debian.org/debian-security",
+        machine: &AMD64,
+        by_default: true,
     },
     Kernel {
         name: "6.1",
         suite: "bookworm",
         archive: "http://deb.debian.org/debian",
+        machine: &AMD64,
+        by_default: true,
     },
     Kernel {
         name: "6.12",
         suite: "bookworm-backports",
         archive: "http://deb.debian.org/debian",
+        machine: &AMD64,
+        by_default: true,
+    },
+    // Graviton's architecture: the programs are the same bytecode, but the kernel's structure
+    // layouts, its interrupt controller and timer, and its JIT are arm64's. It takes minutes
+    // more (a cross build of the test), so it runs on request.
+    Kernel {
+        name: "6.1-arm64",
+        suite: "bookworm",
+        archive: "http://deb.debian.org/debian",
+        machine: &ARM64,
+        by_default: false,
     },
 ];
 
-/// The package whose dependency names the suite's current kernel image.
-const METAPACKAGE: &str = "linux-image-cloud-amd64";
+/// How guests of one architecture are emulated.
+struct Machine {
+    arch: Arch,
+    qemu: &'static str,
+    /// The Debian package with `qemu`, for the hint when it is missing.
+    qemu_package: &'static str,
+    /// qemu's board and CPU.
+    board: &'static [&'static str],
+    /// The kernel's command line beyond what every guest gets: its serial console first.
+    cmdline: &'static str,
+}
+
+const AMD64: Machine = Machine {
+    arch: Arch::Amd64,
+    qemu: "qemu-system-x86_64",
+    qemu_package: "qemu-system-x86",
+    // QEMU 7.2's emulated cmpxchg16b trips 6.12's boot; the kernels run without it.
+    board: &["-cpu", "max,-cx16"],
+    // Emulated CPUs' TSCs look unsynchronised, which would leave each CPU its own filtered
+    // sched_clock; EC2 instances have a stable one.
+    cmdline: "console=ttyS0 tsc=reliable",
+};
+
+const ARM64: Machine = Machine {
+    arch: Arch::Arm64,
+    qemu: "qemu-system-aarch64",
+    qemu_package: "qemu-system-arm",
+    // Graviton's interrupt controller is a GICv3. Pointer authentication with QEMU's own
+    // algorithm: emulating the architected one (QARMA) made the boot 15 s instead of 4.4 s.
+    board: &[
+        "-machine",
+        "virt,gic-version=3",
+        "-cpu",
+        "max,pauth-impdef=on",
+    ],
+    cmdline: "console=ttyAMA0",
+};
+
+/// The architecture the xtask runs on: its guests use the host's busybox and the host build.
+const HOST_ARCH: Arch = if cfg!(target_arch = "aarch64") {
+    Arch::Arm64
+} else {
+    Arch::Amd64
+};
+
+/// The package whose dependency names the suite's current kernel image (Debian's architecture
+/// names are the OCI ones).
+fn metapackage(arch: Arch) -> String {
+    format!("linux-image-cloud-{}", arch.oci())
+}
+
+/// The guest's shell and tools when its architecture is not the host's.
+const BUSYBOX_PACKAGE: &str = "busybox-static";
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 /// Package lists older than this are fetched again.
 const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -181,12 +253,22 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
     let kernels: Vec<&Kernel> = KERNELS
         .iter()
         .filter(|kernel| {
-            options.kernels.is_empty() || options.kernels.iter().any(|k| k == kernel.name)
+            if options.kernels.is_empty() {
+                kernel.by_default
+            } else {
+                options.kernels.iter().any(|k| k == kernel.name)
+            }
         })
         .collect();
-    let tools = Tools::find()?;
+    let tools = Tools::find(&kernels)?;
     let table = Table::read(&root.join("docs/kernels.md"))?;
-    let binaries = build_guest_binaries()?;
+    let mut builds: Vec<(Arch, GuestBinaries)> = Vec::new();
+    for kernel in &kernels {
+        let arch = kernel.machine.arch;
+        if !builds.iter().any(|(built, _)| *built == arch) {
+            builds.push((arch, build_guest_binaries(arch)?));
+        }
+    }
     let work = root.join("target/kernels");
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let cache = std::env::var_os("XDG_CACHE_HOME")
@@ -203,14 +285,26 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
                 eprintln!("SKIPPED kernel {}: {reason}", kernel.name);
                 Outcome::Skipped(reason)
             }
-            Fetched::Package(deb) => {
+            Fetched::Packages {
+                kernel: deb,
+                busybox,
+            } => {
                 let dir = work.join(kernel.name);
                 let _ = std::fs::remove_dir_all(&dir);
                 std::fs::create_dir_all(&dir)?;
                 let image = unpack(&cache, &deb)?;
+                let busybox = match busybox {
+                    Some(deb) => unpack_deb(&cache, &deb)?.join("bin/busybox"),
+                    None => tools.busybox.clone(),
+                };
+                let binaries = builds
+                    .iter()
+                    .find(|(arch, _)| *arch == kernel.machine.arch)
+                    .map(|(_, binaries)| binaries)
+                    .context("no guest build for the kernel's architecture")?;
                 let initramfs = dir.join("initramfs.cpio");
-                build_initramfs(&tools, &image, &binaries, &initramfs)?;
-                let mut guest = boot(&tools, &image, &initramfs, &dir, options.timeout)?;
+                build_initramfs(&busybox, &image, binaries, &initramfs)?;
+                let mut guest = boot(kernel.machine, &image, &initramfs, &dir, options.timeout)?;
                 if let Some(hang) = guest.hang() {
                     // Seen once in about 50 guests under emulation (docs/kernels.md): the
                     // guest gets one more boot; its first console is kept, and a second hang
@@ -221,7 +315,7 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
                         "  HUNG ({hang}); console kept as {}; booting the guest once more",
                         kept.display()
                     );
-                    guest = boot(&tools, &image, &initramfs, &dir, options.timeout)?;
+                    guest = boot(kernel.machine, &image, &initramfs, &dir, options.timeout)?;
                 }
                 Outcome::Ran(Box::new(evaluate(kernel, &guest, &table)))
             }
@@ -279,12 +373,13 @@ enum Outcome {
 
 /// The host's programs the matrix uses.
 struct Tools {
-    qemu: PathBuf,
+    /// The shell and tools of guests of the host's architecture.
     busybox: PathBuf,
 }
 
 impl Tools {
-    fn find() -> anyhow::Result<Self> {
+    /// Checks that every program the `kernels` need is there.
+    fn find(kernels: &[&Kernel]) -> anyhow::Result<Self> {
         let which = |name: &str| {
             std::env::var_os("PATH")
                 .into_iter()
@@ -292,13 +387,24 @@ impl Tools {
                 .map(|dir| dir.join(name))
                 .find(|candidate| candidate.is_file())
         };
-        for tool in ["apt-get", "apt-cache", "dpkg-deb", "xz", "ldd", "strip"] {
+        for tool in ["apt-get", "apt-cache", "dpkg-deb", "xz", "ldd"] {
             if which(tool).is_none() {
                 bail!("{tool} not found on PATH: run `cargo xtask setup`");
             }
         }
-        let qemu = which("qemu-system-x86_64")
-            .context("qemu-system-x86_64 not found: run `cargo xtask setup` (qemu-system-x86)")?;
+        for machine in kernels.iter().map(|kernel| kernel.machine) {
+            if which(machine.qemu).is_none() {
+                bail!(
+                    "{} not found: run `cargo xtask setup` ({})",
+                    machine.qemu,
+                    machine.qemu_package
+                );
+            }
+            let strip = strip_program(machine.arch);
+            if which(&strip).is_none() {
+                bail!("{strip} not found on PATH: run `cargo xtask setup`");
+            }
+        }
         let busybox = PathBuf::from("/bin/busybox");
         // busybox-static's: the guest has no libc for a dynamic one.
         let dynamic = Command::new("ldd")
@@ -308,20 +414,25 @@ impl Tools {
         if !busybox.is_file() || dynamic {
             bail!("no static /bin/busybox: run `cargo xtask setup` (busybox-static)");
         }
-        Ok(Self { qemu, busybox })
+        Ok(Self { busybox })
     }
 }
 
 // ---- Building what runs in the guest ----
 
-/// The collector and the guest test, as cargo built them.
+/// The collector and the guest test, as cargo built them for one architecture.
 struct GuestBinaries {
+    arch: Arch,
     /// The test's `CARGO_BIN_EXE_collector`: the guest has it at the same path.
     collector: PathBuf,
     test: PathBuf,
+    /// The shared libraries they load, the dynamic loader included.
+    libraries: BTreeSet<PathBuf>,
 }
 
-fn build_guest_binaries() -> anyhow::Result<GuestBinaries> {
+/// For the host's architecture, the debug build the test suite makes anyway; for another, a
+/// static one (glibc linked in, as the image's), so no foreign libraries are needed.
+fn build_guest_binaries(arch: Arch) -> anyhow::Result<GuestBinaries> {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command.args([
         "test",
@@ -332,7 +443,18 @@ fn build_guest_binaries() -> anyhow::Result<GuestBinaries> {
         "--no-run",
         "--message-format=json-render-diagnostics",
     ]);
-    eprintln!("+ cargo test --package collector --test kernels --no-run");
+    let native = arch == HOST_ARCH;
+    if !native {
+        crate::image::static_target(&mut command, arch);
+    }
+    eprintln!(
+        "+ cargo test --package collector --test kernels --no-run{}",
+        if native {
+            String::new()
+        } else {
+            format!(" --target {} (static)", arch.triple())
+        }
+    );
     let output = command
         .stderr(Stdio::inherit())
         .output()
@@ -358,27 +480,51 @@ fn build_guest_binaries() -> anyhow::Result<GuestBinaries> {
             _ => {}
         }
     }
+    let collector = collector.context("cargo named no collector binary")?;
+    let test = test.context("cargo named no `kernels` test binary")?;
+    let mut libraries = BTreeSet::new();
+    for binary in [&collector, &test] {
+        if native {
+            libraries.extend(shared_libraries(binary)?);
+        } else {
+            let bytes =
+                std::fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
+            crate::image::check_static_elf(&bytes, arch)
+                .with_context(|| format!("{} is no static executable", binary.display()))?;
+        }
+    }
     Ok(GuestBinaries {
-        collector: collector.context("cargo named no collector binary")?,
-        test: test.context("cargo named no `kernels` test binary")?,
+        arch,
+        collector,
+        test,
+        libraries,
     })
 }
 
 // ---- Fetching kernels ----
 
 enum Fetched {
-    Package(PathBuf),
+    Packages {
+        kernel: PathBuf,
+        /// The guest's busybox-static, when the host's cannot run there.
+        busybox: Option<PathBuf>,
+    },
     Skipped(String),
 }
 
-/// apt-get and apt-cache with a configuration of their own for `kernel`'s suite.
+/// apt-get and apt-cache with a configuration of their own for `kernel`'s suite and
+/// architecture.
 struct PrivateApt {
     dir: PathBuf,
+    arch: Arch,
 }
 
 impl PrivateApt {
     fn new(cache: &Path, kernel: &Kernel) -> anyhow::Result<Self> {
-        let dir = cache.join("apt").join(kernel.suite);
+        let arch = kernel.machine.arch;
+        let dir = cache
+            .join("apt")
+            .join(format!("{}-{}", kernel.suite, arch.oci()));
         for sub in [
             "etc/sources.list.d",
             "etc/preferences.d",
@@ -399,7 +545,7 @@ impl PrivateApt {
         if !status.exists() {
             std::fs::write(&status, "")?;
         }
-        Ok(Self { dir })
+        Ok(Self { dir, arch })
     }
 
     fn command(&self, program: &str) -> Command {
@@ -413,8 +559,8 @@ impl PrivateApt {
             format!("Dir::State={dir}/state"),
             format!("Dir::State::status={dir}/state/status"),
             format!("Dir::Cache={dir}/cache"),
-            "APT::Architecture=amd64".into(),
-            "APT::Architectures=amd64".into(),
+            format!("APT::Architecture={}", self.arch.oci()),
+            format!("APT::Architectures={}", self.arch.oci()),
             "Acquire::Languages=none".into(),
             "APT::Update::Error-Mode=any".into(),
             "Debug::NoLocking=1".into(),
@@ -435,19 +581,88 @@ impl PrivateApt {
             .duration_since(stamp.modified().ok()?)
             .ok()
     }
+
+    /// `package`'s .deb, downloaded unless an earlier run did (the packages are kept), or why
+    /// there is none.
+    fn download(&self, package: &str) -> anyhow::Result<Result<PathBuf, String>> {
+        let debs = self.dir.join("debs");
+        let existing = || -> Option<PathBuf> {
+            std::fs::read_dir(&debs)
+                .ok()?
+                .flatten()
+                .map(|entry| entry.path())
+                .find(|path| {
+                    path.file_name()
+                        .and_then(|name| name.to_str())
+                        .is_some_and(|name| {
+                            name.starts_with(&format!("{package}_")) && name.ends_with(".deb")
+                        })
+                })
+        };
+        if let Some(deb) = existing() {
+            return Ok(Ok(deb));
+        }
+        eprintln!(
+            "+ apt-get download {package} ({})",
+            self.dir.file_name().unwrap_or_default().to_string_lossy()
+        );
+        let output = self
+            .command("apt-get")
+            .args(["download", "-q", package])
+            .current_dir(&debs)
+            .output()
+            .context("running apt-get download")?;
+        Ok(match existing() {
+            Some(deb) if output.status.success() => Ok(deb),
+            _ => Err(format!(
+                "apt-get download {package} failed: {}",
+                last_lines(&output.stderr, 3)
+            )),
+        })
+    }
 }
 
-/// The suite's current cloud kernel package, downloaded (or an earlier download when the archive
-/// cannot be reached), or why there is none.
+/// The suite's current cloud kernel package and, for a guest the host's busybox cannot run in,
+/// busybox-static: downloaded, or earlier downloads when the archive cannot be reached, or why
+/// there are none.
 fn fetch(cache: &Path, kernel: &Kernel) -> anyhow::Result<Fetched> {
     if !Path::new(KEYRING).is_file() {
         bail!("{KEYRING} is missing: apt-get install debian-archive-keyring");
     }
     let apt = PrivateApt::new(cache, kernel)?;
-    let downloaded = |apt: &PrivateApt| -> Option<PathBuf> {
-        let name = std::fs::read_to_string(apt.dir.join("current")).ok()?;
-        let path = apt.dir.join("debs").join(name.trim());
-        path.is_file().then_some(path)
+    let kernel_deb = match fetch_kernel(&apt, kernel)? {
+        Ok(deb) => deb,
+        Err(reason) => return Ok(Fetched::Skipped(reason)),
+    };
+    let busybox = if kernel.machine.arch == HOST_ARCH {
+        None
+    } else {
+        match apt.download(BUSYBOX_PACKAGE)? {
+            Ok(deb) => Some(deb),
+            Err(reason) => return Ok(Fetched::Skipped(reason)),
+        }
+    };
+    Ok(Fetched::Packages {
+        kernel: kernel_deb,
+        busybox,
+    })
+}
+
+/// The suite's current cloud kernel package (or the one an earlier run used, when the archive
+/// cannot be reached), or why there is none.
+fn fetch_kernel(apt: &PrivateApt, kernel: &Kernel) -> anyhow::Result<Result<PathBuf, String>> {
+    let earlier = |reason: String| -> Result<PathBuf, String> {
+        let name = std::fs::read_to_string(apt.dir.join("current")).ok();
+        match name.map(|name| apt.dir.join("debs").join(name.trim())) {
+            Some(deb) if deb.is_file() => {
+                eprintln!(
+                    "note: {reason}; using {} from an earlier run",
+                    deb.display()
+                );
+                Ok(deb)
+            }
+            _ => Err(reason),
+        }
     };
     if apt.lists_age().is_none_or(|age| age > LISTS_MAX_AGE) {
         let output = apt
@@ -456,28 +671,19 @@ fn fetch(cache: &Path, kernel: &Kernel) -> anyhow::Result<Fetched> {
             .output()
             .context("running apt-get update")?;
         if !output.status.success() {
-            let reason = format!(
+            return Ok(earlier(format!(
                 "apt-get update of {} {} failed: {}",
                 kernel.archive,
                 kernel.suite,
                 last_lines(&output.stderr, 3)
-            );
-            return Ok(match downloaded(&apt) {
-                Some(deb) => {
-                    eprintln!(
-                        "note: {reason}; using {} from an earlier run",
-                        deb.display()
-                    );
-                    Fetched::Package(deb)
-                }
-                None => Fetched::Skipped(reason),
-            });
+            )));
         }
         std::fs::write(apt.dir.join("updated"), "")?;
     }
+    let metapackage = metapackage(apt.arch);
     let depends = apt
         .command("apt-cache")
-        .args(["depends", METAPACKAGE])
+        .args(["depends", &metapackage])
         .output()
         .context("running apt-cache depends")?;
     let text = String::from_utf8_lossy(&depends.stdout);
@@ -487,57 +693,20 @@ fn fetch(cache: &Path, kernel: &Kernel) -> anyhow::Result<Fetched> {
         .find(|name| name.starts_with("linux-image-"))
         .with_context(|| {
             format!(
-                "{METAPACKAGE} in {} names no linux-image package: {}",
+                "{metapackage} in {} names no linux-image package: {}",
                 kernel.suite,
                 last_lines(&depends.stderr, 3)
             )
         })?
         .to_owned();
-    let debs = apt.dir.join("debs");
-    let existing = |debs: &Path| -> Option<PathBuf> {
-        std::fs::read_dir(debs)
-            .ok()?
-            .flatten()
-            .map(|entry| entry.path())
-            .find(|path| {
-                path.file_name()
-                    .and_then(|name| name.to_str())
-                    .is_some_and(|name| {
-                        name.starts_with(&format!("{package}_")) && name.ends_with(".deb")
-                    })
-            })
-    };
-    let deb = match existing(&debs) {
-        Some(deb) => deb,
-        None => {
-            eprintln!("+ apt-get download {package} ({})", kernel.suite);
-            let output = apt
-                .command("apt-get")
-                .args(["download", "-q", &package])
-                .current_dir(&debs)
-                .output()
-                .context("running apt-get download")?;
-            match existing(&debs) {
-                Some(deb) if output.status.success() => deb,
-                _ => {
-                    let reason = format!(
-                        "apt-get download {package} failed: {}",
-                        last_lines(&output.stderr, 3)
-                    );
-                    return Ok(match downloaded(&apt) {
-                        Some(deb) => {
-                            eprintln!("note: {reason}; using {}", deb.display());
-                            Fetched::Package(deb)
-                        }
-                        None => Fetched::Skipped(reason),
-                    });
-                }
-            }
+    Ok(match apt.download(&package)? {
+        Ok(deb) => {
+            let name = deb.file_name().unwrap_or_default().to_string_lossy();
+            std::fs::write(apt.dir.join("current"), name.as_bytes())?;
+            Ok(deb)
         }
-    };
-    let name = deb.file_name().unwrap().to_string_lossy().into_owned();
-    std::fs::write(apt.dir.join("current"), &name)?;
-    Ok(Fetched::Package(deb))
+        Err(reason) => earlier(reason),
+    })
 }
 
 fn last_lines(bytes: &[u8], count: usize) -> String {
@@ -556,9 +725,10 @@ struct KernelImage {
     modules: Vec<(String, PathBuf)>,
 }
 
-fn unpack(cache: &Path, deb: &Path) -> anyhow::Result<KernelImage> {
-    let stem = deb.file_stem().unwrap().to_string_lossy().into_owned();
-    let tree = cache.join("unpacked").join(&stem);
+/// The tree of a package's files, unpacked into the cache once.
+fn unpack_deb(cache: &Path, deb: &Path) -> anyhow::Result<PathBuf> {
+    let stem = deb.file_stem().unwrap_or_default().to_string_lossy();
+    let tree = cache.join("unpacked").join(stem.as_ref());
     let done = tree.join(".unpacked");
     if !done.exists() {
         let _ = std::fs::remove_dir_all(&tree);
@@ -566,6 +736,11 @@ fn unpack(cache: &Path, deb: &Path) -> anyhow::Result<KernelImage> {
         shell::run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tree))?;
         std::fs::write(&done, "")?;
     }
+    Ok(tree)
+}
+
+fn unpack(cache: &Path, deb: &Path) -> anyhow::Result<KernelImage> {
+    let tree = unpack_deb(cache, deb)?;
     let boot = tree.join("boot");
     let vmlinuz = std::fs::read_dir(&boot)
         .with_context(|| format!("reading {}", boot.display()))?
@@ -675,7 +850,7 @@ fn add_module(
 // ---- The initramfs ----
 
 fn build_initramfs(
-    tools: &Tools,
+    busybox: &Path,
     image: &KernelImage,
     binaries: &GuestBinaries,
     out: &Path,
@@ -687,17 +862,12 @@ fn build_initramfs(
         cpio.dir(dir)?;
     }
     cpio.device("dev/console", 5, 1)?;
-    cpio.file("bin/busybox", 0o755, &std::fs::read(&tools.busybox)?)?;
-    let applets =
-        shell::output(Command::new(&tools.busybox).arg("--list")).context("busybox --list")?;
-    for applet in applets.lines().filter(|a| !a.is_empty() && *a != "busybox") {
-        cpio.symlink(&format!("bin/{applet}"), "busybox")?;
-    }
-    let mut libraries = BTreeSet::new();
-    for binary in [&binaries.collector, &binaries.test] {
-        libraries.extend(shared_libraries(binary)?);
-    }
-    for library in &libraries {
+    // The other applets' links are made by init (`busybox --install`): busybox may be of an
+    // architecture the host cannot run to list them.
+    let bytes = std::fs::read(busybox).with_context(|| format!("reading {}", busybox.display()))?;
+    cpio.file("bin/busybox", 0o755, &bytes)?;
+    cpio.symlink("bin/sh", "busybox")?;
+    for library in &binaries.libraries {
         let bytes =
             std::fs::read(library).with_context(|| format!("reading {}", library.display()))?;
         cpio.file(relative(library), 0o755, &bytes)?;
@@ -705,9 +875,13 @@ fn build_initramfs(
     cpio.file(
         relative(&binaries.collector),
         0o755,
-        &stripped(&binaries.collector)?,
+        &stripped(&binaries.collector, binaries.arch)?,
     )?;
-    cpio.file("kernels-test", 0o755, &stripped(&binaries.test)?)?;
+    cpio.file(
+        "kernels-test",
+        0o755,
+        &stripped(&binaries.test, binaries.arch)?,
+    )?;
     let mut load = String::new();
     for (name, path) in &image.modules {
         cpio.file(&format!("modules/{name}.ko"), 0o644, &std::fs::read(path)?)?;
@@ -740,11 +914,17 @@ fn relative(path: &Path) -> &str {
     path.to_str().expect("UTF-8 paths").trim_start_matches('/')
 }
 
+/// The binutils `strip` for `arch`'s executables.
+fn strip_program(arch: Arch) -> String {
+    arch.cross_gcc()
+        .map_or_else(|| "strip".to_owned(), |prefix| format!("{prefix}-strip"))
+}
+
 /// `binary` without its debug information (symbols kept, for backtraces).
-fn stripped(binary: &Path) -> anyhow::Result<Vec<u8>> {
+fn stripped(binary: &Path, arch: Arch) -> anyhow::Result<Vec<u8>> {
     let temporary = binary.with_extension("kernels-stripped");
     shell::run(
-        Command::new("strip")
+        Command::new(strip_program(arch))
             .arg("--strip-debug")
             .arg("-o")
             .arg(&temporary)
@@ -758,8 +938,9 @@ fn stripped(binary: &Path) -> anyhow::Result<Vec<u8>> {
 fn init_script(load_modules: &str) -> String {
     format!(
         r#"#!/bin/sh
+/bin/busybox mount -t proc proc /proc
+/bin/busybox --install -s /bin
 export PATH=/bin HOME=/root
-mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
@@ -911,7 +1092,7 @@ impl Guest {
 }
 
 fn boot(
-    tools: &Tools,
+    machine: &Machine,
     image: &KernelImage,
     initramfs: &Path,
     dir: &Path,
@@ -920,22 +1101,22 @@ fn boot(
     let disk = dir.join("disk.img");
     std::fs::File::create(&disk)?.set_len(16 << 20)?;
     let console = dir.join("console.log");
-    let mut command = Command::new(&tools.qemu);
+    let mut command = Command::new(machine.qemu);
     command
         .args(["-nodefaults", "-no-user-config", "-accel", "tcg"])
-        // QEMU 7.2's emulated cmpxchg16b trips 6.12's boot; the kernels run without it.
-        .args(["-cpu", "max,-cx16", "-smp", "2", "-m", "1536"])
+        .args(machine.board)
+        .args(["-smp", "2", "-m", "1536"])
         .arg("-kernel")
         .arg(&image.vmlinuz)
         .arg("-initrd")
         .arg(initramfs)
-        // Emulated CPUs' TSCs look unsynchronised, which would leave each CPU its own
-        // filtered sched_clock; EC2 instances have a stable one. Warnings and worse reach the
-        // console (a lockup's backtrace among them), and a lockup ends the guest at once.
-        .args([
-            "-append",
-            "console=ttyS0 quiet loglevel=5 panic=-1 softlockup_panic=1 tsc=reliable",
-        ])
+        // Warnings and worse reach the console (a lockup's backtrace among them), and a
+        // lockup ends the guest at once.
+        .arg("-append")
+        .arg(format!(
+            "{} quiet loglevel=5 panic=-1 softlockup_panic=1",
+            machine.cmdline
+        ))
         .arg("-drive")
         .arg(format!(
             "file={},if=none,id=disk,format=raw,cache=unsafe",
@@ -947,12 +1128,11 @@ fn boot(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    eprintln!(
-        "+ qemu-system-x86_64 ... -kernel {}",
-        image.vmlinuz.display()
-    );
+    eprintln!("+ {} ... -kernel {}", machine.qemu, image.vmlinuz.display());
     let started = Instant::now();
-    let mut child = command.spawn().context("starting qemu-system-x86_64")?;
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("starting {}", machine.qemu))?;
     let stdout = child.stdout.take().expect("piped");
     let (sender, receiver) = std::sync::mpsc::channel::<(Instant, String)>();
     let reader = std::thread::spawn(move || {

@@ -44,8 +44,9 @@ enum Task {
     },
     /// Measure scrape cost against node_exporter and the cost of the kernel programs.
     Bench(bench::Options),
-    /// Boot Debian's cloud kernels 5.10, 6.1 and 6.12 in qemu (software emulation) and check
-    /// every eBPF family against each kernel's own counters (docs/kernels.md).
+    /// Boot Debian's cloud kernels 5.10, 6.1 and 6.12 (and on request 6.1 for arm64) in qemu
+    /// (software emulation) and check every eBPF family against each kernel's own counters
+    /// (docs/kernels.md).
     Kernels(kernels::Options),
     /// Run the collector on node_exporter's end-to-end fixtures (a checkout of its latest
     /// release) and compare with its expected output, family by family.

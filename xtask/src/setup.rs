@@ -29,6 +29,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // The kernel matrix (`cargo xtask kernels`): guests under software emulation, their
     // initramfs' shell and tools, 6.12's xz-compressed modules.
     "qemu-system-x86",
+    "qemu-system-arm", // qemu-system-aarch64, for the arm64 guest (`--kernel 6.1-arm64`)
     "busybox-static",
     "xz-utils",
 ];
