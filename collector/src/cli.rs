@@ -11,6 +11,7 @@ use crate::{
     ebpf::runtime::EbpfOptions,
     flags::{self, CollectorFlags, FlagSpec},
     node::unimplemented::IgnoredCollector,
+    server::kube_auth::KubeAuthOptions,
 };
 
 #[derive(Debug, Args)]
@@ -85,6 +86,9 @@ pub struct Options {
 
     #[command(flatten)]
     pub ebpf: EbpfOptions,
+
+    #[command(flatten)]
+    pub kube_auth: KubeAuthOptions,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -126,6 +126,7 @@ async fn run(cli: Cli, systemd_fds: Option<Vec<std::os::fd::OwnedFd>>) -> anyhow
         Some(web) if web.tls_enabled() => tracing::info!(http2 = web.http2(), "TLS is enabled"),
         _ => tracing::info!(http2 = false, "TLS is disabled"),
     }
+    let kube_auth = server::KubeAuth::from_options(&options.kube_auth, web.as_deref()).await?;
 
     let collector_flags = Arc::new(cli.collector_flags);
     let ebpf = start_ebpf(&specs, options, &collector_flags).await?;
@@ -169,7 +170,7 @@ async fn run(cli: Cli, systemd_fds: Option<Vec<std::os::fd::OwnedFd>>) -> anyhow
     };
     server::serve(
         listeners,
-        server::router(Arc::clone(&state), web.clone()),
+        server::router(Arc::clone(&state), web.clone(), kube_auth),
         stopped,
         limits,
         web,

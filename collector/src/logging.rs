@@ -3,7 +3,7 @@
 //! often it repeats, can flood the log.
 use std::{cell::Cell, collections::HashMap, fmt, sync::Mutex, time::Instant};
 
-use tracing::{Event, Level, Subscriber, field::Field};
+use tracing::{Event, Level, Subscriber, field::Field, level_filters::LevelFilter};
 use tracing_subscriber::{
     Layer,
     fmt::{FmtContext, FormatEvent, FormatFields, format::Writer, time::FormatTime},
@@ -23,10 +23,20 @@ pub fn init(level: LogLevel, format: LogFormat) {
     };
     let registry = tracing_subscriber::registry()
         // HTTP/2 (h2) logs every frame at debug: its debug lines would drown the collector's.
+        // kube's client logs every failed request as an error; its callers (the pod watch,
+        // --web.kubernetes-auth) log their failures themselves, once per interval.
         .with(
             tracing_subscriber::filter::Targets::new()
                 .with_default(level)
-                .with_target("h2", std::cmp::min(level, Level::INFO)),
+                .with_target("h2", std::cmp::min(level, Level::INFO))
+                .with_target(
+                    "kube_client::client::builder",
+                    if level == Level::DEBUG {
+                        LevelFilter::DEBUG
+                    } else {
+                        LevelFilter::OFF
+                    },
+                ),
         )
         .with(RateLimit::default());
     let output = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);

@@ -148,7 +148,7 @@ const COMBINATIONS: &[(&str, &str, &[&str])] = &[
     (
         "agent+components",
         "agent",
-        &["networkpolicy", "agent-irsa"],
+        &["networkpolicy", "agent-irsa", "kube-auth"],
     ),
 ];
 
@@ -501,6 +501,7 @@ fn check_components(render: &Render, container: &Value, pod_labels: &Value) {
             container["name"]
         );
     }
+    check_kube_auth(render, container, has("kube-auth"));
     let collector_policy = render
         .find_all("NetworkPolicy")
         .find(|policy| selects(&policy["spec"]["podSelector"], pod_labels));
@@ -528,6 +529,59 @@ fn check_components(render: &Render, container: &Value, pod_labels: &Value) {
                 "{name}: the agent is admitted"
             );
         }
+    }
+}
+
+/// The kube-auth component: the flag, the collector's right to review tokens and access, and
+/// the scrapers' right to get the metrics path (the agent's service account among them).
+fn check_kube_auth(render: &Render, container: &Value, has_kube_auth: bool) {
+    let name = &render.name;
+    let flagged = container["args"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("--web.kubernetes-auth"));
+    assert_eq!(flagged, has_kube_auth, "{name}: --web.kubernetes-auth");
+    let delegator = render
+        .find_all("ClusterRoleBinding")
+        .find(|binding| binding["roleRef"]["name"] == "system:auth-delegator");
+    assert_eq!(delegator.is_some(), has_kube_auth, "{name}");
+    if !has_kube_auth {
+        return;
+    }
+    let account = render.daemonset()["spec"]["template"]["spec"]["serviceAccountName"].clone();
+    assert_eq!(
+        delegator.unwrap()["subjects"],
+        json!([{ "kind": "ServiceAccount", "name": account, "namespace": NAMESPACE }]),
+        "{name}: the collector reviews tokens"
+    );
+    let reader = render.find_named("ClusterRole", "ebpf-node-collector-metrics-reader");
+    // The DaemonSet keeps the default --web.telemetry-path, which the rule names.
+    assert!(
+        !container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|arg| arg.as_str().unwrap().starts_with("--web.telemetry-path")),
+        "{name}"
+    );
+    assert_eq!(
+        reader["rules"],
+        json!([{ "nonResourceURLs": ["/metrics"], "verbs": ["get"] }]),
+        "{name}"
+    );
+    let binding = render.find_named("ClusterRoleBinding", "ebpf-node-collector-metrics-reader");
+    assert_eq!(binding["roleRef"]["name"], reader["metadata"]["name"]);
+    if let Some(agent) = render
+        .find_all("Deployment")
+        .find(|deployment| deployment["metadata"]["name"] == "prometheus-agent")
+    {
+        let agent_account = &agent["spec"]["template"]["spec"]["serviceAccountName"];
+        assert!(
+            binding["subjects"].as_array().unwrap().contains(
+                &json!({ "kind": "ServiceAccount", "name": agent_account, "namespace": NAMESPACE })
+            ),
+            "{name}: the agent may scrape"
+        );
     }
 }
 
@@ -566,9 +620,14 @@ fn check_agent(render: &Render) {
         .find(|volume| volume["configMap"].is_object())
         .expect("a ConfigMap volume");
     let config_map = render.find_named("ConfigMap", volume["configMap"]["name"].as_str().unwrap());
+    let configuration = if render.components.iter().any(|c| c == "kube-auth") {
+        "kube-auth-agent"
+    } else {
+        "agent"
+    };
     assert_eq!(
         yaml_documents(config_map["data"]["prometheus.yaml"].as_str().unwrap()),
-        [scrape_config("agent")],
+        [scrape_config(configuration)],
         "{name}"
     );
     // Pods of the collector's namespace, the only ones its job discovers.
@@ -1334,11 +1393,12 @@ fn pod_interfaces_and_mounts_are_left_out_alike_by_the_collector_rules_and_dashb
 // ---------------------------------------------------------------------------------------------
 // Scrape configurations
 
-/// deploy/amp/scraper.yaml ("scraper"), the job alone ("scrape-job") or the agent overlay's
-/// configuration ("agent").
+/// deploy/amp/scraper.yaml ("scraper"), the job alone ("scrape-job"), the agent overlay's
+/// configuration ("agent") or the kube-auth component's version of it ("kube-auth-agent").
 fn scrape_config(name: &str) -> Value {
     yaml_file(&match name {
         "agent" => deploy_dir().join("kubernetes/overlays/agent/agent.yaml"),
+        "kube-auth-agent" => deploy_dir().join("kubernetes/components/kube-auth/agent.yaml"),
         name => deploy_dir().join(format!("amp/{name}.yaml")),
     })
 }
@@ -1397,6 +1457,33 @@ fn promtool_check_config(name: &str, config: &Value) {
         &output,
         &format!("promtool check config {name} (static targets)"),
     );
+}
+
+/// Where a pod's service-account token is mounted.
+const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+#[test]
+fn kube_auth_agent_configuration_is_the_agents_plus_its_token_and_passes_promtool() {
+    let mut with_token = scrape_config("kube-auth-agent");
+    let job = with_token["scrape_configs"][0].as_object_mut().unwrap();
+    let authorization = job.remove("authorization").expect("an authorization block");
+    assert_eq!(
+        authorization,
+        json!({ "credentials_file": SERVICE_ACCOUNT_TOKEN })
+    );
+    assert_eq!(
+        with_token,
+        scrape_config("agent"),
+        "nothing else differs from the agent overlay's configuration"
+    );
+    // promtool reads the credentials file: a token where the pod would have it.
+    let dir = TempDir::new("kube-auth-agent");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "token").unwrap();
+    let mut config = scrape_config("kube-auth-agent");
+    config["scrape_configs"][0]["authorization"]["credentials_file"] =
+        json!(token.display().to_string());
+    promtool_check_config("kube-auth-agent", &config);
 }
 
 #[test]

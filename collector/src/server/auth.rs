@@ -132,7 +132,7 @@ pub async fn guard(State(guard): State<Arc<Guard>>, request: Request, next: Next
 }
 
 /// Go's `http.Error`: the status text and a newline, as plain text.
-fn plain_error(status: StatusCode) -> Response {
+pub(super) fn plain_error(status: StatusCode) -> Response {
     let body = format!("{}\n", status.canonical_reason().unwrap_or(""));
     (
         status,

@@ -1,10 +1,12 @@
 //! HTTP: a landing page at `/` and the metrics at the telemetry path, gzip-compressed when the
 //! client accepts it, at most `--web.max-requests` scrapes at once (beyond that, 503). How
 //! connections are accepted, bounded and closed is `connections`; `--web.config.file` (TLS, basic
-//! authentication, headers, rate limit) is `web_config`, `tls` and `auth`; `--web.systemd-socket`
-//! is `systemd`.
+//! authentication, headers, rate limit) is `web_config`, `tls` and `auth`; `--web.kubernetes-auth`
+//! (bearer tokens reviewed by the Kubernetes API) is `kube_auth`; `--web.systemd-socket` is
+//! `systemd`.
 mod auth;
 mod connections;
+pub mod kube_auth;
 pub mod systemd;
 mod tls;
 pub mod web_config;
@@ -12,6 +14,7 @@ pub mod web_config;
 use std::{sync::Arc, time::Duration};
 
 pub use connections::{ConnectionLimits, Listener, SHUTDOWN_GRACE, bind, serve};
+pub use kube_auth::KubeAuth;
 pub use web_config::WebConfig;
 
 use axum::{
@@ -42,9 +45,22 @@ pub struct AppState {
 
 /// The routes; with `web`, every request goes through its rate limit, headers and basic
 /// authentication first (after the Host header check, which Go's server makes before any handler).
-pub fn router(state: Arc<AppState>, web: Option<Arc<WebConfig>>) -> Router {
+/// With `kube_auth`, the metrics path also needs an allowed bearer token; the landing page,
+/// which kubelet's probes ask for, does not.
+pub fn router(
+    state: Arc<AppState>,
+    web: Option<Arc<WebConfig>>,
+    kube_auth: Option<Arc<KubeAuth>>,
+) -> Router {
     let telemetry_path = state.telemetry_path.clone();
-    let mut router = Router::new().route(&telemetry_path, get(metrics_handler));
+    let mut metrics = get(metrics_handler);
+    if let Some(kube_auth) = kube_auth {
+        metrics = metrics.route_layer(axum::middleware::from_fn_with_state(
+            kube_auth,
+            kube_auth::require_token,
+        ));
+    }
+    let mut router = Router::new().route(&telemetry_path, metrics);
     if telemetry_path != "/" {
         router = router.route("/", get(landing_page));
     }
@@ -172,7 +188,7 @@ mod tests {
         };
         let server = tokio::spawn(serve(
             listeners.into_iter().map(Listener::from).collect(),
-            router(Arc::clone(&state), None),
+            router(Arc::clone(&state), None, None),
             stopped,
             limits,
             None,
@@ -237,7 +253,7 @@ mod tests {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let server = tokio::spawn(serve(
             listeners.into_iter().map(Listener::from).collect(),
-            router(state, Some(Arc::clone(&web))),
+            router(state, Some(Arc::clone(&web)), None),
             stopped,
             limits,
             Some(web),

@@ -74,7 +74,7 @@ impl FakeApiServer {
 
 /// A CA, and a server certificate for 127.0.0.1 it signed: the server's TLS configuration and
 /// the CA's PEM for the client.
-fn tls_config() -> (Arc<rustls::ServerConfig>, String) {
+pub fn tls_config() -> (Arc<rustls::ServerConfig>, String) {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
