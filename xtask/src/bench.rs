@@ -18,7 +18,11 @@
 //!   (pipe ping-pong), I/O-bound (4 KiB writes + fdatasync), loopback TCP, and connections
 //!   refused on loopback (for the reset and drop programs, whose events TCP traffic lacks). The
 //!   same with programs that do nothing on the same hooks (`--ebpf.empty-programs`) gives the
-//!   floor: what attaching anything at all costs on this kernel.
+//!   floor: what attaching anything at all costs on this kernel. Beside ours, Debian's
+//!   libbpf-tools that share the workload's hooks (`runqlat`, `biolatency`, `hardirqs`,
+//!   `softirqs`), each alone on the same workload (`peers`).
+mod peers;
+
 use std::{
     io::Read as _,
     path::{Path, PathBuf},
@@ -66,6 +70,14 @@ pub struct Options {
     /// Seconds each concurrent-scrape scenario runs (0 skips them).
     #[arg(long, default_value_t = 10)]
     concurrent_seconds: u64,
+    /// Runs with BPF statistics on of each configuration, for ns per event (ours, empty
+    /// programs, each libbpf-tools peer, interleaved); the median of the runs is kept.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    stats_runs: u16,
+    /// Measure Debian's libbpf-tools on the same workloads and hooks, beside our programs
+    /// (`--peers false` skips them).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    peers: bool,
     /// Only the scrape-cost comparisons, without the kernel program workloads.
     #[arg(long)]
     scrape_only: bool,
@@ -193,7 +205,7 @@ pub fn run(root: &Path, collector: &Path, options: &Options) -> anyhow::Result<(
         .iter()
         .filter(|w| options.workload.is_empty() || options.workload.contains(&w.kind))
     {
-        report += &kernel_cost(collector, workload, options.runs.into())?;
+        report += &kernel_cost(collector, workload, options, &root.join("target/bench"))?;
     }
     let _ = std::fs::remove_file(&fsync_file);
     write_report(root, &report)
@@ -693,7 +705,13 @@ const ORDERS: [[usize; 3]; 6] = [
     [1, 0, 2],
 ];
 
-fn kernel_cost(collector: &Path, workload: &Workload, runs: usize) -> anyhow::Result<String> {
+fn kernel_cost(
+    collector: &Path,
+    workload: &Workload,
+    options: &Options,
+    log_dir: &Path,
+) -> anyhow::Result<String> {
+    let runs = usize::from(options.runs);
     eprintln!("{}:", workload.description);
     // Rounds of three runs: without the collector, with it, and with its empty programs
     // attached instead (the floor: what attaching anything at all to the hooks costs), BPF
@@ -735,9 +753,41 @@ fn kernel_cost(collector: &Path, workload: &Workload, runs: usize) -> anyhow::Re
         (percent(2), percent(1), percent(3))
     });
 
-    eprintln!("measuring ns per event from BPF statistics...");
-    let ours = program_costs(collector, workload, Attached::Collector)?;
-    let floors = program_costs(collector, workload, Attached::EmptyPrograms)?;
+    // Ns per event: runs with statistics on, ours, the empty programs and each peer tool in
+    // turn, so that the VM's drift falls on all of them alike. A tool that fails is reported,
+    // never fatal, and not run again.
+    let stats_runs = usize::from(options.stats_runs);
+    let tools = if options.peers {
+        peers::for_workload(workload.kind)
+    } else {
+        &[]
+    };
+    let (mut ours, mut floors) = (Vec::new(), Vec::new());
+    let mut theirs: Vec<anyhow::Result<Vec<Vec<ProgramCost>>>> =
+        tools.iter().map(|_| Ok(Vec::new())).collect();
+    for run in 0..stats_runs {
+        eprintln!(
+            "measuring ns per event from BPF statistics, run {} of {stats_runs}...",
+            run + 1
+        );
+        ours.push(program_costs(collector, workload, Attached::Collector)?);
+        floors.push(program_costs(collector, workload, Attached::EmptyPrograms)?);
+        for (tool, runs) in tools.iter().zip(&mut theirs) {
+            let Ok(done) = runs else { continue };
+            eprintln!("{} alone...", tool.name);
+            match peers::measure(tool, log_dir, || (workload.run)()) {
+                Ok(costs) => done.push(costs),
+                Err(error) => *runs = Err(error.context(format!("{} failed", tool.name))),
+            }
+        }
+    }
+    let ours = median_costs(ours);
+    let floors = median_costs(floors);
+    let theirs: Vec<_> = tools
+        .iter()
+        .zip(theirs)
+        .map(|(tool, runs)| (tool, runs.map(|runs| median_programs(&runs))))
+        .collect();
 
     let mut table = format!(
         "\n## Kernel program cost\n\n\
@@ -747,6 +797,7 @@ fn kernel_cost(collector: &Path, workload: &Workload, runs: usize) -> anyhow::Re
          | workload time, median (ms) | {:.1} | {:.1} | {:.1} |\n\
          | slowdown, median of the rounds (middle half) | | {} | {} |\n\n\
          The collector against empty programs, round by round: {}.\n\n\
+         Ns per event, medians of {stats_runs} run(s) with BPF statistics on:\n\n\
          | program | events during workload | ns per event | ns per event, empty program |\n\
          |---|---:|---:|---:|\n",
         workload.description,
@@ -772,13 +823,16 @@ fn kernel_cost(collector: &Path, workload: &Workload, runs: usize) -> anyhow::Re
     // The programs' run time on all CPUs against the workload's wall time: for a workload on
     // one CPU (the pinned ping-pong), the part of its slowdown spent inside the programs.
     table += &format!(
-        "\nThe programs ran {:.1} ms (all CPUs) during that {:.1} ms run: {:.2}% of its wall time \
-         (empty programs: {:.2}%).\n",
+        "\nThe programs ran {:.1} ms (all CPUs) during a {:.1} ms run (the median run by share): \
+         {:.2}% of its wall time (empty programs: {:.2}%).\n",
         ours.seconds * 1e3,
         ms(ours.run),
         ours.seconds / ours.run.as_secs_f64() * 100.0,
         floors.seconds / floors.run.as_secs_f64() * 100.0,
     );
+    if !theirs.is_empty() {
+        table += &peers::table(&ours.programs, &floors.programs, &theirs, stats_runs);
+    }
     Ok(table)
 }
 
@@ -797,9 +851,62 @@ struct ProgramCosts {
 }
 
 struct ProgramCost {
+    /// The hook's name (ours are labelled by hook).
     program: String,
+    /// As the collector says it: `tp_btf`, `raw_tp`, `tracepoint`.
+    hook_type: String,
     events: f64,
     ns_per_event: f64,
+}
+
+/// The median of runs: each program's median events and ns per event over the runs it ran in,
+/// and the run whose programs took the median share of its wall time.
+fn median_costs(mut runs: Vec<ProgramCosts>) -> ProgramCosts {
+    let programs = median_programs(
+        &runs
+            .iter_mut()
+            .map(|run| std::mem::take(&mut run.programs))
+            .collect::<Vec<_>>(),
+    );
+    runs.sort_by(|a, b| share(a).total_cmp(&share(b)));
+    let middle = runs.swap_remove(runs.len() / 2);
+    ProgramCosts { programs, ..middle }
+}
+
+fn share(costs: &ProgramCosts) -> f64 {
+    costs.seconds / costs.run.as_secs_f64()
+}
+
+/// Each program's median events and ns per event over the runs it ran in, by name.
+fn median_programs(runs: &[Vec<ProgramCost>]) -> Vec<ProgramCost> {
+    let mut names: Vec<&str> = runs
+        .iter()
+        .flatten()
+        .map(|cost| cost.program.as_str())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let of_name: Vec<&ProgramCost> = runs
+                .iter()
+                .flatten()
+                .filter(|cost| cost.program == name)
+                .collect();
+            let middle = |value: fn(&ProgramCost) -> f64| {
+                let mut values: Vec<f64> = of_name.iter().map(|cost| value(cost)).collect();
+                values.sort_by(f64::total_cmp);
+                values[values.len() / 2]
+            };
+            Some(ProgramCost {
+                program: name.to_owned(),
+                hook_type: of_name.first()?.hook_type.clone(),
+                events: middle(|cost| cost.events),
+                ns_per_event: middle(|cost| cost.ns_per_event),
+            })
+        })
+        .collect()
 }
 
 fn program_costs(
@@ -812,6 +919,7 @@ fn program_costs(
     let run = (workload.run)();
     let after = exporter.get()?;
     drop(exporter);
+    let hook_types = attached_hook_types(&after);
     let mut names: Vec<String> = metric_values(&after, "ebpf_program_runs_total")
         .into_iter()
         .map(|(p, _)| p)
@@ -828,6 +936,7 @@ fn program_costs(
         costs.seconds += seconds;
         if events > 0.0 {
             costs.programs.push(ProgramCost {
+                hook_type: hook_types.get(&program).cloned().unwrap_or_default(),
                 program,
                 events,
                 ns_per_event: seconds * 1e9 / events,
@@ -847,6 +956,19 @@ fn metric_values(text: &str, family: &str) -> Vec<(String, f64)> {
             let value = rest.rsplit(' ').next()?.parse().ok()?;
             Some((program.to_owned(), value))
         })
+        .collect()
+}
+
+/// The hook type of each attached program, from `ebpf_program_attached{program,hook_type} 1`.
+fn attached_hook_types(text: &str) -> std::collections::HashMap<String, String> {
+    let label = |labels: &str, name: &str| {
+        let (_, rest) = labels.split_once(&format!("{name}=\""))?;
+        Some(rest.split_once('"')?.0.to_owned())
+    };
+    text.lines()
+        .filter_map(|line| line.strip_prefix("ebpf_program_attached{"))
+        .filter_map(|rest| rest.strip_suffix(" 1"))
+        .filter_map(|labels| Some((label(labels, "program")?, label(labels, "hook_type")?)))
         .collect()
 }
 
