@@ -53,6 +53,9 @@ const REFUSED: usize = 20;
 const ABORTED: usize = 20;
 const DATAGRAMS: usize = 20;
 const CGROUP_SENT: usize = 1 << 20;
+/// Pipe round trips inside the pod, on one CPU: switch-heavy work, where charging each run at
+/// its switch-out must still add up to `cpu.stat` (it once read half of it on 5.10).
+const CGROUP_ROUNDS: usize = 5_000;
 
 #[test]
 fn ebpf_families_agree_with_the_kernels_counters() {
@@ -1025,6 +1028,7 @@ fn check_cgroup(report: &mut Report, daemon: &Daemon, disk: &Path, tag: u8) {
             thread_cpu_seconds()
         });
         let busy = busy.join().unwrap();
+        workload::pipe_ping_pong(CGROUP_ROUNDS, 0);
         direct_writes(&target, WRITES, WRITES);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
