@@ -693,8 +693,111 @@ fn runs_as_the_daemonset_runs_it(privileges: Privileges) {
         privileges == Privileges::Privileged,
         "CapEff {effective:x}"
     );
+
+    // After the start-up peak and some scrapes, its memory fits the DaemonSet's resources.
+    for _ in 0..20 {
+        daemon.get("/metrics");
+    }
+    assert_memory_fits_the_resources(&pid, &container["resources"]);
     drop(daemon);
     podman.run(&["rm", "--force", "--time", "0", &name]);
+}
+
+/// What the container's memory limit charges for `pid`, against the DaemonSet's memory request
+/// and limit (docs/deploying.md, "Resources"): its resident memory (now, and the start-up peak)
+/// plus its eBPF maps, which kernels from 5.11 charge to the pod's memory cgroup but not to its
+/// RSS. The request covers what it holds now; the limit twice the peak, the room left for the
+/// per-CPU maps, disks and series of a node much larger than the test machine.
+fn assert_memory_fits_the_resources(pid: &str, resources: &Value) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let bytes = |key: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status:\n{status}"))
+            * 1024
+    };
+    let maps = bpf_map_bytes(pid);
+    let steady = bytes("VmRSS:") + maps;
+    let peak = bytes("VmHWM:") + maps;
+    let request = quantity_bytes(&resources["requests"]["memory"]);
+    let limit = quantity_bytes(&resources["limits"]["memory"]);
+    let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+    let measured = format!(
+        "resident {:.1} MiB, peak {:.1} MiB, eBPF maps {:.1} MiB",
+        mib(bytes("VmRSS:")),
+        mib(bytes("VmHWM:")),
+        mib(maps)
+    );
+    eprintln!("{measured}");
+    assert!(
+        steady <= request,
+        "{measured}: above the memory request {}",
+        resources["requests"]["memory"]
+    );
+    assert!(
+        2 * peak <= limit,
+        "{measured}: the memory limit {} is not twice the peak",
+        resources["limits"]["memory"]
+    );
+}
+
+/// The kernel memory of the eBPF maps `pid` holds, from its descriptors' `memlock`.
+fn bpf_map_bytes(pid: &str) -> u64 {
+    let descriptors = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
+    let mut total = 0;
+    for descriptor in descriptors.flatten() {
+        if std::fs::read_link(descriptor.path())
+            .is_ok_and(|target| target == Path::new("anon_inode:bpf-map"))
+        {
+            let info = std::fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                descriptor.file_name().to_string_lossy()
+            ))
+            .unwrap_or_default();
+            total += info
+                .lines()
+                .find_map(|line| line.strip_prefix("memlock:"))
+                .and_then(|bytes| bytes.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    assert!(total > 0, "no eBPF maps among the descriptors of {pid}");
+    total
+}
+
+/// A Kubernetes memory quantity in bytes: an integer with a binary (`Mi`) or decimal (`M`)
+/// suffix, or none.
+fn quantity_bytes(quantity: &Value) -> u64 {
+    let text = quantity
+        .as_str()
+        .unwrap_or_else(|| panic!("a quantity string: {quantity}"));
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let multiplier: u64 = match &text[digits.len()..] {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        suffix => panic!("{text}: suffix {suffix:?} not read here"),
+    };
+    let number: u64 = digits.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
+    number * multiplier
+}
+
+#[test]
+fn memory_quantities_are_read_as_kubernetes_reads_them() {
+    for (text, bytes) in [
+        ("64Mi", 64 << 20),
+        ("1Gi", 1 << 30),
+        ("128M", 128_000_000),
+        ("4096", 4096),
+    ] {
+        assert_eq!(quantity_bytes(&Value::from(text)), bytes, "{text}");
+    }
 }
 
 #[test]
