@@ -413,27 +413,10 @@ fn names_pods_and_containers_from_the_api(access: ApiAccess, tag: u8) {
             ])
         }
         ApiAccess::InCluster => {
-            let script = format!(
-                "mount -t tmpfs none /run && d=/var/run/secrets/kubernetes.io/serviceaccount && \
-                 mkdir -p $d && cp '{}' $d/ca.crt && printf test-token > $d/token && \
-                 printf default > $d/namespace && exec \"$@\"",
-                ca_file.display()
-            );
-            let mut command = Command::new(common::tool("unshare"));
+            let mut command =
+                common::kube_api::in_cluster_command(&ca_file, "test-token", server.port);
             command
-                .args([
-                    "--mount",
-                    "--propagation",
-                    "private",
-                    "sh",
-                    "-c",
-                    &script,
-                    "sh",
-                ])
-                .arg(common::daemon::BINARY)
                 .args(["--collector.disable-defaults", "--collector.ebpf.cgroup"])
-                .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
-                .env("KUBERNETES_SERVICE_PORT", server.port.to_string())
                 .env("NODE_NAME", "test-node");
             Daemon::spawn(command)
         }

@@ -12,7 +12,7 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener},
     path::PathBuf,
-    process::{Command, Stdio},
+    process::Command,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -620,30 +620,8 @@ fn in_cluster_with_the_pods_service_account() {
     let dir = TempDir::new("kube-auth-in-cluster");
     let ca = dir.path().join("ca.crt");
     std::fs::write(&ca, &server.ca_pem).unwrap();
-    // As in a pod: the service account's token and CA under /var/run/secrets (a tmpfs in a mount
-    // namespace of the daemon's own) and KUBERNETES_SERVICE_HOST/_PORT; no kubeconfig.
-    let script = format!(
-        "mount -t tmpfs none /run && d=/var/run/secrets/kubernetes.io/serviceaccount && \
-         mkdir -p $d && cp '{}' $d/ca.crt && printf {DAEMON_TOKEN} > $d/token && \
-         printf default > $d/namespace && exec \"$@\"",
-        ca.display()
-    );
-    let mut command = Command::new(common::tool("unshare"));
-    command
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &script,
-            "sh",
-        ])
-        .arg(common::daemon::BINARY)
-        .arg("--web.kubernetes-auth")
-        .args(COLLECTORS)
-        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
-        .env("KUBERNETES_SERVICE_PORT", server.port.to_string());
+    let mut command = common::kube_api::in_cluster_command(&ca, DAEMON_TOKEN, server.port);
+    command.arg("--web.kubernetes-auth").args(COLLECTORS);
     let daemon = Daemon::spawn(command);
     assert_eq!(
         status(&daemon, SCRAPER.token),
@@ -670,36 +648,13 @@ fn in_cluster_with_the_pods_service_account() {
 
 /// Runs the daemon with `args` and `env`: its exit status and log, if it exits within 20 s.
 fn start_failing(args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
-    let mut child = Command::new(common::daemon::BINARY)
+    let mut command = Command::new(common::daemon::BINARY);
+    command
         .args(args)
         .args(COLLECTORS)
-        .arg("--web.listen-address=127.0.0.1:0")
         .env_remove("KUBERNETES_SERVICE_HOST")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            panic!("the daemon did not stop with {args:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
-    (status, log)
+        .envs(env.iter().copied());
+    common::daemon::run_to_exit(command)
 }
 
 #[test]

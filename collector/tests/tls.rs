@@ -11,7 +11,7 @@ use std::{
     net::{SocketAddr, TcpStream},
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -665,34 +665,11 @@ fn certificate_rotation_without_restart() {
 /// Runs the daemon with `web.yml` = `contents`: its exit status and log, if it exits within 20 s.
 fn start_with(pki: &Pki, contents: &str) -> (std::process::ExitStatus, String) {
     let config = pki.write("web.yml", contents);
-    let mut child = Command::new(common::daemon::BINARY)
+    let mut command = Command::new(common::daemon::BINARY);
+    command
         .arg(format!("--web.config.file={}", config.display()))
-        .arg("--web.listen-address=127.0.0.1:0")
-        .args(COLLECTORS)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            panic!("the daemon did not stop with:\n{contents}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
-    (status, log)
+        .args(COLLECTORS);
+    common::daemon::run_to_exit(command)
 }
 
 #[test]

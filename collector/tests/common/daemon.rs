@@ -130,6 +130,38 @@ impl Daemon {
     }
 }
 
+/// Runs `command`, the collector expected to stop by itself (refusing a flag or a file), on a
+/// loopback port: its exit status and log. Panics if it still runs after 20 s.
+pub fn run_to_exit(mut command: Command) -> (ExitStatus, String) {
+    command
+        .arg("--web.listen-address=127.0.0.1:0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
+    // Read while it runs: a log larger than the pipe would otherwise hold it up.
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        let _ = stderr.read_to_string(&mut log);
+        log
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for the collector") {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("the collector did not stop within 20 s: {command:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status, reader.join().expect("reading the log"))
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {

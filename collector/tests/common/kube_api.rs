@@ -147,3 +147,32 @@ fn read_head(stream: &mut impl Read) -> Option<String> {
     }
     Some(String::from_utf8_lossy(&head).into_owned())
 }
+
+/// The collector as a pod runs it: in a mount namespace of its own, the service account's CA and
+/// `token` under /var/run/secrets (a tmpfs over /run) and `KUBERNETES_SERVICE_HOST`/`_PORT`
+/// naming `port` on loopback; no kubeconfig. Needs root; the caller adds the collector's
+/// arguments.
+pub fn in_cluster_command(ca: &std::path::Path, token: &str, port: u16) -> std::process::Command {
+    let script = format!(
+        "mount -t tmpfs none /run && d=/var/run/secrets/kubernetes.io/serviceaccount && \
+         mkdir -p $d && cp '{}' $d/ca.crt && printf '%s' \"$TOKEN\" > $d/token && \
+         printf default > $d/namespace && unset TOKEN && exec \"$@\"",
+        ca.display()
+    );
+    let mut command = std::process::Command::new(super::tool("unshare"));
+    command
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ])
+        .arg(super::daemon::BINARY)
+        .env("TOKEN", token)
+        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        .env("KUBERNETES_SERVICE_PORT", port.to_string());
+    command
+}
