@@ -375,6 +375,13 @@ impl SysDir {
         File::open(path).map(Self)
     }
 
+    /// The directory's inode number. sysfs gives a device's directory a new one when the device
+    /// is created again, so it tells a device from a later one of the same name.
+    pub fn inode(&self) -> std::io::Result<u64> {
+        use std::os::unix::fs::MetadataExt as _;
+        Ok(self.0.metadata()?.ino())
+    }
+
     /// [`sys_attribute`] of the file `name` in this directory.
     pub fn attribute(&self, name: &CStr) -> std::io::Result<String> {
         // SAFETY: the directory fd is open for self's lifetime and `name` is NUL-terminated.

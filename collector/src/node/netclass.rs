@@ -1,7 +1,13 @@
 //! `netclass`: network device properties from /sys/class/net/<iface>/*, as node_exporter's
-//! netclass collector; with `--collector.netclass.netlink`, from rtnetlink and ethtool netlink
-//! instead (the `rtnl` module, upstream's netclass_rtnl_linux.go).
-use std::{collections::BTreeMap, ffi::CStr, path::PathBuf, sync::Arc};
+//! netclass collector (most of them, with the same values, from one rtnetlink link dump when
+//! that is the kernel's sysfs: the `link_dump` module); with `--collector.netclass.netlink`, from
+//! rtnetlink and ethtool netlink instead (the `rtnl` module, upstream's netclass_rtnl_linux.go).
+use std::{
+    collections::BTreeMap,
+    ffi::{CStr, OsStr},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use anyhow::Context as _;
 use regex::Regex;
@@ -19,6 +25,7 @@ const IGNORE_INVALID_SPEED: &str = "collector.netclass.ignore-invalid-speed";
 const NETLINK: &str = "collector.netclass.netlink";
 const RTNL_WITH_STATS: &str = "collector.netclass_rtnl.with-stats";
 
+mod link_dump;
 mod rtnl;
 
 pub const SPEC: CollectorSpec = CollectorSpec {
@@ -56,6 +63,8 @@ struct NetclassCollector {
     ignore_invalid_speed: bool,
     /// `--collector.netclass.netlink`'s mode, which then replaces the sysfs one.
     netlink: Option<rtnl::Rtnl>,
+    /// The sysfs mode's source of most attributes, when `class_net` is the kernel's sysfs.
+    link_dump: Option<link_dump::LinkDump>,
 }
 
 fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
@@ -94,11 +103,14 @@ fn build(context: &BuildContext) -> anyhow::Result<Arc<dyn Collector>> {
             left_out,
         }
     });
+    let link_dump =
+        (netlink.is_none() && link_dump::is_sysfs(&class_net)).then(link_dump::LinkDump::new);
     Ok(Arc::new(NetclassCollector {
         class_net,
         ignored,
         ignore_invalid_speed: context.flags.bool(IGNORE_INVALID_SPEED),
         netlink,
+        link_dump,
     }))
 }
 
@@ -176,13 +188,24 @@ const PROPERTIES: &[(&str, &CStr, MetricType)] = &[
 /// unreadable attributes (EINVAL for the speed of a down link...) are absent, numbers that do
 /// not parse (Go's base-0 `ParseInt`) are 0, other read errors fail. Only the attributes the
 /// metrics use are read (procfs also reads `addr_len` and `phys_*`, which nothing exports), each
-/// opened by name in the interface's directory.
-fn read_interface(path: &std::path::Path) -> anyhow::Result<Interface> {
+/// opened by name in the interface's directory; those this scrape's link dump carries (`links`)
+/// are taken from it instead.
+fn read_interface(
+    path: &Path,
+    name: &OsStr,
+    links: Option<&mut link_dump::Links>,
+) -> anyhow::Result<Interface> {
     let dir = read::SysDir::open(path).with_context(|| format!("reading {}", path.display()))?;
     let mut interface = Interface::default();
-    let strings = STRING_ATTRIBUTES.iter().map(|a| (*a, true));
-    let numbers = NUMBER_ATTRIBUTES.iter().map(|a| (*a, false));
-    for (attribute, is_string) in strings.chain(numbers) {
+    let from_files = links.and_then(|links| links.fill(name, &dir, &mut interface));
+    let every_attribute = || {
+        STRING_ATTRIBUTES
+            .iter()
+            .chain(NUMBER_ATTRIBUTES)
+            .copied()
+            .collect()
+    };
+    for attribute in from_files.unwrap_or_else(every_attribute) {
         let value = match dir.attribute(attribute) {
             Ok(value) => value,
             Err(error) if read::is_unavailable(&error) => continue,
@@ -191,7 +214,7 @@ fn read_interface(path: &std::path::Path) -> anyhow::Result<Interface> {
                 return Err(error).with_context(|| format!("reading {}", file.display()));
             }
         };
-        if is_string {
+        if STRING_ATTRIBUTES.contains(&attribute) {
             interface.strings.insert(attribute, value);
         } else {
             // procfs' ValueParser.PInt64 yields 0 for a number that does not parse.
@@ -216,23 +239,32 @@ impl Collector for NetclassCollector {
                 return Err(error).with_context(|| format!("reading {}", self.class_net.display()));
             }
         };
-        let mut interfaces = BTreeMap::new();
+        let mut devices = Vec::new();
         for entry in entries {
             let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
             // Devices are symlinks or directories; bonding_masters is a regular file.
-            if entry.file_type()?.is_file()
-                || self.ignored.as_ref().is_some_and(|re| re.is_match(&name))
-            {
+            if !entry.file_type()?.is_file() {
+                devices.push(entry.file_name());
+            }
+        }
+        let mut links = self
+            .link_dump
+            .as_ref()
+            .and_then(|dump| dump.links(&devices));
+        let mut interfaces = BTreeMap::new();
+        for device in &devices {
+            let name = device.to_string_lossy().into_owned();
+            if self.ignored.as_ref().is_some_and(|re| re.is_match(&name)) {
                 continue;
             }
-            match read_interface(&entry.path()) {
+            let path = self.class_net.join(device);
+            match read_interface(&path, device, links.as_mut()) {
                 Ok(interface) => {
                     interfaces.insert(name, interface);
                 }
                 // Removed while we read it (pod veths come and go all the time): skipped, as
                 // if the listing had not had it.
-                Err(error) if !entry.path().exists() => {
+                Err(error) if !path.exists() => {
                     tracing::debug!(
                         device = name,
                         err = format!("{error:#}"),
@@ -324,7 +356,7 @@ mod tests {
         std::fs::write(dir.join("speed"), "garbage\n").unwrap();
         std::fs::write(dir.join("address"), "  aa:bb:cc:dd:ee:ff \n").unwrap();
         std::fs::write(dir.join("uevent"), "INTERFACE=x\n").unwrap();
-        let interface = read_interface(&dir).unwrap();
+        let interface = read_interface(&dir, OsStr::new("x"), None).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(interface.numbers.get(c"flags"), Some(&4099));
         assert_eq!(interface.numbers.get(c"mtu"), Some(&1500));
@@ -358,6 +390,7 @@ mod tests {
             ignored: None,
             ignore_invalid_speed: false,
             netlink: None,
+            link_dump: None,
         };
         let mut out = Vec::new();
         collector.update(&mut out).unwrap();
@@ -374,6 +407,7 @@ mod tests {
             ignored: None,
             ignore_invalid_speed: false,
             netlink: None,
+            link_dump: None,
         };
         let error = collector.update(&mut Vec::new()).unwrap_err();
         assert!(error.downcast_ref::<NoData>().is_some());

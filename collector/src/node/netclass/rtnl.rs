@@ -90,8 +90,9 @@ const ETHTOOL_A_BITSET_MASK: u16 = 5;
 
 /// `IF_OPER_UP`.
 const OPER_UP: u8 = 6;
-/// upstream's `operstateStr`, indexed by `IF_OPER_*`.
-const OPERSTATES: [&str; 7] = [
+/// upstream's `operstateStr`, indexed by `IF_OPER_*`: the kernel's own names, as sysfs'
+/// `operstate` shows them.
+pub(super) const OPERSTATES: [&str; 7] = [
     "unknown",
     "notpresent",
     "down",
@@ -119,31 +120,33 @@ pub(super) struct Rtnl {
     pub(super) left_out: Vec<&'static str>,
 }
 
-/// One link of the dump: what upstream's `LinkMessage` decodes and the metrics use.
+/// One link of the dump: what upstream's `LinkMessage` decodes and the metrics use (the sysfs
+/// mode takes its attributes from it too: `link_dump`).
 #[derive(Debug, Default, PartialEq)]
-struct Link {
+pub(super) struct Link {
     /// `ifi_type` (ARPHRD_*).
-    kind: u16,
-    index: u32,
-    flags: u32,
+    pub(super) kind: u16,
+    pub(super) index: u32,
+    pub(super) flags: u32,
     /// As the kernel sent it (for the sysfs path); labels get it as valid UTF-8.
-    name: Vec<u8>,
-    address: Vec<u8>,
-    broadcast: Vec<u8>,
-    alias: Option<String>,
-    altnames: Vec<Vec<u8>>,
-    carrier: Option<u8>,
-    carrier_changes: Option<u32>,
-    carrier_up_count: Option<u32>,
-    carrier_down_count: Option<u32>,
-    link_mode: Option<u8>,
-    mtu: u32,
-    group: Option<u32>,
-    operstate: u8,
-    tx_queue_len: Option<u32>,
-    /// `IFLA_LINK`, 0 when absent.
-    iflink: u32,
-    stats64: Option<Counters>,
+    pub(super) name: Vec<u8>,
+    pub(super) address: Vec<u8>,
+    pub(super) broadcast: Vec<u8>,
+    /// As the kernel sent it, trailing NULs dropped: each mode decodes it as its source would.
+    pub(super) alias: Option<Vec<u8>>,
+    pub(super) altnames: Vec<Vec<u8>>,
+    pub(super) carrier: Option<u8>,
+    pub(super) carrier_changes: Option<u32>,
+    pub(super) carrier_up_count: Option<u32>,
+    pub(super) carrier_down_count: Option<u32>,
+    pub(super) link_mode: Option<u8>,
+    pub(super) mtu: u32,
+    pub(super) group: Option<u32>,
+    pub(super) operstate: u8,
+    pub(super) tx_queue_len: Option<u32>,
+    /// `IFLA_LINK`: the kernel leaves it out where it is the interface's own index.
+    pub(super) iflink: Option<u32>,
+    pub(super) stats64: Option<Counters>,
 }
 
 /// One reply of the ethtool link-modes dump: what upstream's `LinkMode` holds and uses.
@@ -186,7 +189,7 @@ fn hardware_address(kind: u16, data: &[u8]) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Go's `net.HardwareAddr.String()`: lower-case hex bytes joined by colons, "" when empty.
-fn hardware_address_string(address: &[u8]) -> String {
+pub(super) fn hardware_address_string(address: &[u8]) -> String {
     address
         .iter()
         .map(|byte| format!("{byte:02x}"))
@@ -224,9 +227,9 @@ fn parse_link(payload: &[u8]) -> anyhow::Result<Link> {
             IFLA_ADDRESS => link.address = hardware_address(kind, data)?,
             IFLA_BROADCAST => link.broadcast = hardware_address(kind, data)?,
             IFLA_IFNAME => link.name = trim_nuls(data).to_vec(),
-            IFLA_IFALIAS => link.alias = Some(goparse::to_valid_utf8(trim_nuls(data))),
+            IFLA_IFALIAS => link.alias = Some(trim_nuls(data).to_vec()),
             IFLA_MTU => link.mtu = exact_u32(kind, data)?,
-            IFLA_LINK => link.iflink = exact_u32(kind, data)?,
+            IFLA_LINK => link.iflink = Some(exact_u32(kind, data)?),
             IFLA_TXQLEN => link.tx_queue_len = Some(exact_u32(kind, data)?),
             IFLA_OPERSTATE => link.operstate = exact_u8(kind, data)?,
             IFLA_LINKMODE => link.link_mode = Some(exact_u8(kind, data)?),
@@ -271,7 +274,7 @@ fn parse_link(payload: &[u8]) -> anyhow::Result<Link> {
 }
 
 /// Every link of one RTM_GETLINK dump (upstream's request: an empty ifinfomsg).
-fn dump_links() -> anyhow::Result<Vec<Link>> {
+pub(super) fn dump_links() -> anyhow::Result<Vec<Link>> {
     let mut links = Vec::new();
     netlink_dump::dump(
         netlink_dump::NETLINK_ROUTE,
@@ -526,7 +529,13 @@ impl Rtnl {
                         "operstate",
                         OPERSTATES[usize::from(link.operstate)].to_owned(),
                     ),
-                    ("ifalias", link.alias.clone().unwrap_or_default()),
+                    (
+                        "ifalias",
+                        link.alias
+                            .as_deref()
+                            .map(goparse::to_valid_utf8)
+                            .unwrap_or_default(),
+                    ),
                 ],
                 1.0,
             );
@@ -556,12 +565,9 @@ impl Rtnl {
             properties.gauge("iface_link_mode", device, link.link_mode);
             // upstream passes the link mode for dormant too.
             properties.gauge("dormant", device, link.link_mode);
-            // The kernel leaves IFLA_LINK out where it is the interface's own index.
-            let iflink = if link.iflink > 0 {
-                link.iflink
-            } else {
-                link.index
-            };
+            // The kernel leaves IFLA_LINK out where it is the interface's own index; upstream
+            // takes 0 (a veth whose peer is gone) for the same.
+            let iflink = link.iflink.filter(|&i| i > 0).unwrap_or(link.index);
             properties.gauge("iface_link", device, Some(iflink));
             properties.gauge("mtu_bytes", device, Some(link.mtu));
             properties.gauge(SYSFS_ATTRIBUTES[2].1, device, as_f64(name_assign_type));
@@ -672,7 +678,7 @@ mod tests {
                 name: b"ens5".to_vec(),
                 address: vec![0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f],
                 broadcast: vec![0xff; 6],
-                alias: Some("uplink".to_owned()),
+                alias: Some(b"uplink".to_vec()),
                 altnames: vec![b"enp0s5".to_vec(), b"eth\xff\xfe0".to_vec()],
                 carrier: Some(1),
                 carrier_changes: Some(2),
@@ -683,7 +689,7 @@ mod tests {
                 group: Some(0),
                 operstate: 6,
                 tx_queue_len: Some(1000),
-                iflink: 0,
+                iflink: None,
                 stats64: Some(stats.clone()),
             }
         );
@@ -709,7 +715,7 @@ mod tests {
             (link.carrier, link.link_mode, link.group),
             (None, None, None)
         );
-        assert_eq!((link.mtu, link.operstate, link.iflink), (0, 0, 0));
+        assert_eq!((link.mtu, link.operstate, link.iflink), (0, 0, Some(0)));
         assert!(link.address.is_empty() && link.alias.is_none());
         assert_eq!(link.stats64.unwrap().len(), 23);
     }
