@@ -1155,6 +1155,12 @@ fn boot(
     let mut timed_out = false;
     let mut locked_up = false;
     loop {
+        // Checked on every line too: a guest printing without end must not outlive its time.
+        if Instant::now() > deadline {
+            timed_out = true;
+            let _ = child.kill();
+            break;
+        }
         match receiver.recv_timeout(Duration::from_millis(200)) {
             Ok((at, line)) => {
                 writeln!(log, "{line}")?;
@@ -1180,13 +1186,7 @@ fn boot(
                     eprintln!("  {line}");
                 }
             }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                if Instant::now() > deadline {
-                    timed_out = true;
-                    let _ = child.kill();
-                    break;
-                }
-            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | image | run | test | bench | upstream-e2e`.
+//! Project tasks: `cargo xtask setup | build | image | run | test | bench | kernels | upstream-e2e`.
 mod bench;
 mod exporter;
 mod image;
