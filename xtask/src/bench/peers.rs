@@ -452,12 +452,16 @@ mod tests {
             return;
         }
         const ROUNDS: usize = 2_000;
-        let costs = measure(runqlat, &std::env::temp_dir(), || {
+        // The tool's log goes to a directory of this run's own, removed afterwards.
+        let logs = std::env::temp_dir().join(format!("peers-test-{}", std::process::id()));
+        std::fs::create_dir_all(&logs).unwrap();
+        let costs = measure(runqlat, &logs, || {
             let started = Instant::now();
             super::super::workload::pipe_ping_pong(ROUNDS, 0);
             started.elapsed()
-        })
-        .unwrap_or_else(|e| panic!("measuring runqlat: {e:#}"));
+        });
+        let _ = std::fs::remove_dir_all(&logs);
+        let costs = costs.unwrap_or_else(|e| panic!("measuring runqlat: {e:#}"));
         let of = |hook: &str| {
             costs
                 .iter()
