@@ -243,6 +243,9 @@ impl KubeAuth {
                  both need the request's Authorization header"
             );
         }
+        if let Some(web) = web {
+            web.forbid_basic_auth_users();
+        }
         if !web.is_some_and(WebConfig::tls_enabled) {
             tracing::warn!(
                 "--web.kubernetes-auth without TLS (--web.config.file tls_server_config): \

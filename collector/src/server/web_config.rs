@@ -15,7 +15,10 @@ use std::{
     collections::{BTreeMap, HashMap},
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -131,6 +134,9 @@ pub struct WebConfig {
     tls_enabled: bool,
     http2: bool,
     rate_limit: Option<RateLimit>,
+    /// Set under `--web.kubernetes-auth`: a reload that adds `basic_auth_users` is refused, as
+    /// the start is, since both need the request's one `Authorization` header.
+    users_forbidden: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -152,6 +158,7 @@ impl WebConfig {
             tls_enabled: loaded.tls.is_some(),
             http2: loaded.http2,
             rate_limit: loaded.rate_limit,
+            users_forbidden: AtomicBool::new(false),
             state: Mutex::new(State {
                 current: Arc::new(loaded),
                 stamps,
@@ -172,6 +179,12 @@ impl WebConfig {
 
     pub fn rate_limit(&self) -> Option<RateLimit> {
         self.rate_limit
+    }
+
+    /// From now on, a reload that has `basic_auth_users` is refused (the last good configuration
+    /// stays), as `--web.kubernetes-auth` refuses them at start.
+    pub fn forbid_basic_auth_users(&self) {
+        self.users_forbidden.store(true, Ordering::Relaxed);
     }
 
     /// The configuration now: the last one loaded, or, if a second has passed since the files
@@ -199,7 +212,15 @@ impl WebConfig {
         if stamps(&files) == old_stamps && !failed_before {
             return current;
         }
-        let reloaded = load(&self.path, Some((self.tls_enabled, self.http2)));
+        let reloaded = load(&self.path, Some((self.tls_enabled, self.http2))).and_then(|loaded| {
+            if self.users_forbidden.load(Ordering::Relaxed) && !loaded.0.users.is_empty() {
+                bail!(
+                    "basic_auth_users: not with --web.kubernetes-auth (both need the request's \
+                     Authorization header)"
+                );
+            }
+            Ok(loaded)
+        });
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match reloaded {
             Ok((loaded, new_stamps)) => {
@@ -796,6 +817,23 @@ pub(super) mod tests {
         // Nothing changed: the same configuration.
         config.state.lock().unwrap().checked -= RELOAD_CHECK_INTERVAL;
         assert!(Arc::ptr_eq(&second, &config.current()));
+    }
+
+    #[test]
+    fn reload_refuses_users_when_forbidden() {
+        let dir = Dir::new("reload-users");
+        let config = load_text(&dir, "{}\n").unwrap();
+        config.forbid_basic_auth_users();
+        let first = config.current();
+        dir.write(
+            "web.yml",
+            format!("basic_auth_users:\n  alice: '{}'\n", hash_of("secret")),
+        );
+        config.state.lock().unwrap().checked -= RELOAD_CHECK_INTERVAL;
+        assert!(Arc::ptr_eq(&first, &config.current()));
+        assert!(config.current().users.is_empty());
+        let error = config.state.lock().unwrap().last_error.clone().unwrap();
+        assert!(error.contains("--web.kubernetes-auth"), "{error}");
     }
 
     #[test]
