@@ -72,11 +72,11 @@ pub struct KubeAuthOptions {
     pub audiences: Vec<String>,
 
     /// How long an allowed token is trusted without asking the API server again.
-    #[arg(long = "web.kubernetes-auth.allow-ttl", value_name = "DURATION", default_value = "2m", value_parser = humantime::parse_duration)]
+    #[arg(long = "web.kubernetes-auth.allow-ttl", value_name = "DURATION", default_value = "2m", value_parser = parse_ttl)]
     pub allow_ttl: Duration,
 
     /// How long a refused token (invalid, or not allowed) is refused without asking again.
-    #[arg(long = "web.kubernetes-auth.deny-ttl", value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long = "web.kubernetes-auth.deny-ttl", value_name = "DURATION", default_value = "30s", value_parser = parse_ttl)]
     pub deny_ttl: Duration,
 
     /// Most verdicts cached at once.
@@ -86,6 +86,18 @@ pub struct KubeAuthOptions {
     /// Most reviews in flight at once; a request that needs one more gets 503.
     #[arg(long = "web.kubernetes-auth.max-reviews", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_reviews: u32,
+}
+
+/// The longest a verdict is cached: an RBAC change shows within a day at worst.
+const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// A cache TTL flag: a duration of at most [`MAX_TTL`].
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if ttl > MAX_TTL {
+        return Err(format!("at most {}", humantime::format_duration(MAX_TTL)));
+    }
+    Ok(ttl)
 }
 
 /// What a request's token earns it.
@@ -393,13 +405,24 @@ impl KubeAuth {
             },
             ..TokenReview::default()
         };
-        let answer = tokio::time::timeout(
-            REVIEW_TIMEOUT,
-            Api::<TokenReview>::all(self.client.clone()).create(&PostParams::default(), &review),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("no answer within {REVIEW_TIMEOUT:?}"))?
-        .context("creating a TokenReview")?;
+        // A raw request, parsed here: kube's typed `create` logs the whole answer when it does
+        // not parse, and a TokenReview's answer echoes the token.
+        let request = kube::core::Request::new("/apis/authentication.k8s.io/v1/tokenreviews")
+            .create(&PostParams::default(), serde_json::to_vec(&review)?)
+            .context("building a TokenReview")?;
+        let text = tokio::time::timeout(REVIEW_TIMEOUT, self.client.request_text(request))
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer within {REVIEW_TIMEOUT:?}"))?
+            .context("creating a TokenReview")?;
+        // Where it failed only: serde's message may quote a value of the answer.
+        let answer: TokenReview = serde_json::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "the TokenReview's answer does not parse ({:?} error at line {}, column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            )
+        })?;
         let Some(status) = answer.status else {
             return Ok(None);
         };
@@ -490,6 +513,15 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::AUTHORIZATION, authorization.parse().unwrap());
         headers
+    }
+
+    #[test]
+    fn ttls_are_at_most_a_day() {
+        assert_eq!(parse_ttl("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_ttl("24h"), Ok(MAX_TTL));
+        assert_eq!(parse_ttl("25h"), Err("at most 1day".to_owned()));
+        assert!(parse_ttl("1000000000y").is_err());
+        assert!(parse_ttl("soon").is_err());
     }
 
     #[test]
