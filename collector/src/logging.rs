@@ -23,8 +23,9 @@ pub fn init(level: LogLevel, format: LogFormat) {
     };
     let registry = tracing_subscriber::registry()
         // HTTP/2 (h2) logs every frame at debug: its debug lines would drown the collector's.
-        // kube's client logs every failed request as an error; its callers (the pod watch,
-        // --web.kubernetes-auth) log their failures themselves, once per interval.
+        // kube's client logs every failed request as an error; its callers log their failures
+        // themselves (the pod watch as its back-off retries, --web.kubernetes-auth once a
+        // minute).
         .with(
             tracing_subscriber::filter::Targets::new()
                 .with_default(level)

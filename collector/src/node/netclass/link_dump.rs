@@ -152,14 +152,15 @@ impl Links<'_> {
             from_files.extend(RUNNING_FILE_ATTRIBUTES);
         }
 
+        // rtnl::parse_link refuses a state outside the table; looked up first, so that `None`
+        // leaves the interface as it was.
+        let operstate = rtnl::OPERSTATES.get(usize::from(link.operstate))?;
         let strings = &mut interface.strings;
         strings.insert(c"address", rtnl::hardware_address_string(&link.address));
         strings.insert(c"broadcast", rtnl::hardware_address_string(&link.broadcast));
         // As the file is read: lossily decoded, whitespace trimmed.
         let alias = link.alias.as_deref().unwrap_or_default();
         strings.insert(c"ifalias", String::from_utf8_lossy(alias).trim().to_owned());
-        // rtnl::parse_link refuses a state outside the table.
-        let operstate = rtnl::OPERSTATES.get(usize::from(link.operstate))?;
         strings.insert(c"operstate", (*operstate).to_owned());
 
         // sysfs prints these with `%d`.
