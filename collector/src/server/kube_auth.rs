@@ -80,7 +80,7 @@ pub struct KubeAuthOptions {
     pub deny_ttl: Duration,
 
     /// Most verdicts cached at once.
-    #[arg(long = "web.kubernetes-auth.cache-size", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long = "web.kubernetes-auth.cache-size", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub cache_size: u32,
 
     /// Most reviews in flight at once; a request that needs one more gets 503.
@@ -164,8 +164,9 @@ impl Cache {
         (now < *expires).then_some(*verdict)
     }
 
-    /// Keeps `verdict` until `expires`; when full, the expired verdicts go, else the one that
-    /// expires first.
+    /// Keeps `verdict` until `expires`; when full, the expired verdicts go, else the refusal
+    /// that expires first, else the allowed verdict that does: a flood of unknown tokens pushes
+    /// out its own refusals before the scrapers' verdicts.
     fn insert(&mut self, key: Key, verdict: Verdict, expires: Instant) {
         if self.verdicts.len() >= self.capacity && !self.verdicts.contains_key(&key) {
             let now = Instant::now();
@@ -174,7 +175,7 @@ impl Cache {
                 && let Some(first) = self
                     .verdicts
                     .iter()
-                    .min_by_key(|(_, (_, expires))| *expires)
+                    .min_by_key(|(_, (verdict, expires))| (*verdict == Verdict::Allowed, *expires))
                     .map(|(key, _)| *key)
             {
                 self.verdicts.remove(&first);
@@ -545,7 +546,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_cache_drops_the_expired_then_the_first_to_expire() {
+    fn a_full_cache_drops_the_expired_then_refusals_then_the_first_to_expire() {
         let mut cache = Cache {
             capacity: 2,
             verdicts: HashMap::new(),
@@ -566,6 +567,15 @@ mod tests {
         cache.insert(d, Verdict::Unauthenticated, now + Duration::from_secs(5));
         assert_eq!(cache.fresh(&a, now), Some(Verdict::Allowed));
         assert_eq!(cache.fresh(&d, now), Some(Verdict::Unauthenticated));
+        // A refusal goes before an allowed verdict, even one that expires sooner.
+        let (x, y, z) = (key("x", "/"), key("y", "/"), key("z", "/"));
+        cache.verdicts.clear();
+        cache.insert(x, Verdict::Allowed, now + Duration::from_secs(10));
+        cache.insert(y, Verdict::Forbidden, now + Duration::from_secs(100));
+        cache.insert(z, Verdict::Allowed, now + Duration::from_secs(50));
+        assert_eq!(cache.fresh(&y, now), None, "the refusal went");
+        assert_eq!(cache.fresh(&x, now), Some(Verdict::Allowed));
+        assert_eq!(cache.fresh(&z, now), Some(Verdict::Allowed));
     }
 
     #[test]
