@@ -11,13 +11,25 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Encodes families that `metrics::merge_and_sort` has already put in order.
 pub fn encode(families: &[MetricFamily]) -> String {
     let mut out = String::with_capacity(families.len() * 256);
+    // Scratch space kept across families, so that ordering a family's series costs no allocation
+    // per series: every series' labels in one flat list, and each series as its span of it.
+    let mut labels = Vec::new();
+    let mut series = Vec::new();
     for family in families {
-        encode_family(family, &mut out);
+        encode_family(family, &mut labels, &mut series, &mut out);
     }
     out
 }
 
-fn encode_family(family: &MetricFamily, out: &mut String) {
+/// A series to print: its sorted labels, as a span of the family's flat label list, and its value.
+type Series<'a> = (std::ops::Range<usize>, &'a Value);
+
+fn encode_family<'a>(
+    family: &'a MetricFamily,
+    labels: &mut Vec<(&'a str, &'a str)>,
+    series: &mut Vec<Series<'a>>,
+    out: &mut String,
+) {
     if family.metrics.is_empty() {
         return; // client_golang never prints a family without samples
     }
@@ -32,32 +44,32 @@ fn encode_family(family: &MetricFamily, out: &mut String) {
     out.push_str(family.metric_type.as_str());
     out.push('\n');
 
-    let mut metrics: Vec<_> = family
-        .metrics
-        .iter()
-        .map(|metric| {
-            let mut labels: Vec<(&str, &str)> = metric
-                .labels
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_str()))
-                .collect();
-            labels.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            (labels, &metric.value)
-        })
-        .collect();
+    labels.clear();
+    series.clear();
+    for metric in &family.metrics {
+        let start = labels.len();
+        labels.extend(metric.labels.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        labels[start..].sort_unstable_by(|a, b| a.0.cmp(b.0));
+        series.push((start..labels.len(), &metric.value));
+    }
+    let labels = labels.as_slice();
     // client_golang orders series by their label values, compared as strings, label by label.
-    metrics.sort_by(|(a, _), (b, _)| a.iter().map(|l| l.1).cmp(b.iter().map(|l| l.1)));
+    series.sort_by(|(a, _), (b, _)| {
+        let values = |span: &std::ops::Range<usize>| labels[span.clone()].iter().map(|l| l.1);
+        values(a).cmp(values(b))
+    });
 
-    for (labels, value) in metrics {
+    for (span, value) in series.iter() {
+        let labels = &labels[span.clone()];
         match value {
-            Value::Scalar(v) => write_sample(out, name, "", &labels, None, *v),
+            Value::Scalar(v) => write_sample(out, name, "", labels, None, *v),
             Value::Histogram(h) => {
                 for (bound, count) in &h.buckets {
                     write_sample(
                         out,
                         name,
                         "_bucket",
-                        &labels,
+                        labels,
                         Some(("le", *bound)),
                         *count as f64,
                     );
@@ -66,26 +78,19 @@ fn encode_family(family: &MetricFamily, out: &mut String) {
                     out,
                     name,
                     "_bucket",
-                    &labels,
+                    labels,
                     Some(("le", f64::INFINITY)),
                     h.count as f64,
                 );
-                write_sample(out, name, "_sum", &labels, None, h.sum);
-                write_sample(out, name, "_count", &labels, None, h.count as f64);
+                write_sample(out, name, "_sum", labels, None, h.sum);
+                write_sample(out, name, "_count", labels, None, h.count as f64);
             }
             Value::Summary(summary) => {
                 for (quantile, value) in &summary.quantiles {
-                    write_sample(
-                        out,
-                        name,
-                        "",
-                        &labels,
-                        Some(("quantile", *quantile)),
-                        *value,
-                    );
+                    write_sample(out, name, "", labels, Some(("quantile", *quantile)), *value);
                 }
-                write_sample(out, name, "_sum", &labels, None, summary.sum);
-                write_sample(out, name, "_count", &labels, None, summary.count as f64);
+                write_sample(out, name, "_sum", labels, None, summary.sum);
+                write_sample(out, name, "_count", labels, None, summary.count as f64);
             }
         }
     }
@@ -131,6 +136,11 @@ fn write_sample(
 }
 
 fn escape_help(help: &str, out: &mut String) {
+    // Almost no text needs escaping: copy it whole rather than character by character.
+    if !help.bytes().any(|b| matches!(b, b'\\' | b'\n')) {
+        out.push_str(help);
+        return;
+    }
     for c in help.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -141,6 +151,10 @@ fn escape_help(help: &str, out: &mut String) {
 }
 
 fn escape_label_value(value: &str, out: &mut String) {
+    if !value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        out.push_str(value);
+        return;
+    }
     for c in value.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -166,7 +180,7 @@ pub fn push_float(out: &mut String, value: f64) {
     }
     // Most samples are counters and gauges holding small whole numbers: those print as integers.
     if value.fract() == 0.0 && value.abs() < 1e6 && !(value == 0.0 && value.is_sign_negative()) {
-        let _ = write!(out, "{}", value as i64);
+        push_small_integer(out, value as i32);
         return;
     }
     // Rust's `{:e}` prints the shortest round-trip digits: "-1.150976e6".
@@ -220,6 +234,28 @@ pub fn push_float(out: &mut String, value: f64) {
     }
 }
 
+/// Appends a whole number of magnitude below 10^6 (most samples) digit by digit, without a trip
+/// through the formatting machinery.
+fn push_small_integer(out: &mut String, value: i32) {
+    if value < 0 {
+        out.push('-');
+    }
+    let mut magnitude = value.unsigned_abs();
+    let mut digits = [0u8; 10];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (magnitude % 10) as u8;
+        magnitude /= 10;
+        if magnitude == 0 {
+            break;
+        }
+    }
+    for &digit in &digits[start..] {
+        out.push(char::from(digit));
+    }
+}
+
 /// A short text built on the stack: a float's digits, at most 17 of them plus sign, point and
 /// exponent.
 #[derive(Default)]
@@ -267,6 +303,9 @@ mod tests {
             (-1.0, "-1"),
             (808960.0, "808960"),
             (999999.0, "999999"),
+            (-999999.0, "-999999"),
+            (10.0, "10"),
+            (100000.0, "100000"),
             (1e6, "1e+06"),
             (1150976.0, "1.150976e+06"),
             (2.5165824e10, "2.5165824e+10"),

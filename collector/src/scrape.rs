@@ -194,11 +194,14 @@ impl Scraper {
         if external.is_empty() {
             return;
         }
-        let built_in: HashSet<String> = families.iter().map(|f| f.name.clone()).collect();
+        // The names are borrowed, not copied (a few hundred per scrape), so the admitted
+        // families join `families` once the lookup is done.
+        let built_in: HashSet<&str> = families.iter().map(|f| f.name.as_str()).collect();
+        let mut admitted = Vec::new();
         for (collector, output) in external {
             for family in output {
-                if !built_in.contains(&family.name) {
-                    families.push(family);
+                if !built_in.contains(family.name.as_str()) {
+                    admitted.push(family);
                     continue;
                 }
                 let mut reported = self.collisions_reported.lock().unwrap();
@@ -212,6 +215,7 @@ impl Scraper {
                 }
             }
         }
+        families.extend(admitted);
     }
 
     /// Waits for `update` of `slot` until `deadline`; `None` when it did not finish in time.
