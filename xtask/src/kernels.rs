@@ -141,6 +141,8 @@ const HOST_ARCH: Arch = if cfg!(target_arch = "aarch64") {
     Arch::Amd64
 };
 
+/// Host seconds a guest may take to reach init; each takes 2 to 8 (arm64) when it boots at all.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 /// The package whose dependency names the suite's current kernel image (Debian's architecture
 /// names are the OCI ones).
 fn metapackage(arch: Arch) -> String {
@@ -1072,6 +1074,8 @@ struct Guest {
     boot_seconds: Option<f64>,
     total_seconds: f64,
     timed_out: bool,
+    /// No init within `BOOT_TIMEOUT` (part of `timed_out`).
+    boot_hung: bool,
     /// The kernel reported a soft or hard lockup (and, with `softlockup_panic`, stopped).
     locked_up: bool,
     console: PathBuf,
@@ -1081,7 +1085,9 @@ struct Guest {
 impl Guest {
     /// Why the guest hung, if it did: no power-off in time, or a lockup the kernel reported.
     fn hang(&self) -> Option<&'static str> {
-        if self.timed_out {
+        if self.boot_hung {
+            Some("no init within the boot timeout")
+        } else if self.timed_out {
             Some("no power-off before the timeout")
         } else if self.locked_up {
             Some("the kernel reported a lockup")
@@ -1153,10 +1159,14 @@ fn boot(
     let mut boot_seconds = None;
     let deadline = started + Duration::from_secs(timeout);
     let mut timed_out = false;
+    let mut boot_hung;
     let mut locked_up = false;
     loop {
         // Checked on every line too: a guest printing without end must not outlive its time.
-        if Instant::now() > deadline {
+        // A guest that has not reached init by BOOT_TIMEOUT never will (seen under emulation,
+        // stuck in early boot): it is stopped then, not at the whole run's deadline.
+        boot_hung = boot_seconds.is_none() && started.elapsed() > BOOT_TIMEOUT;
+        if boot_hung || Instant::now() > deadline {
             timed_out = true;
             let _ = child.kill();
             break;
@@ -1197,6 +1207,7 @@ fn boot(
         boot_seconds,
         total_seconds: started.elapsed().as_secs_f64(),
         timed_out,
+        boot_hung,
         locked_up,
         console,
         release: image.release.clone(),
