@@ -331,6 +331,25 @@ impl Interval {
             &[("program", program)],
         )
     }
+
+    /// Events a program may have missed with no count at all: a classic tracepoint program that
+    /// fires while another BPF program runs on its CPU is skipped, and before 6.7 the kernel
+    /// counts none of those skips (trace_call_bpf's miss counter came then). Allowed there: 1%
+    /// of `expected`, at least one; seen once, 199 of 200 block writes on 6.1.
+    fn uncounted_misses(&self, program: &str, expected: f64) -> f64 {
+        let classic = self
+            .after
+            .matching(
+                "ebpf_program_attached",
+                &[("program", program), ("hook_type", "tracepoint")],
+            )
+            .any(|sample| sample.value == 1.0);
+        if classic && !common::kernel_at_least(6, 7) {
+            (expected * 0.01).ceil().max(1.0)
+        } else {
+            0.0
+        }
+    }
 }
 
 fn check_order(report: &mut Report, disk: &Path, index: u8) {
@@ -622,20 +641,30 @@ fn check_irq(report: &mut Report, interval: &Interval) {
 fn check_block(report: &mut Report, interval: &Interval, disk: &str) {
     let write = [("device", disk), ("operation", "write")];
     let writes = interval.ebpf("ebpf_block_rq_latency_seconds_count", &write);
+    // A request is counted at its completion, timed from its issue: either program skipped loses
+    // it.
+    let uncounted = interval.uncounted_misses("block_rq_issue", WRITES as f64)
+        + interval.uncounted_misses("block_rq_complete", WRITES as f64);
     report.bracket(
         "block",
         "writes=/proc/diskstats:writes",
         writes,
         interval.counter("disk:writes"),
-        interval.misses("block_rq_complete"),
+        interval.misses("block_rq_complete") + uncounted,
     );
-    assert_at_least(report, "block", "writes>=workload", writes, WRITES as f64);
+    assert_at_least(
+        report,
+        "block",
+        "writes>=workload",
+        writes,
+        WRITES as f64 - uncounted,
+    );
     report.bracket(
         "block",
         "write_bytes=/proc/diskstats:sectors*512",
         interval.ebpf("ebpf_block_rq_size_bytes_sum", &write),
         interval.kernel(|k| k.get("disk:write_sectors") * 512.0),
-        0.0,
+        uncounted * BLOCK as f64,
     );
     let reads = interval.ebpf(
         "ebpf_block_rq_latency_seconds_count",
