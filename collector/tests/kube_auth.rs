@@ -751,27 +751,7 @@ fn prometheus_scrapes_over_tls_with_a_bearer_credentials_file() {
     );
     let prometheus = Prometheus::start(&config);
     let expected = [("allowed", 1.0), ("not_allowed", 0.0), ("anonymous", 0.0)];
-    let started = Instant::now();
-    let mut seen = Vec::new();
-    while started.elapsed() < Duration::from_secs(60) {
-        seen = expected
-            .iter()
-            .map(|(job, _)| {
-                let value = prometheus
-                    .values(&format!("up{{job=\"{job}\"}}"))
-                    .and_then(|v| v.first().copied());
-                (*job, value)
-            })
-            .collect();
-        if seen
-            .iter()
-            .zip(expected)
-            .all(|((_, got), (_, want))| *got == Some(want))
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let seen = prometheus.up_by_job(&expected);
     let want: Vec<_> = expected.iter().map(|(job, v)| (*job, Some(*v))).collect();
     assert_eq!(seen, want, "up by job; log:\n{}", daemon.log());
     let loads = prometheus.values("node_load1").unwrap_or_default();

@@ -537,27 +537,7 @@ fn prometheus_scrapes_over_tls_mtls_and_basic_auth() {
         ("auth", 1.0),
         ("auth_wrong_password", 0.0),
     ];
-    let started = Instant::now();
-    let mut seen = Vec::new();
-    while started.elapsed() < Duration::from_secs(60) {
-        seen = expected
-            .iter()
-            .map(|(job, _)| {
-                let value = prometheus
-                    .values(&format!("up{{job=\"{job}\"}}"))
-                    .and_then(|v| v.first().copied());
-                (*job, value)
-            })
-            .collect();
-        if seen
-            .iter()
-            .zip(expected)
-            .all(|((_, got), (_, want))| *got == Some(want))
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let seen = prometheus.up_by_job(&expected);
     let want: Vec<_> = expected.iter().map(|(job, v)| (*job, Some(*v))).collect();
     assert_eq!(seen, want, "up by job");
     // The series came through.

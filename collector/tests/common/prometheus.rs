@@ -88,6 +88,31 @@ impl Prometheus {
                 .collect(),
         )
     }
+
+    /// `up` of each job once every job's is the value `expected` gives it, or as last seen
+    /// after 60 s (each `None` until the job's first scrape).
+    pub fn up_by_job<'a>(&self, expected: &[(&'a str, f64)]) -> Vec<(&'a str, Option<f64>)> {
+        let started = std::time::Instant::now();
+        loop {
+            let seen: Vec<_> = expected
+                .iter()
+                .map(|(job, _)| {
+                    let value = self
+                        .values(&format!("up{{job=\"{job}\"}}"))
+                        .and_then(|v| v.first().copied());
+                    (*job, value)
+                })
+                .collect();
+            let done = seen
+                .iter()
+                .zip(expected)
+                .all(|((_, got), (_, want))| *got == Some(*want));
+            if done || started.elapsed() > std::time::Duration::from_secs(60) {
+                return seen;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    }
 }
 
 impl Drop for Prometheus {
