@@ -53,6 +53,9 @@ const REFUSED: usize = 20;
 const ABORTED: usize = 20;
 const DATAGRAMS: usize = 20;
 const CGROUP_SENT: usize = 1 << 20;
+/// Resets the kernel counts beyond the workload's own: a late segment of the outage's connection
+/// after its close can be answered with one (seen once on 6.1: 41 sent and received, not 40).
+const STRAY_RESETS: f64 = 2.0;
 /// Pipe round trips inside the pod, on one CPU: switch-heavy work, where charging each run at
 /// its switch-out must still add up to `cpu.stat` (it once read half of it on 5.10).
 const CGROUP_ROUNDS: usize = 5_000;
@@ -949,9 +952,9 @@ fn check_net(report: &mut Report, interval: &Interval, net: &NetWork) {
         let sent = interval.ebpf("ebpf_tcp_resets_sent_total", &[]);
         let (inner, outer) = interval.counter("Tcp:OutRsts");
         let from_sockets = (inner - net.refused as f64, outer - net.refused as f64);
-        let seen = if inner <= sent && sent <= outer {
+        let seen = if inner - STRAY_RESETS <= sent && sent <= outer {
             "all"
-        } else if from_sockets.0 <= sent && sent <= from_sockets.1 {
+        } else if from_sockets.0 - STRAY_RESETS <= sent && sent <= from_sockets.1 {
             "from_sockets"
         } else {
             "neither"
@@ -988,7 +991,7 @@ fn check_net(report: &mut Report, interval: &Interval, net: &NetWork) {
             "resets_received=snmp:Tcp:AttemptFails+EstabResets-aborted",
             interval.ebpf("ebpf_tcp_resets_received_total", &[]),
             (inner - net.aborted as f64, outer - net.aborted as f64),
-            0.0,
+            STRAY_RESETS,
         );
         let received = interval.ebpf("ebpf_tcp_resets_received_total", &[]);
         assert_at_least(

@@ -1078,6 +1078,8 @@ struct Guest {
     boot_hung: bool,
     /// The kernel reported a soft or hard lockup (and, with `softlockup_panic`, stopped).
     locked_up: bool,
+    /// The kernel panicked.
+    panicked: bool,
     console: PathBuf,
     release: String,
 }
@@ -1091,6 +1093,8 @@ impl Guest {
             Some("no power-off before the timeout")
         } else if self.locked_up {
             Some("the kernel reported a lockup")
+        } else if self.panicked {
+            Some("the kernel panicked")
         } else {
             None
         }
@@ -1161,6 +1165,7 @@ fn boot(
     let mut timed_out = false;
     let mut boot_hung;
     let mut locked_up = false;
+    let mut panicked = false;
     loop {
         // Checked on every line too: a guest printing without end must not outlive its time.
         // A guest that has not reached init by BOOT_TIMEOUT never will (seen under emulation,
@@ -1189,10 +1194,10 @@ fn boot(
                 } else if line.contains("soft lockup") || line.contains("hard LOCKUP") {
                     locked_up = true;
                     eprintln!("  {line}");
-                } else if line.contains("panicked")
-                    || line.contains("Kernel panic")
-                    || line.contains("BUG:")
-                {
+                } else if line.contains("Kernel panic") {
+                    panicked = true;
+                    eprintln!("  {line}");
+                } else if line.contains("panicked") || line.contains("BUG:") {
                     eprintln!("  {line}");
                 }
             }
@@ -1209,6 +1214,7 @@ fn boot(
         timed_out,
         boot_hung,
         locked_up,
+        panicked,
         console,
         release: image.release.clone(),
     })
